@@ -1,0 +1,143 @@
+"""Command line: ``llm-router serve | check-config | simulate`` (also ``python -m router``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Sequence
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from router import __version__, log
+from router.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+EXIT_CONFIG = 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=os.environ.get("LLM_ROUTER_CONFIG", DEFAULT_CONFIG),
+                   help=f"LiteLLM-format config (env LLM_ROUTER_CONFIG; default {DEFAULT_CONFIG})")
+    p.add_argument("--mappings", default=os.environ.get("LLM_ROUTER_MAPPINGS"),
+                   help="routing policy file (env LLM_ROUTER_MAPPINGS; default model-mappings.yaml beside the config, if present)")
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("human", "json"), default="human")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llm-router", description="OpenAI-compatible routing proxy for local LLM servers")
+    ap.add_argument("--version", action="version", version=f"llm-router {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    _config_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("LLM_ROUTER_PORT", "4000")))
+    _log_args(serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
+    _config_args(check)
+
+    sim = sub.add_parser("simulate", help="start simulated backends on every api_base of the config")
+    _config_args(sim)
+    sim.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token (default 0.05)")
+    sim.add_argument("--tokens-per-s", type=float, default=50.0, help="generation speed, 0 = unlimited (default 50)")
+    _log_args(sim)
+    return ap
+
+
+def load_or_exit(args: argparse.Namespace) -> Config:
+    """Load the configuration, or print ``file:line: key.path: problem`` lines and exit 2."""
+    try:
+        return load_config(args.config, args.mappings, mappings_required=args.mappings is not None)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"llm-router: configuration is invalid ({len(exc.issues)} problem(s))", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _warn(config: Config) -> None:
+    for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_or_exit(args)
+    _warn(config)
+    files = config.file + (f" + {config.mappings_file}" if config.mappings_file else "")
+    print(f"OK {files}: {config.summary()}, {len(config.warnings)} warning(s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.app import create_app
+
+    log.configure(args.log_format, args.log_level)
+    config = load_or_exit(args)
+    logger = log.get("CONFIG")
+    for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
+        logger.warning(str(w))
+    app = create_app(config)
+
+    async def announce(_: web.Application) -> None:
+        log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}",
+                               config=config.file, mappings=config.mappings_file, summary=config.summary())
+
+    app.on_startup.append(announce)
+    try:
+        web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None,
+                    print=None, shutdown_timeout=10)
+    except OSError as exc:
+        print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
+    """One simulated server per api_base: (kind, host, port, model names it serves)."""
+    servers: dict[tuple[str, int], tuple[str, list[str]]] = {}
+    for d in list(config.deployments) + list(config.catchalls.values()):
+        url = urlsplit(d.api_base)
+        key = (url.hostname or "127.0.0.1", url.port or 80)
+        kind, models = servers.setdefault(key, (d.kind, []))
+        if d.upstream_model and "*" not in d.upstream_model and d.upstream_model not in models:
+            models.append(d.upstream_model)
+    for name, spec in config.mappings.exact_matches.items():
+        url = urlsplit(config.mappings.providers[spec.provider].api_base)
+        entry = servers.get((url.hostname or "127.0.0.1", url.port or 80))
+        if entry and name not in entry[1]:
+            entry[1].append(name)
+    return [(kind, host, port, models) for (host, port), (kind, models) in servers.items()]
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from router.simulate import run_simulators
+
+    log.configure(args.log_format, args.log_level)
+    config = load_or_exit(args)
+    specs = simulator_specs(config)
+    for kind, host, port, models in specs:
+        log.get("SIMULATE").info(f"{kind} on http://{host}:{port}", models=",".join(models))
+    try:
+        asyncio.run(run_simulators(specs, ttft=args.ttft, tokens_per_s=args.tokens_per_s))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"llm-router simulate: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

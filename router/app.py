@@ -1,0 +1,161 @@
+"""``create_app(config)``: routes, middlewares and the shared upstream session."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from router import __version__, log
+from router.config import Config
+from router.errors import AuthenticationError, BadRequest, NotFound, RouterError
+from router.probes import check_all
+from router.proxy import Proxy, request_id
+from router.routing.engine import Engine
+from router.state import StateTable
+
+CONFIG = web.AppKey("config", Config)
+PROXY = web.AppKey("proxy", Proxy)
+STARTED = web.AppKey("started", float)
+
+MAX_BODY = 32 * 1024 * 1024
+# Paths that never need the master key (load balancers and systemd probe these).
+OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(exc: RouterError, rid: str) -> web.Response:
+    return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers={"x-request-id": rid})
+
+
+def _presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth, OpenAI-shaped errors for everything (404s, 405s, bugs), and x-request-id."""
+    rid = request_id(request)
+    config = request.app[CONFIG]
+    if config.master_key and request.path not in OPEN_PATHS:
+        if not hmac.compare_digest(_presented_key(request).encode(), config.master_key.encode()):
+            log.get("ROUTER").warning("Rejected request: missing or wrong API key", request_id=rid, path=request.path, status=401)
+            return _error(AuthenticationError("Missing or invalid API key: send Authorization: Bearer <key>."), rid)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = f"{request.method} {request.path}: {exc.reason}"
+        code = exc.reason.lower().replace(" ", "_")
+        err = NotFound(message) if exc.status == 404 else BadRequest(message, status=exc.status, code=code)
+        log.get("ROUTER").warning("Rejected request", request_id=rid, path=request.path, status=exc.status, detail=exc.reason)
+        return _error(err, rid)
+    except RouterError as exc:
+        return _error(exc, rid)
+    except Exception:
+        log.get("ROUTER").exception("Unhandled error", request_id=rid, path=request.path, status=500)
+        return _error(RouterError("Internal error in llm-router; see its log for this request id."), rid)
+    if not response.prepared and "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = rid
+    return response
+
+
+def _endpoint(name: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY].handle(request, name)
+
+    handle.__name__ = f"handle_{name}"
+    return handle
+
+
+def _model_entries(app: web.Application) -> list[dict[str, Any]]:
+    """Every name a client can ask for by name: model groups, aliases, exact matches."""
+    config = app[CONFIG]
+    seen: dict[str, str] = {}
+    for name, deps in config.groups.items():
+        seen[name] = deps[0].provider
+    for alias, deps in config.aliases.items():
+        seen.setdefault(alias, deps[0].provider)
+    for name, spec in config.mappings.exact_matches.items():
+        seen.setdefault(name, spec.provider)
+    created = int(app[STARTED])
+    return [{"id": name, "object": "model", "created": created, "owned_by": provider} for name, provider in seen.items()]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return _json({"object": "list", "data": _model_entries(request.app)})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    for item in _model_entries(request.app):
+        if item["id"] == model:
+            return _json(item)
+    raise NotFound(f"The model `{model}` does not exist.")
+
+
+async def liveliness(request: web.Request) -> web.Response:
+    return _json("I'm alive!")
+
+
+async def readiness(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    return _json({"status": "healthy", "version": __version__, "deployments": len(config.deployments),
+                  "uptime_s": round(time.time() - request.app[STARTED], 1)})
+
+
+async def health(request: web.Request) -> web.Response:
+    """Per-deployment status: a live probe of every backend server plus our counters."""
+    config = request.app[CONFIG]
+    proxy = request.app[PROXY]
+    deployments = list(config.deployments) + [d for d in config.catchalls.values()]
+    rows = await check_all(proxy.session, deployments)
+    for row in rows:
+        row.update(proxy.state[row["id"]].snapshot())
+    healthy = [r for r in rows if r["healthy"]]
+    unhealthy = [r for r in rows if not r["healthy"]]
+    return _json({"healthy_count": len(healthy), "unhealthy_count": len(unhealthy),
+                  "healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy})
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    connector = aiohttp.TCPConnector(limit=config.router.max_upstream_connections, limit_per_host=0,
+                                     keepalive_timeout=30, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                    timeout=aiohttp.ClientTimeout(total=None))
+    app[PROXY].session = session
+    yield
+    await session.close()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[CONFIG] = config
+    app[STARTED] = time.time()
+    app[PROXY] = Proxy(config, Engine(config), None, StateTable())  # session set at start-up
+    app.cleanup_ctx.append(_upstream_session)
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", _endpoint("chat"))
+        app.router.add_post(f"{prefix}/completions", _endpoint("completions"))
+        app.router.add_post(f"{prefix}/embeddings", _endpoint("embeddings"))
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model:.+}}", get_model)
+    app.router.add_get("/health/liveliness", liveliness)
+    app.router.add_get("/health/liveness", liveliness)
+    app.router.add_get("/health/readiness", readiness)
+    app.router.add_get("/health", health)
+    return app

@@ -1,0 +1,99 @@
+"""The nouns of the router: providers, deployments and routing decisions.
+
+Everything here is immutable; configuration loading builds these once and the
+request path only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+# Provider kinds we know how to talk to, and the wire format each one speaks.
+WIRE_FORMATS: Mapping[str, str] = MappingProxyType(
+    {
+        "ollama": "ollama",
+        "vllm": "openai",
+        "llama_cpp_python": "openai",
+        "llama_cpp_native": "openai",
+        "openai": "openai",
+    }
+)
+
+# LiteLLM model prefixes we accept, and the provider kind each implies.
+PREFIX_KINDS: Mapping[str, str] = MappingProxyType(
+    {
+        "ollama": "ollama",
+        "ollama_chat": "ollama",
+        "openai": "openai",
+        "hosted_vllm": "vllm",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A backend server (one api_base) of one kind, as named in model-mappings.yaml."""
+
+    name: str
+    kind: str
+    api_base: str
+    description: str = ""
+
+    @property
+    def wire(self) -> str:
+        return WIRE_FORMATS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One model served by one backend: a `model_list` entry, or a provider catch-all.
+
+    ``model_name`` is the group clients ask for; ``upstream_model`` the name sent to
+    the backend (LiteLLM's provider prefix stripped). A catch-all deployment
+    (``is_dynamic``) serves whatever name the route hands it, e.g. a pattern match.
+    """
+
+    id: str
+    model_name: str
+    provider: str
+    kind: str
+    upstream_model: str
+    api_base: str
+    api_key: str | None = field(default=None, repr=False)
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float | None = None
+    order: int | None = None
+    timeout: float | None = None
+    stream_timeout: float | None = None
+    max_tokens: int | None = None
+    max_parallel_requests: int | None = None
+    model_info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    is_dynamic: bool = False
+    wildcard: str | None = None  # model_list wildcard, e.g. "ollama/*"
+
+    @property
+    def wire(self) -> str:
+        return WIRE_FORMATS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """What the routing engine decided for one request.
+
+    ``candidates`` are in the order they should be tried; ``upstream_model`` is set
+    when the backend must be sent a name other than the deployment's own (pattern
+    and wildcard routes); ``trace`` explains each step for ``debug_router``.
+    """
+
+    model: str
+    route: str  # exact | id | alias | pattern | wildcard | default
+    candidates: tuple[Deployment, ...]
+    upstream_model: str | None = None
+    matched: str = ""
+    trace: tuple[str, ...] = ()
+
+    def upstream_name(self, deployment: Deployment) -> str:
+        return self.upstream_model if deployment.is_dynamic and self.upstream_model else deployment.upstream_model

@@ -1,0 +1,153 @@
+"""One error vocabulary: every failure the client can see is a ``RouterError``.
+
+Each class knows its HTTP status, OpenAI error ``type`` and ``code``, and whether
+another deployment might succeed where this one failed (``retryable``). aiohttp
+errors are translated into these at the edge (``router.proxy``), so the rest of
+the code never handles transport exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class RouterError(Exception):
+    status = 500
+    type = "api_error"
+    code: str | None = None
+    retryable = False
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    @property
+    def error_class(self) -> str:
+        """Short label for logs and metrics."""
+        return type(self).__name__
+
+
+class BadRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(RouterError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class CapacityExceeded(RouterError):
+    """Every candidate deployment is at its ``max_parallel_requests``."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "max_parallel_requests"
+    retryable = True
+
+
+class UpstreamError(RouterError):
+    """The backend answered with a server error or something we cannot parse."""
+
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Could not connect: refused, reset, DNS failure."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamClientError(RouterError):
+    """The backend rejected the request as the client's fault (4xx): passed through,
+    never retried. ``raw`` holds the upstream body when it is already OpenAI-shaped."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, raw: bytes | None = None) -> None:
+        super().__init__(message, status=status, code=code)
+        self.raw = raw
+
+    def to_bytes(self) -> bytes:
+        return self.raw if self.raw is not None else super().to_bytes()
+
+
+def upstream_error(status: int, body: bytes, provider: str) -> RouterError:
+    """Turn an upstream error response (any of the servers' shapes) into our error.
+
+    OpenAI shape ``{"error": {...}}`` is kept as is for 4xx; vLLM's flat
+    ``{"object": "error", "message": ...}``, Ollama's ``{"error": "text"}`` and
+    llama-cpp-python's plain-text 500s are wrapped.
+    """
+    message, code, openai_shaped = _extract(body)
+    if status == 404 or (code == "model_not_found"):
+        return ModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
+    if 400 <= status < 500 and status not in (408, 429):
+        return UpstreamClientError(message or f"{provider} rejected the request", status=status, code=code,
+                                   raw=body if openai_shaped else None)
+    if status == 429:
+        return UpstreamRateLimited(f"{provider} is rate limiting: {message}")
+    if status == 408:
+        return UpstreamTimeout(f"{provider} timed out: {message}")
+    return UpstreamError(f"{provider} returned HTTP {status}: {message}" if message else f"{provider} returned HTTP {status}")
+
+
+def _extract(body: bytes) -> tuple[str, str | None, bool]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:500].decode("utf-8", "replace").strip()
+        return text, None, False
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            code = err.get("code")
+            return str(err.get("message", "")), code if isinstance(code, str) else None, True
+        if isinstance(err, str):
+            return err, None, False
+        if "message" in data:
+            code = data.get("code")
+            return str(data["message"]), code if isinstance(code, str) else None, False
+        if "detail" in data:
+            return str(data["detail"]), None, False
+    return str(data)[:500], None, False

@@ -1,0 +1,121 @@
+"""Small parsers for the policy file's rule syntax: model sizes, size ranges, conditions.
+
+They run at configuration load, so a typo is reported with its file and line
+instead of surfacing on some later request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bBmM])?\s*$")
+
+
+def parse_size(text: Any) -> float:
+    """A parameter count literal in billions: ``"13B"`` -> 13.0, ``"500M"`` -> 0.5, ``7`` -> 7.0."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a model size: {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a model size (expected e.g. \"7B\", \"13B\", \"500M\"): {text!r}")
+    value = float(m.group(1))
+    return value / 1000 if (m.group(2) or "b").lower() == "m" else value
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRange:
+    """A closed/open interval of model sizes in billions; ``None`` bounds are unbounded."""
+
+    low: float | None = None
+    low_inclusive: bool = True
+    high: float | None = None
+    high_inclusive: bool = True
+
+    def contains(self, size: float) -> bool:
+        if self.low is not None and (size < self.low or (size == self.low and not self.low_inclusive)):
+            return False
+        if self.high is not None and (size > self.high or (size == self.high and not self.high_inclusive)):
+            return False
+        return True
+
+
+_RANGE_OP = re.compile(r"^\s*(<=|>=|<|>)\s*(.+)$")
+_RANGE_SPAN = re.compile(r"^\s*([\d.]+\s*[bBmM]?)\s*-\s*([\d.]+\s*[bBmM]?)\s*$")
+
+
+def parse_size_range(text: Any) -> SizeRange:
+    """``"< 8B"``, ``"<= 8B"``, ``"8B - 13B"`` (both ends inclusive), ``"> 13B"``, ``">= 13B"``."""
+    s = str(text)
+    m = _RANGE_OP.match(s)
+    if m:
+        op, value = m.group(1), parse_size(m.group(2))
+        if op.startswith("<"):
+            return SizeRange(high=value, high_inclusive=op == "<=")
+        return SizeRange(low=value, low_inclusive=op == ">=")
+    m = _RANGE_SPAN.match(s)
+    if m:
+        low, high = parse_size(m.group(1)), parse_size(m.group(2))
+        if low > high:
+            raise ValueError(f"empty size range: {s!r}")
+        return SizeRange(low=low, high=high)
+    raise ValueError(f"not a size range (expected \"< 8B\", \"8B - 13B\" or \"> 13B\"): {s!r}")
+
+
+# Subjects a condition may test, and how their literal is parsed.
+_SUBJECTS = {"model_size": "size", "batch_size": "number", "stream": "bool", "context_length": "number"}
+_COND = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
+_UNAVAILABLE = re.compile(r"^\s*([A-Za-z_][\w\-]*)_unavailable\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A parsed rule condition: ``always``, ``<provider>_unavailable`` or ``subject op literal``."""
+
+    subject: str  # "always", "unavailable", "model_size", "batch_size", "stream", "header.<name>", ...
+    op: str = ""
+    value: Any = None
+
+    def __str__(self) -> str:
+        if self.subject == "always":
+            return "always"
+        if self.subject == "unavailable":
+            return f"{self.value}_unavailable"
+        return f"{self.subject} {self.op} {self.value!r}"
+
+
+ALWAYS = Condition("always")
+
+
+def parse_condition(text: Any) -> Condition:
+    if text is None or (isinstance(text, str) and text.strip() == "always"):
+        return ALWAYS
+    s = str(text)
+    m = _UNAVAILABLE.match(s)
+    if m:
+        return Condition("unavailable", value=m.group(1))
+    m = _COND.match(s)
+    if not m:
+        raise ValueError(f"cannot parse condition {s!r} (expected e.g. 'always', 'ollama_unavailable', 'model_size >= \"13B\"')")
+    subject, op, raw = m.group(1), m.group(2), m.group(3)
+    literal = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+    if subject.startswith("header."):
+        if op not in ("==", "!="):
+            raise ValueError(f"header conditions compare with == or !=, not {op}")
+        return Condition(subject.lower(), op, literal)
+    kind = _SUBJECTS.get(subject)
+    if kind is None:
+        raise ValueError(f"unknown condition subject {subject!r} (known: {', '.join(sorted(_SUBJECTS))}, header.<name>)")
+    if kind == "size":
+        return Condition(subject, op, parse_size(literal))
+    if kind == "bool":
+        if literal.lower() not in ("true", "false") or op not in ("==", "!="):
+            raise ValueError(f"{subject} compares with == true/false")
+        return Condition(subject, op, literal.lower() == "true")
+    try:
+        return Condition(subject, op, float(literal))
+    except ValueError:
+        raise ValueError(f"{subject} needs a number, not {raw!r}") from None

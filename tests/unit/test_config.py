@@ -1,0 +1,188 @@
+"""Configuration loading: the shipped files, each class of error with its file:line, warnings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return str(path)
+
+
+def errors_of(config: str, mappings: str | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(config, mappings)
+    return [str(i) for i in info.value.issues]
+
+
+def test_shipped_config_loads_the_seed_setup():
+    cfg = load_config(str(ROOT / "config/litellm-unified.yaml"))
+    assert cfg.mappings_file and cfg.mappings_file.endswith("model-mappings.yaml")
+    providers = {d.id: (d.provider, d.kind, d.api_base, d.upstream_model) for d in cfg.deployments}
+    assert providers["llama3.1-ollama"] == ("ollama", "ollama", "http://127.0.0.1:11434", "llama3.1:8b")
+    assert providers["qwen-coder"] == ("ollama", "ollama", "http://127.0.0.1:11434", "qwen2.5-coder:7b")
+    assert providers["llama2-13b-vllm"] == ("vllm", "vllm", "http://127.0.0.1:8001", "meta-llama/Llama-2-13b-chat-hf")
+    assert providers["llama-cpp-python"][:3] == ("llama_cpp_python", "llama_cpp_python", "http://127.0.0.1:8000")
+    assert providers["llama-cpp-native"][:3] == ("llama_cpp_native", "llama_cpp_native", "http://127.0.0.1:8080")
+    assert [p.pattern.pattern for p in cfg.mappings.patterns] == ["^meta-llama/.*", "^mistralai/.*", ".*:\\d+[bB]$", ".*\\.gguf$"]
+    assert set(cfg.mappings.fallback_chains) == {"default", "code_generation", "high_availability"}
+    assert dict(cfg.mappings.redundant_models["llama3.1:8b"]) == {"ollama": 0.7, "llama_cpp_python": 0.3}
+    assert [d.id for d in cfg.aliases["general_chat"]] == ["llama3.1-ollama", "llama2-13b-vllm", "llama-cpp-python"]
+    assert cfg.router.timeout == 30 and cfg.router.routing_strategy == "usage-based-routing-v2"
+
+
+def test_check_config_cli_accepts_shipped_config_with_summary():
+    out = subprocess.run([sys.executable, "-m", "router", "check-config"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("OK ") and "7 deployments" in out.stdout and "4 patterns" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "params, line, path, problem",
+    [
+        ("model: anthropic/claude-3\n      api_base: http://x", 4, "model_list[0].litellm_params.model", "unknown provider prefix"),
+        ("model: openai/foo", 3, "model_list[0].litellm_params", "api_base is required"),
+        ("model: openai/foo\n      api_base: http://x\n      rpm: lots", 6, "model_list[0].litellm_params.rpm", "must be a non-negative integer"),
+        ("model: openai/foo\n      api_base: ftp://x", 5, "model_list[0].litellm_params.api_base", "must be an http(s) URL"),
+        ("model: openai/foo\n      api_base: http://x\n      timeout: [1]", 6, "model_list[0].litellm_params.timeout", "must be a non-negative number"),
+    ],
+)
+def test_model_list_errors_name_file_line_and_key(tmp_path, params, line, path, problem):
+    cfg = str(tmp_path / "c.yaml")
+    Path(cfg).write_text(f"model_list:\n  - model_name: m\n    litellm_params:\n      {params}\n")
+    errs = errors_of(cfg)
+    assert len(errs) == 1, errs
+    assert errs[0].startswith(f"{cfg}:{line}: {path}: {problem}"), errs
+
+
+def test_duplicate_deployment_ids_are_an_error(tmp_path):
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: a
+            litellm_params: {model: openai/a, api_base: "http://h:1"}
+            model_info: {id: same}
+          - model_name: b
+            litellm_params: {model: openai/b, api_base: "http://h:1"}
+            model_info: {id: same}
+        """)
+    errs = errors_of(cfg)
+    assert errs == [f"{cfg}:7: model_list[1].model_info.id: duplicate deployment id 'same' (first used at line 4)"]
+
+
+def test_yaml_syntax_error_reports_its_line(tmp_path):
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: a
+            litellm_params: {model: openai/a
+        router_settings: {}
+        """)
+    errs = errors_of(cfg)
+    assert len(errs) == 1 and errs[0].startswith(f"{cfg}:") and "YAML syntax error" in errs[0]
+
+
+def test_duplicate_yaml_keys_are_reported(tmp_path):
+    cfg = write(tmp_path, "c.yaml", """
+        router_settings:
+          timeout: 5
+          timeout: 50
+        """)
+    assert errors_of(cfg) == [f"{cfg}:3: router_settings.timeout: duplicate key (YAML would silently keep only the last one)"]
+
+
+def test_policy_file_errors_bad_regex_unknown_provider_bad_condition(tmp_path):
+    cfg = write(tmp_path, "c.yaml", "model_list: []\n")
+    maps = write(tmp_path, "m.yaml", """
+        providers:
+          ollama: {type: ollama, api_base: "http://127.0.0.1:11434"}
+        patterns:
+          - pattern: "^(unclosed"
+            provider: ollama
+          - pattern: ".*"
+            provider: vllm
+        fallback_chains:
+          default:
+            chain:
+              - primary: ollama
+                condition: model_size >>= "13B"
+        model_size_routing:
+          - size: "13B - 8B"
+            provider: ollama
+        """)
+    errs = errors_of(cfg, maps)
+    assert errs[0].startswith(f"{maps}:4: patterns[0].pattern: bad regex '^(unclosed'")
+    assert errs[1] == f"{maps}:7: patterns[1].provider: unknown provider 'vllm' (known: ollama)"
+    assert errs[2].startswith(f"{maps}:12: fallback_chains.default.chain[0].condition: ")
+    assert errs[3] == f"{maps}:14: model_size_routing[0].size: empty size range: '13B - 8B'"
+    assert len(errs) == 4
+
+
+def test_real_litellm_config_with_unsupported_keys_loads_with_one_warning_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_KEY", "sk-upstream-secret")
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: gpt-local
+            litellm_params:
+              model: hosted_vllm/Qwen/Qwen2.5-7B-Instruct
+              api_base: http://127.0.0.1:8001/v1
+              api_key: os.environ/VLLM_KEY
+              input_cost_per_token: 0.0
+        litellm_settings:
+          drop_params: true
+          success_callback: ["langfuse"]
+        general_settings:
+          master_key: sk-1234
+          database_url: postgres://x
+        router_settings:
+          routing_strategy: simple-shuffle
+          retry_policy: {TimeoutErrorRetries: 2}
+        some_future_key: 1
+        """)
+    loaded = load_config(cfg)
+    warnings = [str(w) for w in loaded.warnings]
+    assert len(warnings) == 6, warnings
+    assert f"{cfg}:7: model_list[0].litellm_params.input_cost_per_token: LiteLLM setting not supported by llm-router; ignored" in warnings
+    assert f"{cfg}:17: some_future_key: unknown key; ignored" in warnings
+    dep = loaded.deployments[0]
+    assert (dep.api_key, dep.api_base, dep.upstream_model, dep.provider) == ("sk-upstream-secret", "http://127.0.0.1:8001", "Qwen/Qwen2.5-7B-Instruct", "vllm")
+    assert "sk-upstream-secret" not in repr(dep) and "sk-1234" not in repr(loaded)
+    assert loaded.master_key == "sk-1234"
+
+
+def test_provider_is_found_by_api_base_when_model_info_does_not_name_it(tmp_path):
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: tiny
+            litellm_params: {model: openai/tiny.gguf, api_base: "http://localhost:8080/v1/"}
+        """)
+    maps = write(tmp_path, "m.yaml", """
+        providers:
+          llama_cpp_native: {type: llama_cpp_native, api_base: "http://127.0.0.1:8080"}
+        """)
+    dep = load_config(cfg, maps).deployments[0]
+    assert (dep.provider, dep.kind, dep.api_base) == ("llama_cpp_native", "llama_cpp_native", "http://localhost:8080")
+
+
+def test_invalid_config_exits_2_with_file_line_messages_and_no_traceback(tmp_path):
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: a
+            litellm_params: {model: bogus/a, api_base: "http://h:1"}
+        """)
+    for command in (["check-config"], ["serve", "--port", "0"]):
+        out = subprocess.run([sys.executable, "-m", "router", *command, "--config", cfg], capture_output=True, text=True,
+                             cwd=ROOT, env={**os.environ, "LLM_ROUTER_PORT": "0"}, timeout=30)
+        assert out.returncode == 2
+        assert f"{cfg}:3: model_list[0].litellm_params.model: unknown provider prefix in 'bogus/a'" in out.stderr
+        assert "Traceback" not in out.stderr + out.stdout

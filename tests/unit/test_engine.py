@@ -1,0 +1,106 @@
+"""Routing resolution: exact → id → alias → policy exact → patterns → wildcards → default → none."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from router.config import load_config
+from router.routing.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(load_config(str(ROOT / "config/litellm-unified.yaml")), random.Random(7))
+
+
+def test_exact_model_list_name_routes_to_its_group(engine):
+    d = engine.decide("qwen2.5-coder:7b")
+    assert (d.route, [c.id for c in d.candidates]) == ("exact", ["qwen-coder"])
+    assert d.upstream_name(d.candidates[0]) == "qwen2.5-coder:7b"
+
+
+def test_deployment_id_pins_that_deployment(engine):
+    d = engine.decide("llama-cpp-native")
+    assert (d.route, [c.id for c in d.candidates]) == ("id", ["llama-cpp-native"])
+
+
+def test_alias_expands_to_its_deployments(engine):
+    d = engine.decide("general_chat")
+    assert d.route == "alias"
+    assert sorted(c.id for c in d.candidates) == ["llama-cpp-python", "llama2-13b-vllm", "llama3.1-ollama"]
+
+
+def test_pattern_routes_hf_name_to_vllm_and_sends_the_name_as_is(engine):
+    d = engine.decide("meta-llama/Llama-2-7b-chat-hf")
+    assert (d.route, d.matched, d.candidates[0].provider) == ("pattern", "^meta-llama/.*", "vllm")
+    assert d.upstream_name(d.candidates[0]) == "meta-llama/Llama-2-7b-chat-hf"
+
+
+def test_pattern_match_reuses_a_configured_deployment_of_that_model(engine):
+    d = engine.decide("meta-llama/Llama-2-13b-chat-hf")
+    assert (d.route, d.candidates[0].id) == ("pattern", "llama2-13b-vllm")
+
+
+def test_patterns_are_tried_in_file_order(engine):
+    assert engine.decide("mistral:7b").candidates[0].provider == "ollama"         # ".*:\d+[bB]$"
+    assert engine.decide("mistralai/Mistral-7B:7b").candidates[0].provider == "vllm"  # "^mistralai/" comes first
+    assert engine.decide("tinyllama.Q4_0.gguf").candidates[0].provider == "llama_cpp_python"
+
+
+def test_unknown_model_has_no_route(engine):
+    d = engine.decide("gpt-4o")
+    assert d is None
+
+
+def test_simple_shuffle_follows_redundant_model_weights(engine):
+    counts = Counter(engine.decide("llama3.1:8b").candidates[0].provider for _ in range(4000))
+    assert 0.66 < counts["ollama"] / 4000 < 0.74, counts
+    assert set(counts) == {"ollama", "llama_cpp_python"}
+
+
+def _engine(tmp_path, config: str, mappings: str = "") -> Engine:
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(config))
+    (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(mappings))
+    return Engine(load_config(str(tmp_path / "c.yaml")), random.Random(1))
+
+
+def test_weight_beats_uniform_and_every_candidate_stays_in_the_order(tmp_path):
+    eng = _engine(tmp_path, """
+        model_list:
+          - {model_name: m, litellm_params: {model: openai/a, api_base: "http://h:1", weight: 9}, model_info: {id: heavy}}
+          - {model_name: m, litellm_params: {model: openai/b, api_base: "http://h:2", weight: 1}, model_info: {id: light}}
+        """)
+    firsts = Counter()
+    for _ in range(2000):
+        d = eng.decide("m")
+        assert sorted(c.id for c in d.candidates) == ["heavy", "light"]
+        firsts[d.candidates[0].id] += 1
+    assert 0.86 < firsts["heavy"] / 2000 < 0.94, firsts
+
+
+def test_model_list_wildcard_passes_the_matched_part_upstream(tmp_path):
+    eng = _engine(tmp_path, """
+        model_list:
+          - {model_name: "ollama/*", litellm_params: {model: "ollama/*", api_base: "http://127.0.0.1:11434"}}
+        """)
+    d = eng.decide("ollama/phi3:mini")
+    assert (d.route, d.upstream_name(d.candidates[0])) == ("wildcard", "phi3:mini")
+    assert eng.decide("phi3:mini") is None
+
+
+def test_default_provider_catches_everything_else(tmp_path):
+    eng = _engine(tmp_path, "model_list: []\n", """
+        providers:
+          ollama: {type: ollama, api_base: "http://127.0.0.1:11434"}
+        default_provider: ollama
+        """)
+    d = eng.decide("anything-at-all")
+    assert (d.route, d.candidates[0].id, d.upstream_name(d.candidates[0])) == ("default", "ollama/*", "anything-at-all")
+    assert any(step.startswith("default:") for step in d.trace)

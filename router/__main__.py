@@ -76,7 +76,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router.app import create_app
+    from router.app import RUNNER_OPTIONS, create_app
 
     log.configure(args.log_format, args.log_level)
     config = load_or_exit(args)
@@ -91,8 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app.on_startup.append(announce)
     try:
-        web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None,
-                    print=None, shutdown_timeout=10)
+        web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=10, **RUNNER_OPTIONS)
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,9 @@ PROXY = web.AppKey("proxy", Proxy)
 STARTED = web.AppKey("started", float)
 
 MAX_BODY = 32 * 1024 * 1024
+# How the server runs, shared by the CLI and the tests: handlers are cancelled when
+# the client disconnects, so an abandoned stream closes its upstream at once.
+RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True, "access_log": None}
 # Paths that never need the master key (load balancers and systemd probe these).
 OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness"})
 

@@ -42,12 +42,16 @@ ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 def request_id(request: web.Request) -> str:
-    rid = request.get("request_id")
+    """The client's ``x-request-id`` if it is sane, else a new one; fixed per request."""
+    rid = request.get(REQUEST_ID)
     if rid is None:
         given = request.headers.get("x-request-id", "")
         rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
     return rid
 
 

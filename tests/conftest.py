@@ -1,0 +1,120 @@
+"""Shared fixtures: simulated backends of every kind, and the proxy in front of them."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from router import log
+from router.app import RUNNER_OPTIONS, create_app
+from router.config import Config, load_config
+from router.simulate import SimulatedBackend
+
+
+@dataclass
+class Stack:
+    """Running simulators + a running proxy, and the proxy's captured log."""
+
+    url: str
+    backends: dict[str, SimulatedBackend]
+    config: Config
+    log: io.StringIO
+
+    def log_lines(self) -> list[str]:
+        return self.log.getvalue().splitlines()
+
+
+def stack_config(tmp_path: Path, b: dict[str, SimulatedBackend], extra_router: str = "", extra_general: str = "") -> Config:
+    (tmp_path / "litellm.yaml").write_text(textwrap.dedent(f"""
+        model_list:
+          - model_name: llama3.1:8b
+            litellm_params: {{model: ollama_chat/llama3.1:8b, api_base: "{b['ollama'].base_url}"}}
+            model_info: {{id: llama3.1-ollama}}
+          - model_name: qwen2.5-coder:7b
+            litellm_params: {{model: ollama/qwen2.5-coder:7b, api_base: "{b['ollama'].base_url}", max_tokens: 6}}
+            model_info: {{id: qwen-coder}}
+          - model_name: nomic-embed
+            litellm_params: {{model: ollama/nomic-embed-text, api_base: "{b['ollama'].base_url}"}}
+          - model_name: llama2-13b-vllm
+            litellm_params: {{model: hosted_vllm/meta-llama/Llama-2-13b-chat-hf, api_base: "{b['vllm'].base_url}/v1", api_key: sk-upstream-vllm}}
+            model_info: {{id: llama2-13b-vllm}}
+          - model_name: llama-cpp-default
+            litellm_params: {{model: openai/llama-cpp-default, api_base: "{b['llama_cpp_python'].base_url}/v1", api_key: not-needed}}
+            model_info: {{id: llama-cpp-python}}
+          - model_name: native
+            litellm_params: {{model: openai/tiny.gguf, api_base: "{b['llama_cpp_native'].base_url}/v1", timeout: 2}}
+            model_info: {{id: llama-cpp-native}}
+        router_settings:
+          model_group_alias:
+            general_chat: [llama3.1-ollama]
+          {extra_router}
+        general_settings: {{{extra_general}}}
+        """))
+    (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(f"""
+        providers:
+          ollama: {{type: ollama, api_base: "{b['ollama'].base_url}"}}
+          vllm: {{type: vllm, api_base: "{b['vllm'].base_url}"}}
+          llama_cpp_python: {{type: llama_cpp_python, api_base: "{b['llama_cpp_python'].base_url}"}}
+          llama_cpp_native: {{type: llama_cpp_native, api_base: "{b['llama_cpp_native'].base_url}"}}
+        patterns:
+          - pattern: "^meta-llama/.*"
+            provider: vllm
+          - pattern: ".*:\\\\d+[bB]$"
+            provider: ollama
+          - pattern: ".*\\\\.gguf$"
+            provider: llama_cpp_python
+        """))
+    return load_config(str(tmp_path / "litellm.yaml"))
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, SimulatedBackend]]:
+    sims = {
+        "ollama": SimulatedBackend("ollama", ["llama3.1:8b", "qwen2.5-coder:7b", "mistral:7b", "nomic-embed-text"]),
+        "vllm": SimulatedBackend("vllm", ["meta-llama/Llama-2-13b-chat-hf", "meta-llama/Llama-2-7b-chat-hf"]),
+        "llama_cpp_python": SimulatedBackend("llama_cpp_python", ["llama-cpp-default"]),
+        "llama_cpp_native": SimulatedBackend("llama_cpp_native", ["tiny.gguf"]),
+    }
+    for sim in sims.values():
+        await sim.start()
+    yield sims
+    for sim in sims.values():
+        await sim.stop()
+
+
+async def start_proxy(config: Config) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(create_app(config), **RUNNER_OPTIONS)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def make_stack(tmp_path, backends):
+    runners: list[web.AppRunner] = []
+
+    async def make(**kwargs: str) -> Stack:
+        buf = io.StringIO()
+        log.configure("human", "info", stream=buf)
+        config = stack_config(tmp_path, backends, **kwargs)
+        runner, url = await start_proxy(config)
+        runners.append(runner)
+        return Stack(url, backends, config, buf)
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
+    log.configure()
+
+
+@pytest.fixture
+async def stack(make_stack) -> Stack:
+    return await make_stack()

@@ -1,0 +1,115 @@
+"""The real command line: `llm-router simulate` + `llm-router serve`, then the seed's
+"Test Routing" loop from its Routing Debugging section, as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def shipped_config_on(tmp_path: Path, ports: dict[int, int]) -> Path:
+    """The shipped config files with the backend ports replaced by free ones."""
+    for name in ("litellm-unified.yaml", "model-mappings.yaml"):
+        text = (ROOT / "config" / name).read_text()
+        for old, new in ports.items():
+            text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        (tmp_path / name).write_text(text)
+    return tmp_path / "litellm-unified.yaml"
+
+
+async def wait_until_up(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, deadline_s: float = 20) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            async with session.get(url) as r:
+                if r.status < 500:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)  # polling for a port to open, bounded by the deadline
+    raise AssertionError(f"{url} did not come up in {deadline_s} s")
+
+
+@pytest.fixture
+def processes():
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+
+
+async def test_seed_test_routing_loop_through_the_real_cli(tmp_path, processes):
+    ollama, vllm, lcp, native, proxy = free_ports(5)
+    cfg = shipped_config_on(tmp_path, {11434: ollama, 8001: vllm, 8000: lcp, 8080: native})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("JOURNAL_STREAM", None)
+    sim = subprocess.Popen([sys.executable, "-m", "router", "simulate", "--config", str(cfg), "--ttft", "0", "--tokens-per-s", "0"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(sim)
+    serve = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg)],
+                             cwd=ROOT, env={**env, "LLM_ROUTER_PORT": str(proxy)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(serve)
+    base = f"http://127.0.0.1:{proxy}"
+    async with aiohttp.ClientSession() as s:
+        for port in (ollama, vllm, lcp, native):
+            await wait_until_up(s, f"http://127.0.0.1:{port}/", sim)
+        await wait_until_up(s, base + "/health/readiness", serve)
+
+        # curl http://localhost:4000/v1/models | jq '.data[] | {id, object}'
+        async with s.get(base + "/v1/models") as r:
+            models = {m["id"]: m["object"] for m in (await r.json())["data"]}
+        assert models["llama3.1:8b"] == "model" and "llama2-13b-vllm" in models
+
+        # for model in ...; do curl -X POST .../v1/chat/completions -d '{...}' | jq '.model'; done
+        # (curl -d sends form content-type; the proxy reads the JSON anyway)
+        for model in ("llama3.1:8b", "llama2-13b-vllm", "qwen-coder"):
+            data = '{"model": "%s", "messages": [{"role": "user", "content": "Hi"}]}' % model
+            async with s.post(base + "/v1/chat/completions", data=data,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+                assert r.status == 200, await r.text()
+                body = await r.json()
+            assert body["model"] and body["choices"][0]["message"]["content"]
+        async with s.post(base + "/v1/chat/completions",
+                          data='{"model": "meta-llama/Llama-2-13b-chat-hf", "messages": [{"role": "user", "content": "Hi"}]}') as r:
+            assert r.status == 200 and r.headers["x-router-route"] == "pattern"
+
+    serve.send_signal(signal.SIGTERM)
+    out, err = serve.communicate(timeout=15)
+    assert serve.returncode == 0, err
+    router_lines = [l for l in out.splitlines() if "[ROUTER]" in l]
+    assert any("[ROUTER] Model: llama3.1:8b -> Provider: " in l and "(exact match)" in l for l in router_lines), out
+    assert any("[ROUTER] Model: qwen-coder -> Provider: ollama (deployment id)" in l for l in router_lines), out
+    assert any("[ROUTER] Model: meta-llama/Llama-2-13b-chat-hf -> Provider: vllm (pattern match)" in l for l in router_lines), out
+    assert "listening on" in out and "Traceback" not in out + err

@@ -1,0 +1,351 @@
+"""The :class:`SimulatedBackend` server: lifecycle, fault hooks, pacing and streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .core import Faults, Stats
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("ollama", "vllm", "llama_cpp_python", "llama_cpp_native", "openai")
+
+_REQ_GONE = web.RequestKey("sim_client_gone", bool)
+_REQ_DROPPED = web.RequestKey("sim_dropped", bool)
+_REQ_BODY: web.RequestKey[Any] = web.RequestKey("sim_body", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection while the simulator was still answering."""
+
+
+class _Drop(Exception):
+    """Internal: the ``drop_after_chunks`` fault fired."""
+
+
+class SimulatedBackend:
+    """A fake inference server speaking one real server's wire format.
+
+    ``kind`` is one of :data:`KINDS`. ``models`` are the served model names
+    (Ollama: the pulled models; vLLM: the served names, others answer 404;
+    llama.cpp kinds: listed, but any name is served). ``ttft`` is the delay in
+    seconds before the first token, ``tokens_per_s`` the generation speed
+    (0 = as fast as possible). For Ollama, ``loaded`` models start loaded
+    (``/api/ps``); any other model becomes loaded on first use after an extra
+    ``load_time`` seconds.
+
+    Extra keyword options: ``embedding_dim`` (16), ``max_model_len`` (vLLM,
+    8192), ``legacy_errors`` (vLLM < 0.10.1 flat error bodies), ``sse_newline``
+    (override the SSE line terminator), ``version`` (reported by Ollama/vLLM).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        models: Iterable[str] | None = None,
+        *,
+        ttft: float = 0.0,
+        tokens_per_s: float = 0.0,
+        loaded: Iterable[str] = (),
+        load_time: float = 0.0,
+        embedding_dim: int = 16,
+        max_model_len: int = 8192,
+        legacy_errors: bool = False,
+        sse_newline: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown simulator kind {kind!r}; expected one of {KINDS}")
+        self.kind = kind
+        self.models: list[str] = list(models or [])
+        if not self.models and kind != "ollama":
+            self.models = ["sim-model"]
+        self.ttft = ttft
+        self.tokens_per_s = tokens_per_s
+        self.load_time = load_time
+        self.embedding_dim = embedding_dim
+        self.max_model_len = max_model_len
+        self.legacy_errors = legacy_errors
+        self.sse_newline = sse_newline
+        self.version = version
+        self.faults = Faults()
+        self.stats = Stats()
+        self.loaded: dict[str, float] = {}  # ollama: canonical name -> loaded-at (time.time())
+        self.created = int(time.time())
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._api = self._make_api()
+        for name in loaded:
+            self._api.preload(name)
+
+    def _make_api(self) -> Any:
+        if self.kind == "ollama":
+            from .ollama import OllamaAPI
+
+            return OllamaAPI(self)
+        from .openai_compat import OpenAICompatAPI
+
+        return OpenAICompatAPI(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the started server."""
+        return f"http://{self.host}:{self.port}"
+
+    def make_app(self) -> web.Application:
+        """A fresh aiohttp application serving this backend (run it with any runner)."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/__sim/faults", self._get_faults)
+        app.router.add_post("/__sim/faults", self._post_faults)
+        app.router.add_get("/__sim/stats", self._get_stats)
+        app.router.add_post("/__sim/stats/reset", self._reset_stats)
+        self._api.add_routes(app.router)
+        app.router.add_route("*", "/{tail:.*}", self._api.not_found)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve on ``host:port`` (``port=0`` picks a free port, see :attr:`port`)."""
+        self._stopping = False
+        runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        self.host = host
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop serving (open requests are cut off, not counted as disconnects)."""
+        self._stopping = True
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> SimulatedBackend:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ pacing
+
+    def first_token_delay(self, extra: float = 0.0) -> float:
+        return self.ttft + extra
+
+    def token_interval(self) -> float:
+        return 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+
+    async def pause(self, request: web.Request, seconds: float) -> None:
+        """Sleep, raising :class:`ClientGone` as soon as the client disconnects."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, seconds)
+        while True:
+            if _client_gone(request):
+                raise ClientGone("client disconnected")
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.05))
+
+    # ------------------------------------------------------------------ responses
+
+    def json(
+        self,
+        obj: Any,
+        status: int = 200,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """A JSON response serialised compactly (like Go, nlohmann and FastAPI do)."""
+        return web.Response(
+            body=orjson.dumps(obj), status=status, headers={"Content-Type": content_type, **(headers or {})}
+        )
+
+    async def stream(
+        self,
+        request: web.Request,
+        events: Iterable[tuple[bool, bytes]],
+        *,
+        content_type: str,
+        extra_delay: float = 0.0,
+        headers_early: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """Send pre-encoded ``events`` with simulated timing and the stream faults.
+
+        Each event is ``(is_token, data)``: nothing is sent before the TTFT (plus
+        ``extra_delay``) has passed, and every token after the first waits one
+        token interval. With ``headers_early`` the headers go out at once (as
+        Starlette does); otherwise with the first event (as Go and llama-server do).
+        """
+        resp = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
+        drop_at = self.faults.take_drop() if self.faults.applies_to(request.path) else None
+        sent = 0
+        tokens = 0
+        try:
+            if headers_early:
+                await resp.prepare(request)
+            await self.pause(request, self.first_token_delay(extra_delay))
+            for is_token, data in events:
+                if is_token:
+                    if tokens:
+                        await self.pause(request, self.token_interval())
+                    tokens += 1
+                if drop_at is not None and sent >= drop_at:
+                    raise _Drop
+                if not resp.prepared:
+                    await resp.prepare(request)
+                await resp.write(data)
+                sent += 1
+        except _Drop:
+            await self._drop(request, resp)
+        except ConnectionResetError:  # includes ClientGone and aiohttp's ClientConnectionResetError
+            request[_REQ_GONE] = True
+        return resp
+
+    async def _drop(self, request: web.Request, resp: web.StreamResponse) -> None:
+        request[_REQ_DROPPED] = True
+        self.stats.drops += 1
+        if not resp.prepared:
+            with contextlib.suppress(ConnectionError):
+                await resp.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return
+        for _ in range(100):  # let the chunks already written reach the client first
+            if transport.is_closing() or transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.005)
+        transport.abort()
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/__sim/"):
+            return await handler(request)
+        stats = self.stats
+        stats.requests[path] += 1
+        stats.open += 1
+        stats.last_path = path
+        stats.last_headers = dict(request.headers)
+        try:
+            body = await read_json(request)
+            if isinstance(body, dict):
+                stats.last_body = body
+            if self.faults.applies_to(path):
+                if self.faults.first_byte_delay > 0:
+                    await self.pause(request, self.faults.first_byte_delay)
+                while self.faults.hang and self.faults.applies_to(path):
+                    await self.pause(request, 0.02)
+                status = self.faults.take_status()
+                if status is not None:
+                    return self._api.error_response(request, status, f"simulated failure (HTTP {status})")
+            return await handler(request)
+        except ConnectionResetError:
+            request[_REQ_GONE] = True
+            return web.Response(status=499)  # never reaches the client
+        except asyncio.CancelledError:
+            request[_REQ_GONE] = True
+            raise
+        finally:
+            stats.open -= 1
+            if request.get(_REQ_GONE) and not request.get(_REQ_DROPPED) and not self._stopping:
+                stats.disconnects += 1
+                stats.disconnected.set()
+
+    # ------------------------------------------------------------------ /__sim control API
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return self.json(self.faults.as_dict())
+
+    async def _post_faults(self, request: web.Request) -> web.Response:
+        try:
+            data = await request.json(loads=orjson.loads)
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            self.faults.update(data)
+        except (ValueError, TypeError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        return self.json(self.faults.as_dict())
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return self.json(self.stats.as_dict())
+
+    async def _reset_stats(self, request: web.Request) -> web.Response:
+        self.stats.reset()
+        return self.json(self.stats.as_dict())
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON (cached on the request); ``None`` if empty or invalid."""
+    if _REQ_BODY not in request:
+        body: Any = None
+        if request.body_exists:
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = _INVALID
+        request[_REQ_BODY] = body
+    value = request[_REQ_BODY]
+    return None if value is _INVALID else value
+
+
+def body_is_invalid(request: web.Request) -> bool:
+    """Whether the request had a body that is not valid JSON."""
+    return request.get(_REQ_BODY) is _INVALID
+
+
+_INVALID = object()
+
+
+async def run_simulators(
+    specs: list[tuple[str, str, int, list[str]]],
+    *,
+    ready: asyncio.Event | None = None,
+    started: list[SimulatedBackend] | None = None,
+    **timing: Any,
+) -> None:
+    """Start one backend per ``(kind, host, port, models)`` and serve until cancelled.
+
+    ``timing`` (``ttft``, ``tokens_per_s``, ``load_time``, …) is passed to every
+    :class:`SimulatedBackend`. Optionally, the started backends are appended to
+    ``started`` and ``ready`` is set once all of them listen.
+    """
+    backends = [SimulatedBackend(kind, models, **timing) for kind, _host, _port, models in specs]
+    try:
+        for backend, (_kind, host, port, _models) in zip(backends, specs):
+            await backend.start(host, port)
+            log.info("simulated %s backend on %s serving %s", backend.kind, backend.base_url, backend.models)
+            if started is not None:
+                started.append(backend)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        for backend in backends:
+            await backend.stop()

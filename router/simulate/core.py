@@ -1,0 +1,288 @@
+"""Shared pieces of the simulated backends: fault hooks, counters, deterministic text.
+
+Nothing here does I/O; :mod:`router.simulate.backend` wires it to aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import struct
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+# A fixed vocabulary: one word is one simulated token.
+WORDS: tuple[str, ...] = (
+    "the", "model", "router", "quick", "answer", "token", "stream", "latency",
+    "cache", "queue", "river", "signal", "garden", "vector", "window", "matrix",
+    "light", "simple", "careful", "bright", "engine", "request", "reply", "value",
+    "green", "ocean", "paper", "silver", "number", "system", "future", "kernel",
+    "memory", "thread", "socket", "packet", "orbit", "planet", "forest", "stone",
+    "cloud", "field", "north", "harbor", "lantern", "meadow", "copper", "violet",
+    "is", "and", "of", "to", "in", "with", "for", "on", "a", "it", "we", "as",
+    "calm", "swift", "open", "clear",
+)
+
+#: Bounds of the "natural" answer length, in tokens (= words).
+NATURAL_MIN, NATURAL_MAX = 8, 24
+
+
+@dataclass
+class Faults:
+    """Mutable fault-injection switches of one simulated backend.
+
+    Set the attributes directly from a test, or over HTTP with
+    ``POST /__sim/faults`` (JSON object of the same names; ``{"clear": true}``
+    resets). Faults apply to every path except ``/__sim/*``, or only to paths
+    starting with one of ``paths`` when that is set.
+    """
+
+    #: Answer with this HTTP status (in the server's own error-body shape).
+    status: int | None = None
+    #: How many requests ``status`` applies to; ``None`` means every request.
+    status_count: int | None = None
+    #: Accept requests and never answer while this stays true.
+    hang: bool = False
+    #: Abort the connection after this many streamed chunks (no final chunk, no [DONE]).
+    drop_after_chunks: int | None = None
+    #: How many streamed responses ``drop_after_chunks`` applies to; ``None`` = all.
+    drop_count: int | None = None
+    #: Seconds to wait before the first byte of the response.
+    first_byte_delay: float = 0.0
+    #: Path prefixes the faults apply to; ``None`` = all non-``/__sim`` paths.
+    paths: tuple[str, ...] | None = None
+
+    def clear(self) -> None:
+        """Turn every fault off."""
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
+    def applies_to(self, path: str) -> bool:
+        """Whether faults are in force for a request to ``path``."""
+        if path.startswith("/__sim"):
+            return False
+        return self.paths is None or any(path.startswith(p) for p in self.paths)
+
+    def take_status(self) -> int | None:
+        """Consume one injected status, if any is armed."""
+        if self.status is None:
+            return None
+        if self.status_count is None:
+            return self.status
+        if self.status_count <= 0:
+            return None
+        self.status_count -= 1
+        return self.status
+
+    def take_drop(self) -> int | None:
+        """Consume one armed connection drop; returns the chunk count to drop after."""
+        if self.drop_after_chunks is None:
+            return None
+        if self.drop_count is None:
+            return self.drop_after_chunks
+        if self.drop_count <= 0:
+            return None
+        self.drop_count -= 1
+        return self.drop_after_chunks
+
+    def update(self, data: dict[str, Any]) -> None:
+        """Apply a JSON object (from ``POST /__sim/faults``); raises ``ValueError`` on unknown keys."""
+        data = dict(data)
+        if data.pop("clear", False):
+            self.clear()
+        names = {f.name for f in fields(self)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {sorted(unknown)}")
+        for key, value in data.items():
+            if key == "paths" and value is not None:
+                value = tuple(value)
+            setattr(self, key, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly snapshot."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["paths"] is not None:
+            out["paths"] = list(out["paths"])
+        return out
+
+
+@dataclass
+class Stats:
+    """Counters of one simulated backend (reset with :meth:`reset`)."""
+
+    #: Requests received, per path (``/__sim/*`` excluded).
+    requests: Counter[str] = field(default_factory=Counter)
+    #: Requests currently being handled.
+    open: int = 0
+    #: Requests whose client went away before the answer was complete.
+    disconnects: int = 0
+    #: Streams the ``drop_after_chunks`` fault cut off.
+    drops: int = 0
+    #: Set when a client disconnect is observed (await it in tests).
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The last JSON object received as a request body.
+    last_body: dict[str, Any] | None = None
+    #: Path and headers of the last request.
+    last_path: str | None = None
+    last_headers: dict[str, str] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Zero every counter and re-arm :attr:`disconnected`."""
+        self.requests.clear()
+        self.disconnects = self.drops = 0
+        self.disconnected = asyncio.Event()
+        self.last_body = self.last_path = None
+        self.last_headers = {}
+
+    @property
+    def total(self) -> int:
+        """All requests received."""
+        return sum(self.requests.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly snapshot."""
+        return {
+            "requests": dict(self.requests),
+            "total": self.total,
+            "open": self.open,
+            "disconnects": self.disconnects,
+            "drops": self.drops,
+            "last_path": self.last_path,
+            "last_body": self.last_body,
+        }
+
+
+@dataclass
+class Generation:
+    """A finished simulated completion: the streamed pieces and why it stopped."""
+
+    pieces: list[str]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    stop_reason: str | None = None  # the stop string that ended it, if any
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces)
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
+def count_tokens(text: str) -> int:
+    """Simulated tokenizer: one token per whitespace-separated word (at least one)."""
+    return max(1, len(text.split()))
+
+
+def content_text(content: Any) -> str:
+    """Flatten an OpenAI/Ollama message ``content`` (string or list of parts) to text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in content]
+        return "\n".join(p for p in parts if p)
+    return str(content)
+
+
+def messages_text(messages: Any) -> str:
+    """Canonical prompt text of a chat ``messages`` list."""
+    if not isinstance(messages, list):
+        return ""
+    lines = []
+    for m in messages:
+        if isinstance(m, dict):
+            lines.append(f"{m.get('role', '')}: {content_text(m.get('content'))}")
+    return "\n".join(lines)
+
+
+def generate(
+    model: str,
+    prompt: str,
+    *,
+    seed: Any = None,
+    max_tokens: int | None = None,
+    stop: Any = None,
+) -> Generation:
+    """Deterministic completion of ``prompt``: same (model, prompt, seed) → same answer.
+
+    The answer has a natural length of 8–24 words (finish "stop"), cut at
+    ``max_tokens`` (finish "length") or just before a ``stop`` string (finish "stop").
+    """
+    rng = _rng(model, prompt, seed)
+    natural = rng.randint(NATURAL_MIN, NATURAL_MAX)
+    words = [rng.choice(WORDS) for _ in range(natural)]
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    finish = "stop"
+    if max_tokens is not None and 0 <= max_tokens < len(pieces):
+        pieces, finish = pieces[:max_tokens], "length"
+    stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if isinstance(s, str) and s]
+    stop_reason = None
+    if stops:
+        text = ""
+        for i, piece in enumerate(pieces):
+            text += piece
+            hits = [(text.find(s), s) for s in stops if s in text]
+            if hits:  # keep only what precedes the stop string (real servers hold partial matches back)
+                at, stop_reason = min(hits)
+                kept: list[str] = []
+                length = 0
+                for p in pieces[: i + 1]:
+                    if length + len(p) > at:
+                        if at > length:
+                            kept.append(p[: at - length])
+                        break
+                    kept.append(p)
+                    length += len(p)
+                pieces, finish = kept, "stop"
+                break
+    return Generation(pieces, finish, count_tokens(prompt), stop_reason)
+
+
+def embed(model: str, text: str, dim: int = 16) -> list[float]:
+    """Deterministic unit-length embedding of ``text``."""
+    rng = _rng("embed", model, text)
+    vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [round(v / norm, 7) for v in vec]
+
+
+def token_ids(text: str, *, vocab: int = 32000) -> list[int]:
+    """Deterministic fake token ids, one per word (for Ollama's ``context``)."""
+    return [struct.unpack(">I", hashlib.md5(w.encode()).digest()[:4])[0] % vocab for w in text.split()]
+
+
+def go_time(dt: datetime | None = None) -> str:
+    """Format like Go's ``time.Time`` JSON (RFC 3339 with trimmed fractional seconds)."""
+    dt = dt or datetime.now(timezone.utc)
+    frac = f".{dt.microsecond:06d}".rstrip("0").rstrip(".")
+    offset = dt.utcoffset()
+    if offset is None or offset.total_seconds() == 0:
+        tz = "Z"
+    else:
+        minutes = int(offset.total_seconds() // 60)
+        sign = "+" if minutes >= 0 else "-"
+        tz = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + tz
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as an int, or ``None`` when absent/invalid."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

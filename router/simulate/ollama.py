@@ -1,0 +1,428 @@
+"""Ollama's native API (``/api/*``) and its OpenAI-compatible ``/v1/*`` layer.
+
+Shapes follow Ollama's ``server/routes.go`` (handlers, error texts, NDJSON
+streaming), ``api/types.go`` (JSON field names and order) and
+``openai/openai.go`` (the ``/v1`` translation), read, not copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from .backend import body_is_invalid, read_json
+from .core import Generation, as_int, count_tokens, embed, generate, go_time, messages_text, token_ids
+from .openai_compat import Chunk, Ctx, Dialect, OpenAICompatAPI
+
+if TYPE_CHECKING:
+    from .backend import SimulatedBackend
+
+DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5m
+_FOREVER = 10 * 365 * 86400.0
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def canonical(name: str) -> str:
+    """Ollama's name normalisation: drop the default registry/namespace, add ``:latest``."""
+    name = name.strip()
+    for prefix in ("registry.ollama.ai/", "library/"):
+        if name.lower().startswith(prefix):
+            name = name[len(prefix):]
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+def keep_alive_seconds(value: Any) -> float:
+    """Parse ``keep_alive`` (seconds as a number, or a Go duration string); negative = forever."""
+    if value is None or value == "":
+        return DEFAULT_KEEP_ALIVE
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts:
+                return DEFAULT_KEEP_ALIVE
+            seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    return _FOREVER if seconds < 0 else seconds
+
+
+def _family(name: str) -> str:
+    match = re.match(r"[a-z]+", name.rsplit("/", 1)[-1].lower())
+    return match.group(0) if match else "llama"
+
+
+def _parameter_size(name: str) -> str:
+    match = re.search(r"(\d+(?:\.\d+)?)[bB]\b", name.split(":", 1)[-1]) or re.search(r"(\d+(?:\.\d+)?)[bB]\b", name)
+    return f"{match.group(1)}B" if match else "7B"
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+class OllamaDialect(Dialect):
+    """Ollama's ``/v1`` OpenAI layer (``openai/openai.go``)."""
+
+    sse_content_type = "text/event-stream"
+    headers_early = False
+
+    def __init__(self, backend: SimulatedBackend, api: OllamaAPI) -> None:
+        super().__init__(backend)
+        self.api = api
+
+    def add_extra_routes(self, router: web.UrlDispatcher) -> None:
+        pass
+
+    def error_body(self, status: int, message: str, **_: Any) -> dict[str, Any]:
+        etype = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        return {"error": {"message": message, "type": etype, "param": None, "code": None}}
+
+    def resolve(self, requested: Any) -> tuple[str, web.Response | None]:
+        if not requested:
+            return "", self.error(400, "model is required")
+        if self.api.resolve(str(requested)) is None:
+            return str(requested), self.error(404, f"model '{requested}' not found")
+        return str(requested), None
+
+    def load_delay(self, model: str) -> float:
+        return self.api.use(model, None)
+
+    def model_list(self) -> dict[str, Any]:
+        data = [{"id": m, "object": "model", "created": self.b.created, "owned_by": "library"} for m in self.api.names]
+        return {"object": "list", "data": data}
+
+    def chat_id(self) -> str:
+        return f"chatcmpl-{random.randint(0, 999)}"
+
+    def cmpl_id(self) -> str:
+        return f"cmpl-{random.randint(0, 999)}"
+
+    def _head(self, c: Ctx, obj: str) -> dict[str, Any]:
+        return {"id": c.id, "object": obj, "created": c.created, "model": c.model, "system_fingerprint": "fp_ollama"}
+
+    def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(content: str, finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}
+            return {**self._head(c, "chat.completion.chunk"), "choices": [choice]}
+
+        for piece in c.gen.pieces:
+            yield True, chunk(piece, None)
+        yield False, chunk("", c.gen.finish_reason)
+        if c.include_usage:
+            yield False, {**self._head(c, "chat.completion.chunk"), "choices": [], "usage": c.usage()}
+
+    def chat_response(self, c: Ctx) -> dict[str, Any]:
+        choice = {"index": 0, "message": {"role": "assistant", "content": c.gen.text}, "finish_reason": c.gen.finish_reason}
+        return {**self._head(c, "chat.completion"), "choices": [choice], "usage": c.usage()}
+
+    def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            return {"id": c.id, "object": "text_completion", "created": c.created,
+                    "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+                    "model": c.model, "system_fingerprint": "fp_ollama"}
+
+        for piece in c.gen.pieces:
+            yield True, chunk(piece, None)
+        yield False, chunk("", c.gen.finish_reason)
+        if c.include_usage:
+            yield False, {**chunk("", None), "choices": [], "usage": c.usage()}
+
+    def completion_response(self, c: Ctx) -> dict[str, Any]:
+        choice = {"text": c.gen.text, "index": 0, "finish_reason": c.gen.finish_reason}
+        return {**self._head(c, "text_completion"), "choices": [choice], "usage": c.usage()}
+
+    def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+        data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class OllamaAPI:
+    """Route handlers of a simulated Ollama server."""
+
+    version = "0.12.6"
+
+    def __init__(self, backend: SimulatedBackend) -> None:
+        self.b = backend
+        self.v1 = OpenAICompatAPI(backend, OllamaDialect(backend, self))
+        self.modified = datetime.now(timezone.utc).astimezone()
+
+    # ------------------------------------------------------------------ model registry
+
+    @property
+    def names(self) -> list[str]:
+        """Served (\"pulled\") models, normalised as ``/api/tags`` shows them."""
+        return [canonical(m) for m in self.b.models]
+
+    def resolve(self, requested: str) -> str | None:
+        """The served model a request name refers to (case-insensitive, ``:latest`` default)."""
+        wanted = canonical(requested).lower()
+        return next((n for n in self.names if n.lower() == wanted), None)
+
+    def preload(self, name: str) -> None:
+        """Mark a model loaded from the start (adding it to the served list if needed)."""
+        if self.resolve(name) is None:
+            self.b.models.append(name)
+        self.b.loaded[self.resolve(name) or canonical(name)] = time.time() + DEFAULT_KEEP_ALIVE
+
+    def _expire(self) -> None:
+        now = time.time()
+        for name in [n for n, until in self.b.loaded.items() if until <= now]:
+            del self.b.loaded[name]
+
+    def use(self, requested: str, keep_alive: Any) -> float:
+        """Record a use of a model; returns the extra load delay (0 when it was loaded)."""
+        self._expire()
+        name = self.resolve(requested) or canonical(requested)
+        extra = 0.0 if name in self.b.loaded else self.b.load_time
+        seconds = keep_alive_seconds(keep_alive)
+        if seconds == 0:
+            self.b.loaded.pop(name, None)
+        else:
+            self.b.loaded[name] = time.time() + seconds
+        return extra
+
+    def _digest(self, name: str) -> str:
+        return hashlib.sha256(name.encode()).hexdigest()
+
+    def _details(self, name: str) -> dict[str, Any]:
+        family = _family(name)
+        return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+                "parameter_size": _parameter_size(name), "quantization_level": "Q4_K_M"}
+
+    def _size(self, name: str) -> int:
+        return int(float(_parameter_size(name)[:-1]) * 0.6e9) + 1024 * (int(self._digest(name)[:4], 16) % 997)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/", self.root)  # also answers HEAD
+        router.add_get("/api/version", self.api_version)
+        router.add_get("/api/tags", self.tags)
+        router.add_get("/api/ps", self.ps)
+        router.add_post("/api/show", self.show)
+        router.add_post("/api/chat", self.chat)
+        router.add_post("/api/generate", self.generate)
+        router.add_post("/api/embed", self.embed)
+        router.add_post("/api/embeddings", self.embeddings)
+        self.v1.add_routes(router)
+
+    def err(self, status: int, message: str) -> web.Response:
+        return self.b.json({"error": message}, status, content_type=JSON_TYPE)
+
+    def error_response(self, request: web.Request, status: int, message: str) -> web.Response:
+        if request.path.startswith("/v1/"):
+            return self.v1.error_response(request, status, message)
+        return self.err(status, message)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, text="404 page not found", content_type="text/plain")
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        body = await read_json(request)
+        if body_is_invalid(request):
+            return self.err(400, "invalid character in request body")
+        if body is None:
+            return self.err(400, "missing request body")
+        if not isinstance(body, dict):
+            return self.err(400, "json: cannot unmarshal into Go value of type api.Request")
+        return body
+
+    # ------------------------------------------------------------------ simple endpoints
+
+    async def root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running", content_type="text/plain")
+
+    async def api_version(self, request: web.Request) -> web.Response:
+        return self.b.json({"version": self.b.version or self.version}, content_type=JSON_TYPE)
+
+    async def tags(self, request: web.Request) -> web.Response:
+        models = [{"name": n, "model": n, "modified_at": go_time(self.modified), "size": self._size(n),
+                   "digest": self._digest(n), "details": self._details(n)} for n in self.names]
+        return self.b.json({"models": models}, content_type=JSON_TYPE)
+
+    async def ps(self, request: web.Request) -> web.Response:
+        self._expire()
+        models = []
+        for name, until in sorted(self.b.loaded.items(), key=lambda kv: -kv[1]):
+            expires = datetime.fromtimestamp(min(until, 4102444800), timezone.utc).astimezone()
+            models.append({"name": name, "model": name, "size": self._size(name), "digest": self._digest(name),
+                           "details": self._details(name), "expires_at": go_time(expires),
+                           "size_vram": self._size(name), "context_length": 4096})
+        return self.b.json({"models": models}, content_type=JSON_TYPE)
+
+    async def show(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        requested = body.get("model") or body.get("name")
+        if not requested:
+            return self.err(400, "model is required")
+        name = self.resolve(str(requested))
+        if name is None:
+            return self.err(404, f"model '{requested}' not found")
+        family = _family(name)
+        caps = ["embedding"] if "embed" in name.lower() else ["completion"]
+        return self.b.json({
+            "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
+            "parameters": 'stop                           "<|eot_id|>"',
+            "template": "{{ .Prompt }}",
+            "details": self._details(name),
+            "model_info": {"general.architecture": family, "general.parameter_count": self._size(name) * 2,
+                           f"{family}.context_length": 131072, f"{family}.embedding_length": self.b.embedding_dim},
+            "capabilities": caps,
+            "modified_at": go_time(self.modified),
+        }, content_type=JSON_TYPE)
+
+    # ------------------------------------------------------------------ generation
+
+    def _load_only(self, requested: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+        unload = keep_alive_seconds(body.get("keep_alive")) == 0
+        out: dict[str, Any] = {"model": requested, "created_at": go_time()}
+        out.update({"message": {"role": "assistant", "content": ""}} if key == "message" else {"response": ""})
+        return {**out, "done": True, "done_reason": "unload" if unload else "load"}
+
+    async def _generation(self, request: web.Request, key: str) -> web.StreamResponse:
+        """Shared body of ``/api/chat`` (key ``message``) and ``/api/generate`` (key ``response``)."""
+        started = time.perf_counter()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        requested = body.get("model")
+        if not requested:
+            return self.err(400, "model is required")
+        requested = str(requested)
+        name = self.resolve(requested)
+        if name is None:
+            return self.err(404, f"model '{requested}' not found")
+        if key == "message":
+            prompt = messages_text(body.get("messages"))
+            empty = not body.get("messages")
+        else:
+            prompt = str(body.get("prompt") or "")
+            empty = not prompt
+            if body.get("system"):
+                prompt = f"{body['system']}\n{prompt}"
+        extra = self.use(name, body.get("keep_alive"))
+        if empty:  # load (or unload with keep_alive 0) only
+            await self.b.pause(request, extra)
+            return self.b.json(self._load_only(requested, body, key), content_type=JSON_TYPE)
+        options = body.get("options") or {}
+        num_predict = as_int(options.get("num_predict"))
+        gen = generate(name, prompt, seed=options.get("seed"),
+                       max_tokens=num_predict if num_predict is not None and num_predict >= 0 else None,
+                       stop=options.get("stop"))
+        with_context = key == "response" and not body.get("raw")
+
+        def piece(text: str) -> dict[str, Any]:
+            part = {"message": {"role": "assistant", "content": text}} if key == "message" else {"response": text}
+            return {"model": requested, "created_at": go_time(), **part, "done": False}
+
+        def final(text: str) -> dict[str, Any]:
+            out = piece(text)
+            del out["done"]
+            if key == "message":
+                out.update(done_reason=gen.finish_reason, done=True)
+            else:
+                out.update(done=True, done_reason=gen.finish_reason)
+                if with_context:
+                    out["context"] = token_ids(prompt + " " + gen.text)
+            return {**out, **self._metrics(gen, extra, started)}
+
+        if body.get("stream", True) is False:
+            interval = self.b.token_interval()
+            await self.b.pause(request, self.b.first_token_delay(extra) + interval * max(gen.completion_tokens - 1, 0))
+            return self.b.json(final(gen.text), content_type=JSON_TYPE)
+
+        def events() -> Iterator[tuple[bool, bytes]]:
+            for p in gen.pieces:
+                yield True, orjson.dumps(piece(p)) + b"\n"
+            yield False, orjson.dumps(final("")) + b"\n"
+
+        return await self.b.stream(request, events(), content_type="application/x-ndjson", extra_delay=extra,
+                                   headers_early=False)
+
+    def _metrics(self, gen: Generation, extra: float, started: float) -> dict[str, int]:
+        load = _ns(extra) or 1_200_000
+        prompt_eval = _ns(self.b.ttft) or 40_000 * gen.prompt_tokens
+        evaluation = _ns(self.b.token_interval() * gen.completion_tokens) or 15_000 * max(gen.completion_tokens, 1)
+        total = max(_ns(time.perf_counter() - started), load + prompt_eval + evaluation)
+        return {"total_duration": total, "load_duration": load, "prompt_eval_count": gen.prompt_tokens,
+                "prompt_eval_duration": prompt_eval, "eval_count": gen.completion_tokens, "eval_duration": evaluation}
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generation(request, "message")
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._generation(request, "response")
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        requested = str(body.get("model") or "")
+        name = self.resolve(requested) if requested else None
+        if name is None:
+            return self.err(404, f"model '{requested}' not found")
+        raw = body.get("input")
+        if isinstance(raw, str):
+            texts = [raw] if raw else []
+        elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+            texts = raw
+        elif raw is None:
+            texts = []
+        else:
+            return self.err(400, "invalid input type")
+        extra = self.use(name, body.get("keep_alive"))
+        await self.b.pause(request, self.b.first_token_delay(extra))
+        if not texts:
+            return self.b.json({"model": requested, "embeddings": []}, content_type=JSON_TYPE)
+        dim = as_int(body.get("dimensions"))
+        vectors = [embed(name, t, self.b.embedding_dim) for t in texts]
+        if dim and 0 < dim < self.b.embedding_dim:
+            vectors = [_renormalise(v[:dim]) for v in vectors]
+        tokens = sum(count_tokens(t) for t in texts)
+        load = _ns(extra) or 1_200_000
+        return self.b.json({
+            "model": requested, "embeddings": vectors,
+            "total_duration": max(_ns(time.perf_counter() - started), load + 1), "load_duration": load,
+            "prompt_eval_count": tokens,
+        }, content_type=JSON_TYPE)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        requested = str(body.get("model") or "")
+        if not requested:
+            return self.err(400, "model is required")
+        name = self.resolve(requested)
+        if name is None:  # this legacy path reports through the scheduler's wording
+            return self.err(404, f'model "{requested}" not found, try pulling it first')
+        extra = self.use(name, body.get("keep_alive"))
+        await self.b.pause(request, self.b.first_token_delay(extra))
+        prompt = str(body.get("prompt") or "")
+        return self.b.json({"embedding": embed(name, prompt, self.b.embedding_dim) if prompt else []},
+                           content_type=JSON_TYPE)
+
+
+def _renormalise(vec: list[float]) -> list[float]:
+    norm = sum(v * v for v in vec) ** 0.5 or 1.0
+    return [round(v / norm, 7) for v in vec]

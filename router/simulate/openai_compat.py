@@ -1,0 +1,582 @@
+"""OpenAI-compatible endpoints, with one :class:`Dialect` per real server.
+
+The dialects reproduce each server's known differences: chunk shapes and key
+order, where ``finish_reason`` rides, ``include_usage`` support, the SSE line
+terminator, ``/v1/models`` and ``/health`` answers, model-name handling and
+error bodies. Sources (read, not copied): vLLM ``entrypoints/openai``
+(``chat_completion/serving.py``, ``engine/protocol.py``, ``models/serving.py``,
+``serve/instrumentator/health.py``), llama.cpp ``tools/server``
+(``server-task.cpp``, ``server-common.cpp``), llama-cpp-python
+``llama_cpp/server/app.py``, ``errors.py`` and ``llama_chat_format.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from .backend import read_json
+from .core import Generation, as_int, content_text, count_tokens, embed, generate, messages_text
+
+if TYPE_CHECKING:
+    from .backend import SimulatedBackend
+
+Chunk = tuple[bool, dict[str, Any]]  # (is_token, chunk object)
+
+
+@dataclass
+class Ctx:
+    """One generation request as the dialects see it."""
+
+    id: str
+    created: int
+    model: str
+    gen: Generation
+    include_usage: bool
+    ttft: float
+    interval: float
+
+    @property
+    def prompt(self) -> int:
+        return self.gen.prompt_tokens
+
+    @property
+    def completion(self) -> int:
+        return self.gen.completion_tokens
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt, "completion_tokens": self.completion, "total_tokens": self.prompt + self.completion}
+
+
+def _alnum(n: int) -> str:
+    return "".join(random.choices(string.ascii_letters + string.digits, k=n))
+
+
+class Dialect:
+    """A generic OpenAI-style server (api.openai.com shapes); base of the others."""
+
+    sse_newline = "\n"
+    sse_content_type = "text/event-stream; charset=utf-8"
+    json_content_type = "application/json"
+    headers_early = True
+    honours_include_usage = True
+
+    def __init__(self, backend: SimulatedBackend) -> None:
+        self.b = backend
+
+    # -- plumbing
+    def dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def sse(self, obj: Any) -> bytes:
+        nl = (self.b.sse_newline or self.sse_newline).encode()
+        data = obj.encode() if isinstance(obj, str) else self.dumps(obj)
+        return b"data: " + data + nl + nl
+
+    def json(self, obj: Any, status: int = 200) -> web.Response:
+        return self.b.json(obj, status, content_type=self.json_content_type)
+
+    def add_extra_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/health", self.health)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return self.json({"status": "ok"})
+
+    def not_found(self, request: web.Request) -> web.Response:
+        return self.json(self.error_body(404, f"Invalid URL ({request.method} {request.path})"), 404)
+
+    def load_delay(self, model: str) -> float:
+        return 0.0
+
+    # -- errors and models
+    def error_body(self, status: int, message: str, *, code: Any = None) -> dict[str, Any]:
+        etype = "server_error" if status >= 500 else "invalid_request_error"
+        return {"error": {"message": message, "type": etype, "param": None, "code": code}}
+
+    def error(self, status: int, message: str, **kw: Any) -> web.Response:
+        return self.json(self.error_body(status, message, **kw), status)
+
+    def resolve(self, requested: Any) -> tuple[str, web.Response | None]:
+        """The model name to answer with, or an error response."""
+        if not requested:
+            return "", self.error(400, "you must provide a model parameter")
+        if requested not in self.b.models:
+            msg = f"The model `{requested}` does not exist or you do not have access to it."
+            return requested, self.error(404, msg, code="model_not_found")
+        return requested, None
+
+    def model_list(self) -> dict[str, Any]:
+        data = [{"id": m, "object": "model", "created": self.b.created, "owned_by": "system"} for m in self.b.models]
+        return {"object": "list", "data": data}
+
+    # -- ids
+    def chat_id(self) -> str:
+        return "chatcmpl-" + _alnum(29)
+
+    def cmpl_id(self) -> str:
+        return "cmpl-" + _alnum(29)
+
+    # -- chat completions
+    def _chunk(self, c: Ctx, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
+            "system_fingerprint": None, "choices": choices,
+        }
+        if c.include_usage:
+            out["usage"] = None
+        return out
+
+    def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        yield False, self._chunk(c, choice({"role": "assistant", "content": "", "refusal": None}))
+        for piece in c.gen.pieces:
+            yield True, self._chunk(c, choice({"content": piece}))
+        yield False, self._chunk(c, choice({}, c.gen.finish_reason))
+        if c.include_usage:
+            yield False, {**self._chunk(c, []), "usage": c.usage()}
+
+    def chat_response(self, c: Ctx) -> dict[str, Any]:
+        return {
+            "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": c.gen.text, "refusal": None, "annotations": []},
+                "logprobs": None, "finish_reason": c.gen.finish_reason,
+            }],
+            "usage": c.usage(), "system_fingerprint": None,
+        }
+
+    # -- text completions
+    def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            out = {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+                   "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            if c.include_usage:
+                out["usage"] = None
+            return out
+
+        for piece in c.gen.pieces:
+            yield True, chunk(piece, None)
+        yield False, chunk("", c.gen.finish_reason)
+        if c.include_usage:
+            yield False, {**chunk("", None), "choices": [], "usage": c.usage()}
+
+    def completion_response(self, c: Ctx) -> dict[str, Any]:
+        return {
+            "id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+            "choices": [{"text": c.gen.text, "index": 0, "logprobs": None, "finish_reason": c.gen.finish_reason}],
+            "usage": c.usage(),
+        }
+
+    # -- embeddings
+    def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class VLLMDialect(Dialect):
+    """vLLM's OpenAI server (FastAPI + pydantic ``exclude_unset`` dumps)."""
+
+    sse_content_type = "text/event-stream; charset=utf-8"
+
+    def add_extra_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/health", self.health)
+        router.add_get("/version", self.version)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)  # empty body
+
+    async def version(self, request: web.Request) -> web.Response:
+        return self.json({"version": self.b.version or "0.11.0"})
+
+    def not_found(self, request: web.Request) -> web.Response:
+        return self.json({"detail": "Not Found"}, 404)
+
+    def error_body(self, status: int, message: str, *, param: str | None = None, **_: Any) -> dict[str, Any]:
+        etype = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 501: "NotImplementedError"}.get(
+            status, HTTPStatus(status).phrase.replace(" ", "").replace("-", "") + "Error"
+        )
+        if self.b.legacy_errors:  # vLLM < 0.10.1
+            return {"object": "error", "message": message, "type": etype, "param": None, "code": status}
+        return {"error": {"message": message, "type": etype, "param": param, "code": status}}
+
+    def resolve(self, requested: Any) -> tuple[str, web.Response | None]:
+        if not requested:
+            return self.b.models[0], None
+        if requested not in self.b.models:
+            return requested, self.error(404, f"The model `{requested}` does not exist.", param="model")
+        return requested, None
+
+    def model_list(self) -> dict[str, Any]:
+        def card(m: str) -> dict[str, Any]:
+            perm = {
+                "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": self.b.created,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                "organization": "*", "group": None, "is_blocking": False,
+            }
+            return {"id": m, "object": "model", "created": self.b.created, "owned_by": "vllm", "root": m,
+                    "parent": None, "max_model_len": self.b.max_model_len, "permission": [perm]}
+
+        return {"object": "list", "data": [card(m) for m in self.b.models]}
+
+    def chat_id(self) -> str:
+        return f"chatcmpl-{uuid.uuid4().hex}"
+
+    def cmpl_id(self) -> str:
+        return f"cmpl-{uuid.uuid4().hex}"
+
+    def _usage(self, c: Ctx) -> dict[str, int]:
+        return {"prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion, "completion_tokens": c.completion}
+
+    def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, last: bool = False) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if last:
+                choice["stop_reason"] = c.gen.stop_reason
+            return {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model, "choices": [choice]}
+
+        yield False, chunk({"role": "assistant", "content": ""})
+        pieces = c.gen.pieces or [""]
+        for i, piece in enumerate(pieces):  # the finish_reason rides on the last token
+            last = i == len(pieces) - 1
+            yield bool(c.gen.pieces), chunk({"content": piece}, c.gen.finish_reason if last else None, last)
+        if c.include_usage:
+            yield False, {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
+                          "choices": [], "usage": self._usage(c)}
+
+    def chat_response(self, c: Ctx) -> dict[str, Any]:
+        message = {"role": "assistant", "content": c.gen.text, "refusal": None, "annotations": None, "audio": None,
+                   "function_call": None, "tool_calls": [], "reasoning_content": None}
+        return {
+            "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": c.gen.finish_reason,
+                         "stop_reason": c.gen.stop_reason}],
+            "service_tier": None, "system_fingerprint": None,
+            "usage": {**self._usage(c), "prompt_tokens_details": None},
+            "prompt_logprobs": None, "kv_transfer_params": None,
+        }
+
+    def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        pieces = c.gen.pieces or [""]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": c.gen.finish_reason if last else None,
+                      "stop_reason": c.gen.stop_reason if last else None}
+            yield bool(c.gen.pieces), {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+                                       "choices": [choice]}
+        if c.include_usage:
+            yield False, {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+                          "choices": [], "usage": self._usage(c)}
+
+    def completion_response(self, c: Ctx) -> dict[str, Any]:
+        choice = {"index": 0, "text": c.gen.text, "logprobs": None, "finish_reason": c.gen.finish_reason,
+                  "stop_reason": c.gen.stop_reason, "prompt_logprobs": None}
+        return {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model, "choices": [choice],
+                "usage": {**self._usage(c), "prompt_tokens_details": None}, "kv_transfer_params": None}
+
+    def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+        data = [{"index": i, "object": "embedding", "embedding": v} for i, v in enumerate(vectors)]
+        return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
+                "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                                        "prompt_tokens_details": None}}
+
+
+class LlamaServerDialect(Dialect):
+    """llama.cpp's ``llama-server`` (nlohmann JSON, cpp-httplib)."""
+
+    sse_content_type = "text/event-stream"
+    json_content_type = "application/json; charset=utf-8"
+    headers_early = False
+    fingerprint = "b6700-simulated"
+
+    _types = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+              404: "not_found_error", 501: "not_supported_error", 503: "unavailable_error"}
+
+    def add_extra_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/health", self.health)
+        router.add_get("/v1/health", self.health)
+
+    def not_found(self, request: web.Request) -> web.Response:
+        return self.error(404, "File Not Found")
+
+    def error_body(self, status: int, message: str, **_: Any) -> dict[str, Any]:
+        return {"error": {"code": status, "message": message, "type": self._types.get(status, "server_error")}}
+
+    def resolve(self, requested: Any) -> tuple[str, web.Response | None]:
+        return (requested or self.b.models[0]), None  # any name is served and echoed
+
+    def model_list(self) -> dict[str, Any]:
+        meta = {"vocab_type": 2, "n_vocab": 128256, "n_ctx_train": 131072, "n_embd": 4096,
+                "n_params": 8030261248, "size": 4912898304}
+        models = [{"name": m, "model": m, "modified_at": "", "size": "", "digest": "", "type": "model",
+                   "description": "", "tags": [""], "capabilities": ["completion"], "parameters": "",
+                   "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""],
+                               "parameter_size": "", "quantization_level": ""}} for m in self.b.models]
+        data = [{"id": m, "aliases": [], "tags": [], "object": "model", "created": int(time.time()),
+                 "owned_by": "llamacpp", "meta": meta} for m in self.b.models]
+        return {"models": models, "object": "list", "data": data}
+
+    def chat_id(self) -> str:
+        return "chatcmpl-" + _alnum(32)
+
+    cmpl_id = chat_id
+
+    def _usage(self, c: Ctx) -> dict[str, int]:
+        return {"completion_tokens": c.completion, "prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion}
+
+    def _timings(self, c: Ctx) -> dict[str, Any]:
+        prompt_ms = max(c.ttft * 1000, 0.05 * c.prompt)
+        predicted_ms = max(c.interval * 1000 * max(c.completion - 1, 0), 0.02 * c.completion)
+        return {
+            "cache_n": 0, "prompt_n": c.prompt, "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / max(c.prompt, 1), "prompt_per_second": 1000 * c.prompt / prompt_ms,
+            "predicted_n": c.completion, "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / max(c.completion, 1),
+            "predicted_per_second": 1000 * c.completion / predicted_ms if predicted_ms else 0.0,
+        }
+
+    def _head(self, c: Ctx, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"choices": choices, "created": c.created, "id": c.id, "model": c.model,
+                "system_fingerprint": self.fingerprint, "object": obj}
+
+    def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return self._head(c, "chat.completion.chunk", [{"finish_reason": finish, "index": 0, "delta": delta}])
+
+        yield False, chunk({"role": "assistant", "content": None})
+        for piece in c.gen.pieces:
+            yield True, chunk({"content": piece})
+        tail = [chunk({}, c.gen.finish_reason)]
+        if c.include_usage:
+            tail.append({**self._head(c, "chat.completion.chunk", []), "usage": self._usage(c)})
+        tail[-1]["timings"] = self._timings(c)
+        for obj in tail:
+            yield False, obj
+
+    def chat_response(self, c: Ctx) -> dict[str, Any]:
+        choice = {"finish_reason": c.gen.finish_reason, "index": 0, "message": {"role": "assistant", "content": c.gen.text}}
+        head = self._head(c, "chat.completion", [choice])
+        del head["id"]
+        return {**head, "usage": self._usage(c), "id": c.id, "timings": self._timings(c)}
+
+    def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def choice(text: str, finish: str | None) -> list[dict[str, Any]]:
+            return [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]
+
+        for piece in c.gen.pieces:
+            yield True, self._head(c, "text_completion", choice(piece, None))
+        final = self._head(c, "text_completion", choice("", c.gen.finish_reason))
+        yield False, {**final, "usage": self._usage(c), "timings": self._timings(c)}
+
+    def completion_response(self, c: Ctx) -> dict[str, Any]:
+        choice = [{"text": c.gen.text, "index": 0, "logprobs": None, "finish_reason": c.gen.finish_reason}]
+        head = self._head(c, "text_completion", choice)
+        del head["id"]
+        return {**head, "usage": self._usage(c), "id": c.id, "timings": self._timings(c)}
+
+    def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+        data = [{"embedding": v, "index": i, "object": "embedding"} for i, v in enumerate(vectors)]
+        return {"model": model, "object": "list", "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "data": data}
+
+
+class LlamaCppPythonDialect(Dialect):
+    """llama-cpp-python's server (FastAPI + sse-starlette, ``json.dumps`` for SSE data).
+
+    No ``/health`` route; ``stream_options.include_usage`` is ignored. SSE lines
+    end in ``\\n`` since llama-cpp-python PR #1188 (Feb 2024, ``sep="\\n"``);
+    older releases used sse-starlette's default ``\\r\\n`` (``sse_newline="\\r\\n"``).
+    """
+
+    honours_include_usage = False
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj).encode()  # the SSE data is json.dumps(chunk): ", " and ": " separators
+
+    def add_extra_routes(self, router: web.UrlDispatcher) -> None:
+        pass
+
+    def not_found(self, request: web.Request) -> web.Response:
+        return self.b.json({"detail": "Not Found"}, 404)
+
+    def error_body(self, status: int, message: str, **_: Any) -> dict[str, Any]:
+        etype = "internal_server_error" if status >= 500 else "invalid_request_error"
+        return {"error": {"message": message, "type": etype, "param": None, "code": None}}
+
+    def resolve(self, requested: Any) -> tuple[str, web.Response | None]:
+        return (requested or self.b.models[0]), None  # unknown names fall back to the default model, echoed
+
+    def model_list(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "me", "permissions": []}
+                                           for m in self.b.models]}
+
+    def cmpl_id(self) -> str:
+        return f"cmpl-{uuid.uuid4()}"
+
+    def chat_id(self) -> str:
+        return "chat" + self.cmpl_id()
+
+    def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": c.id, "model": c.model, "created": c.created, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        yield False, chunk({"role": "assistant"})
+        for piece in c.gen.pieces:
+            yield True, chunk({"content": piece})
+        yield False, chunk({}, c.gen.finish_reason)
+
+    def chat_response(self, c: Ctx) -> dict[str, Any]:
+        return {"id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.gen.text}, "logprobs": None,
+                             "finish_reason": c.gen.finish_reason}],
+                "usage": c.usage()}
+
+    def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            return {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+        for piece in c.gen.pieces:
+            yield True, chunk(piece, None)
+        yield False, chunk("", c.gen.finish_reason)
+
+    def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+        data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+DIALECTS: dict[str, type[Dialect]] = {
+    "openai": Dialect,
+    "vllm": VLLMDialect,
+    "llama_cpp_native": LlamaServerDialect,
+    "llama_cpp_python": LlamaCppPythonDialect,
+}
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = as_int(body.get("max_completion_tokens"))
+    return value if value is not None else as_int(body.get("max_tokens"))
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    if isinstance(prompt, list):  # token ids
+        return " ".join(map(str, prompt))
+    return "" if prompt is None else str(prompt)
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return [" ".join(map(str, value))]
+        return [v if isinstance(v, str) else " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value]
+    return []
+
+
+class OpenAICompatAPI:
+    """``/v1/*`` route handlers shared by every OpenAI-compatible kind (and Ollama's /v1)."""
+
+    def __init__(self, backend: SimulatedBackend, dialect: Dialect | None = None) -> None:
+        self.b = backend
+        self.d = dialect or DIALECTS[backend.kind](backend)
+
+    def preload(self, name: str) -> None:
+        """OpenAI-compatible servers have their model(s) loaded from the start."""
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/chat/completions", self.chat)
+        router.add_post("/v1/completions", self.completions)
+        router.add_post("/v1/embeddings", self.embeddings)
+        router.add_get("/v1/models", self.models)
+        self.d.add_extra_routes(router)
+
+    def error_response(self, request: web.Request, status: int, message: str) -> web.Response:
+        return self.d.error(status, message)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return self.d.not_found(request)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return self.d.json(self.d.model_list())
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            return self.d.error(400, "request body must be a JSON object")
+        return body
+
+    def _ctx(self, id_: str, model: str, gen: Generation, body: dict[str, Any]) -> Ctx:
+        options = body.get("stream_options") or {}
+        include_usage = bool(self.d.honours_include_usage and body.get("stream") and options.get("include_usage"))
+        return Ctx(id_, int(time.time()), model, gen, include_usage, self.b.ttft, self.b.token_interval())
+
+    async def _answer(self, request: web.Request, c: Ctx, stream: bool, chunks: Iterator[Chunk], full: dict[str, Any] | None) -> web.StreamResponse:
+        extra = self.d.load_delay(c.model)
+        if stream:
+            events = [(tok, self.d.sse(obj)) for tok, obj in chunks] + [(False, self.d.sse("[DONE]"))]
+            return await self.b.stream(request, events, content_type=self.d.sse_content_type, extra_delay=extra,
+                                       headers_early=self.d.headers_early)
+        await self.b.pause(request, self.b.first_token_delay(extra) + c.interval * max(c.completion - 1, 0))
+        return self.d.json(full)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model, err = self.d.resolve(body.get("model"))
+        if err is not None:
+            return err
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self.d.error(400, "'messages' must be a non-empty list")
+        gen = generate(model, messages_text(messages), seed=body.get("seed"), max_tokens=_max_tokens(body),
+                       stop=body.get("stop"))
+        c = self._ctx(self.d.chat_id(), model, gen, body)
+        stream = bool(body.get("stream"))
+        return await self._answer(request, c, stream, self.d.chat_chunks(c), None if stream else self.d.chat_response(c))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model, err = self.d.resolve(body.get("model"))
+        if err is not None:
+            return err
+        gen = generate(model, _prompt_text(body.get("prompt")), seed=body.get("seed"), max_tokens=_max_tokens(body),
+                       stop=body.get("stop"))
+        c = self._ctx(self.d.cmpl_id(), model, gen, body)
+        stream = bool(body.get("stream"))
+        return await self._answer(request, c, stream, self.d.completion_chunks(c),
+                                  None if stream else self.d.completion_response(c))
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model, err = self.d.resolve(body.get("model"))
+        if err is not None:
+            return err
+        texts = _embedding_inputs(body.get("input"))
+        if not texts:
+            return self.d.error(400, "'input' must be a string or a list")
+        dim = as_int(body.get("dimensions")) or self.b.embedding_dim
+        vectors = [embed(model, t, dim) for t in texts]
+        await self.b.pause(request, self.b.first_token_delay(self.d.load_delay(model)))
+        tokens = sum(count_tokens(content_text(t)) for t in texts)
+        return self.d.json(self.d.embeddings_response(model, vectors, tokens))

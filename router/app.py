@@ -37,7 +37,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _error(exc: RouterError, rid: str) -> web.Response:
-    return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers={"x-request-id": rid})
+    return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json",
+                        headers={"x-request-id": rid, **exc.headers()})
 
 
 def _presented_key(request: web.Request) -> str:

@@ -34,6 +34,10 @@ class RouterError(Exception):
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.body())
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After`` where it applies)."""
+        return {}
+
     @property
     def error_class(self) -> str:
         """Short label for logs and metrics."""
@@ -70,6 +74,9 @@ class CapacityExceeded(RouterError):
     type = "rate_limit_error"
     code = "max_parallel_requests"
     retryable = True
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class UpstreamError(RouterError):

@@ -134,7 +134,7 @@ class Proxy:
             return await self._forward(request, endpoint, body, decision, dep, outcome)
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
-            headers = {"x-request-id": rid}
+            headers = {"x-request-id": rid, **exc.headers()}
             if decision is not None and dep is not None:
                 headers.update(_route_headers(decision, dep))
             return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)

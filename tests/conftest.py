@@ -30,7 +30,8 @@ class Stack:
         return self.log.getvalue().splitlines()
 
 
-def stack_config(tmp_path: Path, b: dict[str, SimulatedBackend], extra_router: str = "", extra_general: str = "") -> Config:
+def stack_config(tmp_path: Path, b: dict[str, SimulatedBackend], extra_router: str = "", extra_general: str = "",
+                 extra_models: str = "") -> Config:
     (tmp_path / "litellm.yaml").write_text(textwrap.dedent(f"""
         model_list:
           - model_name: llama3.1:8b
@@ -50,6 +51,7 @@ def stack_config(tmp_path: Path, b: dict[str, SimulatedBackend], extra_router: s
           - model_name: native
             litellm_params: {{model: openai/tiny.gguf, api_base: "{b['llama_cpp_native'].base_url}/v1", timeout: 2}}
             model_info: {{id: llama-cpp-native}}
+          {extra_models}
         router_settings:
           model_group_alias:
             general_chat: [llama3.1-ollama]

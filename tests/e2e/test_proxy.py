@@ -274,3 +274,20 @@ async def test_health_reports_every_deployment_with_a_live_probe(stack):
     assert {"llama3.1-ollama", "llama2-13b-vllm", "llama-cpp-python"} <= healthy
     assert "llama-cpp-native" in unhealthy and unhealthy["llama-cpp-native"]["error"]
     assert "sk-upstream-vllm" not in orjson.dumps(health).decode()
+
+
+async def test_max_parallel_requests_caps_a_deployment_and_the_excess_gets_a_429(make_stack, backends):
+    base = backends["llama_cpp_native"].base_url
+    stack = await make_stack(extra_models=f'- {{model_name: capped, litellm_params: {{model: openai/tiny.gguf, api_base: "{base}/v1", max_parallel_requests: 1}}, model_info: {{id: capped-1}}}}')
+    sim = backends["llama_cpp_native"]
+    sim.faults.hang = True
+    c = client(stack)
+    first = asyncio.create_task(c.chat.completions.create(model="capped", messages=HI))
+    while sim.stats.open == 0:  # wait until the first request is in flight at the backend
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.RateLimitError) as info:
+        await c.chat.completions.create(model="capped", messages=HI)
+    assert info.value.body["code"] == "max_parallel_requests" and info.value.response.headers["retry-after"] == "1"
+    sim.faults.clear()  # the hung request now completes
+    assert (await first).choices
+    assert (await c.chat.completions.create(model="capped", messages=HI)).choices  # capacity is back

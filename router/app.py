@@ -137,7 +137,9 @@ async def health(request: web.Request) -> web.Response:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=config.router.max_upstream_connections, limit_per_host=0,
+    # No global cap, a cap per backend server: one stuck backend can hold at most its
+    # own connections and never starve the others (aiohttp's default is 100 in total).
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=config.router.max_connections_per_backend,
                                      keepalive_timeout=30, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
                                     timeout=aiohttp.ClientTimeout(total=None))

@@ -50,7 +50,7 @@ class RouterSettings:
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     debug_router: bool = False
-    max_upstream_connections: int = 1024
+    max_connections_per_backend: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +176,33 @@ class Config:
 # ---------------------------------------------------------------------------
 
 _MISSING = object()
+_ENV_PREFIX = "os.environ/"
+_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 
 
 def _get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, default: Any = None, required: bool = False) -> Any:
+    """``m[key]`` checked against ``kind``; errors are recorded and ``default`` returned.
+
+    LiteLLM's ``os.environ/NAME`` works for every key; an unset variable is an
+    error, except for ``secret`` keys, where it only warns (no key is sent).
+    Numbers written as strings (``"60"``, or from the environment) are accepted.
+    """
     value = m.get(key, _MISSING)
+    if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+        name = value[len(_ENV_PREFIX):]
+        value = os.environ.get(name)
+        if value is None:
+            if kind == "secret":
+                src.warn(path + (key,), f"environment variable {name} is not set; no value is used")
+            else:
+                src.error(path + (key,), f"environment variable {name} is not set")
+            return default
     if value is _MISSING or value is None:
         if required:
             src.error(path + (key,), "is required")
         return default
+    if kind in ("int", "num", "pos") and isinstance(value, str) and _NUMBER.match(value):
+        value = float(value) if "." in value else int(value)
     ok, converted = _CONVERT[kind](value)
     if not ok:
         src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
@@ -191,18 +210,16 @@ def _get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, def
     return converted
 
 
-def _conv_num(v: Any) -> tuple[bool, Any]:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, float(v) if isinstance(v, (int, float)) else v)
-
-
-def _conv_int(v: Any) -> tuple[bool, Any]:
-    return (isinstance(v, int) and not isinstance(v, bool) and v >= 0, v)
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 _CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {
     "str": lambda v: (isinstance(v, str) and v != "", v),
-    "int": _conv_int,
-    "num": _conv_num,
+    "secret": lambda v: (isinstance(v, str) and v != "", v),
+    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0, v),
+    "num": lambda v: (_is_number(v) and v >= 0, float(v) if _is_number(v) else v),
+    "pos": lambda v: (_is_number(v) and v > 0, float(v) if _is_number(v) else v),
     "bool": lambda v: (isinstance(v, bool), v),
     "list": lambda v: (isinstance(v, list), v),
     "map": lambda v: (isinstance(v, dict), v),
@@ -210,8 +227,10 @@ _CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {
 }
 _KIND_NAMES = {
     "str": "a non-empty string",
+    "secret": "a non-empty string",
     "int": "a non-negative integer",
     "num": "a non-negative number",
+    "pos": "a number greater than 0",
     "bool": "true or false",
     "list": "a list",
     "map": "a mapping",
@@ -229,22 +248,10 @@ def _unknown_keys(src: Source, m: Mapping[str, Any], path: Path, known: set[str]
             src.warn(path + (key,), "unknown key; ignored")
 
 
-def _env(src: Source, path: Path, value: str | None, *, secret: bool) -> str | None:
-    """Resolve LiteLLM's ``os.environ/NAME`` references."""
-    if not isinstance(value, str) or not value.startswith("os.environ/"):
-        return value
-    name = value[len("os.environ/"):]
-    resolved = os.environ.get(name)
-    if resolved is None:
-        if secret:
-            src.warn(path, f"environment variable {name} is not set; no value is used")
-        else:
-            src.error(path, f"environment variable {name} is not set")
-    return resolved
-
-
-def _base_url(src: Source, path: Path, url: str) -> str | None:
-    """Validate an api_base and return it without a trailing slash or ``/v1``."""
+def _url(src: Source, path: Path, url: str | None) -> str | None:
+    """Validate an api_base; return it without a trailing slash (``None`` if invalid)."""
+    if url is None:
+        return None
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         src.error(path, f"must be an http(s) URL, got {url!r}")
@@ -254,8 +261,19 @@ def _base_url(src: Source, path: Path, url: str) -> str | None:
     except ValueError:
         src.error(path, f"invalid port in {url!r}")
         return None
-    base = url.rstrip("/")
-    return base[: -len("/v1")] if base.endswith("/v1") else base
+    if parts.username is not None or parts.password is not None:
+        src.error(path, "must not carry credentials (user:password@); put the key in api_key")
+        return None
+    return url.rstrip("/")
+
+
+def api_root(url: str, wire: str) -> str:
+    """Where a wire format's paths hang off ``url``: for OpenAI-compatible servers a
+    bare ``http://host:port`` gets ``/v1`` (what vLLM and llama.cpp serve), a URL
+    with a path is used as given (the OpenAI SDK's rule); Ollama's is the root."""
+    if wire == "openai" and urlsplit(url).path.strip("/") == "":
+        return url + "/v1"
+    return url
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +294,7 @@ _PARAM_IGNORED = {
 _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
-    "context_window_fallbacks", "debug_router", "max_upstream_connections",
+    "context_window_fallbacks", "debug_router", "max_connections_per_backend",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -354,28 +372,18 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
         routing_strategy=strategy,
         allowed_fails=_get(src, rs, "allowed_fails", path, "int"),
         num_retries=_get(src, rs, "num_retries", path, "int"),
-        timeout=_get(src, rs, "timeout", path, "num"),
+        timeout=_get(src, rs, "timeout", path, "pos"),
         cooldown_time=_get(src, rs, "cooldown_time", path, "num"),
         enable_pre_call_checks=_get(src, rs, "enable_pre_call_checks", path, "bool", default=False),
-        redis_host=_env(src, path + ("redis_host",), _get(src, rs, "redis_host", path, "str"), secret=False),
-        redis_port=_get(src, rs, "redis_port", path, "int") if not isinstance(rs.get("redis_port"), str) else _port_from_env(src, rs["redis_port"], path + ("redis_port",)),
-        redis_password=_env(src, path + ("redis_password",), _get(src, rs, "redis_password", path, "str"), secret=True),
-        redis_url=_env(src, path + ("redis_url",), _get(src, rs, "redis_url", path, "str"), secret=True),
+        redis_host=_get(src, rs, "redis_host", path, "str"),
+        redis_port=_get(src, rs, "redis_port", path, "int"),
+        redis_password=_get(src, rs, "redis_password", path, "secret"),
+        redis_url=_get(src, rs, "redis_url", path, "secret"),
         fallbacks=_fallback_map(src, rs.get("fallbacks"), path + ("fallbacks",)),
         context_window_fallbacks=_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",)),
         debug_router=_get(src, rs, "debug_router", path, "bool", default=debug),
-        max_upstream_connections=_get(src, rs, "max_upstream_connections", path, "int", default=1024),
+        max_connections_per_backend=int(_get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
     )
-
-
-def _port_from_env(src: Source, value: str, path: Path) -> int | None:
-    resolved = _env(src, path, value, secret=False)
-    if resolved is None:
-        return None
-    if not str(resolved).isdigit():
-        src.error(path, f"must be a port number, got {value!r}")
-        return None
-    return int(resolved)
 
 
 def _provider_for(src: Source, path: Path, kind: str, api_base: str | None, info: Mapping[str, Any], providers: Mapping[str, Provider]) -> str:
@@ -428,8 +436,8 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         if kind is None:
             src.error(pp + ("model",), f"unknown provider prefix in {model!r} (supported: {', '.join(p + '/' for p in PREFIX_KINDS)})")
             continue
-        raw_base = _env(src, pp + ("api_base",), _get(src, params, "api_base", pp, "str"), secret=False)
-        api_base = _base_url(src, pp + ("api_base",), raw_base) if raw_base else None
+        raw_base = _get(src, params, "api_base", pp, "str")
+        api_base = _url(src, pp + ("api_base",), raw_base)
         provider = _provider_for(src, path, kind, api_base, info, providers)
         if provider in providers:
             kind = providers[provider].kind if WIRE_FORMATS[providers[provider].kind] == WIRE_FORMATS[kind] else kind
@@ -441,6 +449,7 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             if raw_base is None and "api_base" not in params:
                 src.error(pp, f"api_base is required (or model_info.provider naming a provider with an api_base) for {model!r}")
             continue
+        api_base = api_root(api_base, WIRE_FORMATS[kind])
         dep_id = info.get("id")
         if dep_id is not None and not isinstance(dep_id, str):
             src.error(path + ("model_info", "id"), "must be a string")
@@ -464,13 +473,13 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 kind=kind,
                 upstream_model=upstream,
                 api_base=api_base,
-                api_key=_env(src, pp + ("api_key",), _get(src, params, "api_key", pp, "str"), secret=True),
+                api_key=_get(src, params, "api_key", pp, "secret"),
                 rpm=_get(src, params, "rpm", pp, "int"),
                 tpm=_get(src, params, "tpm", pp, "int"),
                 weight=_get(src, params, "weight", pp, "num"),
                 order=_get(src, params, "order", pp, "int"),
-                timeout=_get(src, params, "timeout", pp, "num", default=default_timeout),
-                stream_timeout=_get(src, params, "stream_timeout", pp, "num"),
+                timeout=_get(src, params, "timeout", pp, "pos", default=default_timeout),
+                stream_timeout=_get(src, params, "stream_timeout", pp, "pos"),
                 max_tokens=_get(src, params, "max_tokens", pp, "int"),
                 max_parallel_requests=_get(src, params, "max_parallel_requests", pp, "int"),
                 model_info=MappingProxyType(dict(info)),
@@ -562,8 +571,7 @@ def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
         if kind not in WIRE_FORMATS:
             src.error(p + ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(WIRE_FORMATS))})")
             continue
-        raw_base = _env(src, p + ("api_base",), _get(src, spec, "api_base", p, "str", required=True), secret=False)
-        base = _base_url(src, p + ("api_base",), raw_base) if raw_base else None
+        base = _url(src, p + ("api_base",), _get(src, spec, "api_base", p, "str", required=True))
         if base:
             out[name] = Provider(name, kind, base, _get(src, spec, "description", p, "str", default=""))
     return out
@@ -801,11 +809,11 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
             src.warn(("litellm_settings", key), "accepted but not acted on yet (reliability work is pending); ignored")
     gs = _get(src, top, "general_settings", (), "map", default={})
     _unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
-    master_key = _env(src, ("general_settings", "master_key"), _get(src, gs, "master_key", ("general_settings",), "str"), secret=True)
+    master_key = _get(src, gs, "master_key", ("general_settings",), "secret")
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
 
     router = _router_settings(src, top)
-    request_timeout = router.timeout or _get(src, ls, "request_timeout", ("litellm_settings",), "num") or DEFAULT_TIMEOUT
+    request_timeout = router.timeout or _get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
     deployments = _deployments(src, top, mappings.providers, request_timeout)
 
     by_id = {d.id: d for d in deployments}
@@ -820,7 +828,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
 
     catchalls = {
         p.name: Deployment(id=f"{p.name}/*", model_name="*", provider=p.name, kind=p.kind, upstream_model="",
-                           api_base=p.api_base, timeout=request_timeout, is_dynamic=True)
+                           api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True)
         for p in mappings.providers.values()
     }
     aliases = _aliases(src, top, frozen_groups, by_id)

@@ -127,15 +127,20 @@ def upstream_error(status: int, body: bytes, provider: str) -> RouterError:
     llama-cpp-python's plain-text 500s are wrapped.
     """
     message, code, openai_shaped = _extract(body)
-    if status == 404 or (code == "model_not_found"):
+    if code == "model_not_found" or (status == 404 and "model" in message.lower()):
         return ModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
-    if 400 <= status < 500 and status not in (408, 429):
-        return UpstreamClientError(message or f"{provider} rejected the request", status=status, code=code,
-                                   raw=body if openai_shaped else None)
+    if status == 404:
+        return UpstreamError(f"{provider} has no such endpoint (HTTP 404; check api_base): {message}")
+    if status in (401, 403):
+        # Our credentials, not the client's: a client must not think its own key is wrong.
+        return UpstreamError(f"{provider} rejected llm-router's credentials (HTTP {status}; check api_key): {message}")
     if status == 429:
         return UpstreamRateLimited(f"{provider} is rate limiting: {message}")
     if status == 408:
         return UpstreamTimeout(f"{provider} timed out: {message}")
+    if 400 <= status < 500:
+        return UpstreamClientError(message or f"{provider} rejected the request", status=status, code=code,
+                                   raw=body if openai_shaped else None)
     return UpstreamError(f"{provider} returned HTTP {status}: {message}" if message else f"{provider} returned HTTP {status}")
 
 

@@ -21,7 +21,7 @@ import orjson
 from router.domain import Deployment
 
 PROBE_TIMEOUT = 2.0
-_LISTING = {"ollama": "/api/tags", "openai": "/v1/models"}
+_LISTING = {"ollama": "/api/tags", "openai": "/models"}  # under the deployment's api_base
 _ANY_NAME = {"llama_cpp_python", "llama_cpp_native"}
 
 

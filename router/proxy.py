@@ -37,7 +37,8 @@ from router.providers.ollama import Context, error_event
 from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
 from router.state import StateTable
 
-CONNECT_TIMEOUT = 10.0  # seconds; loopback backends refuse or accept at once
+CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
+POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -55,6 +56,13 @@ def request_id(request: web.Request) -> str:
     return rid
 
 
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BadRequest(f"Request body too large: {exc.text}", status=413, code="request_too_large") from None
+
+
 def parse_body(endpoint: str, raw: bytes) -> dict[str, Any]:
     """Decode and check the OpenAI request shapes we accept; unknown fields stay."""
     try:
@@ -70,6 +78,8 @@ def parse_body(endpoint: str, raw: bytes) -> dict[str, Any]:
         raise BadRequest("model must be a string.", param="model")
     if len(model) > MAX_MODEL_NAME:
         raise BadRequest(f"model must be at most {MAX_MODEL_NAME} characters.", param="model")
+    if not model.isprintable():
+        raise BadRequest("model must not contain control characters.", param="model")
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -85,10 +95,10 @@ def parse_body(endpoint: str, raw: bytes) -> dict[str, Any]:
             raise BadRequest("input is required and must be a string or a non-empty array.", param="input")
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("stream must be a boolean.", param="stream")
-    for key in ("max_tokens", "max_completion_tokens", "n"):
+    for key, least in (("max_tokens", 0), ("max_completion_tokens", 0), ("n", 1)):
         value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "n" else 0)):
-            raise BadRequest(f"{key} must be a non-negative integer.", param=key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise BadRequest(f"{key} must be an integer >= {least}.", param=key)
     for key in ("temperature", "top_p"):
         value = body.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
@@ -122,7 +132,7 @@ class Proxy:
         outcome = Outcome()
         model = "?"
         try:
-            body = parse_body(endpoint, await request.read())
+            body = parse_body(endpoint, await _read_body(request))
             model = body["model"]
             decision = self.engine.decide(model)
             if decision is None:
@@ -141,6 +151,11 @@ class Proxy:
         except asyncio.CancelledError:
             outcome.client_gone = True  # aiohttp cancels the handler when the client disconnects
             raise
+        except Exception:  # a bug of ours: logged once with its traceback, an OpenAI-shaped 500 to the client
+            self.log.exception("Internal error", request_id=rid, model=model)
+            err = RouterError("Internal error in llm-router; see its log for this request id.")
+            outcome.error, outcome.status = err, 500
+            return web.Response(body=err.to_bytes(), status=500, content_type="application/json", headers={"x-request-id": rid})
         finally:
             self._log(rid, model, endpoint, decision, dep, outcome, time.monotonic() - start)
 
@@ -155,7 +170,8 @@ class Proxy:
         adapter = ADAPTERS[dep.wire]
         url, payload = adapter.upstream_request(endpoint, body, dep, decision.upstream_name(dep))
         stream = endpoint != "embeddings" and body.get("stream") is True
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(body.get("stream_options"), dict) else False
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
         ctx = Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage)
         headers = {"Content-Type": "application/json", "x-request-id": request_id(request)}
@@ -163,18 +179,22 @@ class Proxy:
             headers["Authorization"] = f"Bearer {dep.api_key}"
         state = self.state[dep.id]
         state.started()
-        error: str | None = None
         try:
             if stream:
                 return await self._stream(request, url, payload, headers, endpoint, decision, dep, ctx, outcome)
             return await self._complete(url, payload, headers, endpoint, decision, dep, ctx, outcome)
+        except asyncio.CancelledError:
+            outcome.client_gone = True
+            raise
         except RouterError as exc:
-            error = f"{exc.error_class}: {exc.message}"
+            outcome.error = exc
+            raise
+        except Exception:
+            outcome.error = RouterError("internal error")
             raise
         finally:
-            if outcome.error is not None and error is None:
-                error = f"{outcome.error.error_class}: {outcome.error.message}"
-            state.finished(error, abandoned=outcome.client_gone)
+            err = outcome.error
+            state.finished(f"{err.error_class}: {err.message}" if err else None, abandoned=outcome.client_gone)
 
     async def _complete(self, url: str, payload: bytes, headers: dict[str, str], endpoint: str, decision: RouteDecision,
                         dep: Deployment, ctx: Context, outcome: Outcome) -> web.Response:
@@ -182,10 +202,9 @@ class Proxy:
         async with _upstream_errors(dep, timeout.total):
             async with self.session.post(url, data=payload, headers=headers, timeout=timeout) as resp:
                 raw = await resp.read()
-                outcome.ttft = None
                 if resp.status >= 400:
                     raise upstream_error(resp.status, raw, dep.provider)
-        body = ADAPTERS[dep.wire].response_body(endpoint, raw, ctx)
+        body = ADAPTERS[dep.wire].response_body(endpoint, raw, ctx, dep.provider)
         outcome.status = 200
         return web.Response(body=body, status=200, content_type="application/json",
                             headers={"x-request-id": headers["x-request-id"], **_route_headers(decision, dep)})
@@ -193,8 +212,12 @@ class Proxy:
     async def _stream(self, request: web.Request, url: str, payload: bytes, headers: dict[str, str], endpoint: str,
                       decision: RouteDecision, dep: Deployment, ctx: Context, outcome: Outcome) -> web.StreamResponse:
         idle = dep.stream_timeout or dep.timeout
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), sock_read=idle)
-        translator = ADAPTERS[dep.wire].translator(endpoint, ctx)
+        # total=None: a stream may run long; sock_read bounds the silence between chunks
+        # (and before the first), connect bounds the wait for a pooled connection.
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(POOL_WAIT, idle or POOL_WAIT),
+                                        sock_connect=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), sock_read=idle)
+        adapter = ADAPTERS[dep.wire]
+        translator = adapter.translator(endpoint, ctx)
         guard = _upstream_errors(dep, idle)
         sent = time.monotonic()
         resp: aiohttp.ClientResponse | None = None
@@ -206,23 +229,35 @@ class Proxy:
                 resp = await self.session.post(url, data=payload, headers=headers, timeout=timeout)
                 if resp.status >= 400:
                     raise upstream_error(resp.status, await resp.content.read(ERROR_BODY_LIMIT), dep.provider)
+                if not adapter.is_stream(resp.headers.get("Content-Type", "")):
+                    snippet = (await resp.content.read(200)).decode("utf-8", "replace")
+                    raise UpstreamError(f"{dep.provider} answered a streaming request with "
+                                        f"{resp.headers.get('Content-Type', 'no content type')}: {snippet!r}")
                 chunk = await resp.content.readany()
             outcome.ttft = time.monotonic() - sent
             out = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": headers["x-request-id"], **_route_headers(decision, dep)})
             await out.prepare(request)
             outcome.status = 200
+            # From here on the client has our 200: every failure must end the stream
+            # with an error event, never a second response or a silent stop.
             try:
                 end = await self._relay(out, resp, chunk, translator, guard, dep, outcome)
                 complete = outcome.error is None
             except RouterError as exc:
-                # Bytes already reached the client: end the stream with an error event, never just stop.
                 end, outcome.error = error_event(exc.message, exc.type, exc.code), exc
             except ConnectionResetError:
                 outcome.client_gone = True
                 return out
-            if end:
-                await out.write(end)
-            await out.write_eof()
+            except Exception:
+                self.log.exception("Internal error while relaying a stream", request_id=headers["x-request-id"])
+                outcome.error = RouterError("internal error while relaying the stream")
+                end = error_event(outcome.error.message)
+            try:
+                if end:
+                    await out.write(end)
+                await out.write_eof()
+            except ConnectionResetError:
+                outcome.client_gone = True
             return out
         finally:
             if resp is not None:
@@ -265,6 +300,8 @@ class Proxy:
                                   "latency_ms": round(elapsed * 1000, 1)}
         if outcome.ttft is not None:
             fields["ttft_ms"] = round(outcome.ttft * 1000, 1)
+        if outcome.client_gone:
+            fields["status"] = 499
         if decision is None or dep is None:
             if isinstance(outcome.error, ModelNotFound):
                 self.log.warning(f"Model: {model} -> no route (404)", **fields)
@@ -277,11 +314,13 @@ class Proxy:
         if decision.matched:
             fields["pattern"] = decision.matched
         message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
-        if outcome.error is None and outcome.status:
+        err = outcome.error
+        if outcome.client_gone:
+            self.log.warning(message, error="ClientDisconnected", **fields)
+        elif err is None:
             self.log.info(message, **fields)
         else:
-            err = outcome.error
-            self.log.warning(message, error=err.error_class if err else "ClientDisconnected", detail=err.message if err else None, **fields)
+            self.log.warning(message, error=err.error_class, detail=err.message, **fields)
 
 
 def _route_headers(decision: RouteDecision, dep: Deployment) -> dict[str, str]:

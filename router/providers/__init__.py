@@ -16,7 +16,7 @@ from router.errors import UpstreamError
 from router.providers import ollama
 from router.providers.ollama import Context, StreamTranslator
 
-OPENAI_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}  # under api_base, which ends in /v1
 
 
 class Adapter(Protocol):
@@ -25,8 +25,13 @@ class Adapter(Protocol):
         sending ``model`` as the model name. May raise ``BadRequest``."""
         ...
 
-    def response_body(self, endpoint: str, raw: bytes, ctx: Context) -> bytes:
-        """Turn a successful non-streaming upstream body into the client's body."""
+    def response_body(self, endpoint: str, raw: bytes, ctx: Context, provider: str) -> bytes:
+        """Turn a successful non-streaming upstream body into the client's body;
+        raise ``UpstreamError`` if it is not what the server should send."""
+        ...
+
+    def is_stream(self, content_type: str) -> bool:
+        """Whether a 200 answer to a streaming request really is a stream."""
         ...
 
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
@@ -44,8 +49,15 @@ class OpenAICompatible:
             body["max_tokens"] = deployment.max_tokens
         return deployment.api_base + OPENAI_PATHS[endpoint], orjson.dumps(body)
 
-    def response_body(self, endpoint: str, raw: bytes, ctx: Context) -> bytes:
+    def response_body(self, endpoint: str, raw: bytes, ctx: Context, provider: str) -> bytes:
+        # Relayed untouched; a cheap look at the first byte catches HTML error pages
+        # and empty bodies without parsing the JSON.
+        if raw.lstrip()[:1] != b"{":
+            raise UpstreamError(f"{provider} answered with a body that is not a JSON object: {raw[:100]!r}")
         return raw
+
+    def is_stream(self, content_type: str) -> bool:
+        return content_type.startswith("text/event-stream")
 
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
         return None
@@ -56,12 +68,17 @@ class Ollama:
         payload = ollama.BUILDERS[endpoint](body, model, deployment.max_tokens)
         return deployment.api_base + ollama.PATHS[endpoint], orjson.dumps(payload)
 
-    def response_body(self, endpoint: str, raw: bytes, ctx: Context) -> bytes:
+    def response_body(self, endpoint: str, raw: bytes, ctx: Context, provider: str) -> bytes:
         try:
-            data = orjson.loads(raw)
+            return orjson.dumps(ollama.RESPONSES[endpoint](orjson.loads(raw), ctx))
         except orjson.JSONDecodeError:
-            raise UpstreamError("Ollama returned a body that is not JSON") from None
-        return orjson.dumps(ollama.RESPONSES[endpoint](data, ctx))
+            raise UpstreamError(f"{provider} answered with a body that is not JSON: {raw[:100]!r}") from None
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise UpstreamError(f"{provider} answered with an unexpected Ollama response shape ({exc})") from None
+
+    def is_stream(self, content_type: str) -> bool:
+        # Ollama streams NDJSON; the translator checks every line.
+        return "json" in content_type
 
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
         return StreamTranslator(endpoint, ctx)

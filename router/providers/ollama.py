@@ -341,6 +341,12 @@ class StreamTranslator:
             return self._fail("Ollama sent a malformed stream line")
         if "error" in data:
             return self._fail(f"Ollama: {data['error']}")
+        try:
+            return self._translate(data)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            return self._fail(f"Ollama sent an unexpected stream line shape ({exc})")
+
+    def _translate(self, data: dict[str, Any]) -> bytes:
         out = bytearray()
         if self.endpoint == "chat":
             message = data.get("message") or {}

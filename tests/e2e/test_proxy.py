@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import aiohttp
 import openai
@@ -291,3 +292,12 @@ async def test_max_parallel_requests_caps_a_deployment_and_the_excess_gets_a_429
     sim.faults.clear()  # the hung request now completes
     assert (await first).choices
     assert (await c.chat.completions.create(model="capped", messages=HI)).choices  # capacity is back
+
+
+async def test_an_oversized_body_is_a_413_logged_once(stack):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(stack.url + "/v1/chat/completions", data=io.BytesIO(b"x" * (33 * 1024 * 1024))) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["code"] == "request_too_large"
+            rid = r.headers["x-request-id"]
+    assert sum(rid in line for line in stack.log_lines()) == 1

@@ -33,9 +33,9 @@ def test_shipped_config_loads_the_seed_setup():
     providers = {d.id: (d.provider, d.kind, d.api_base, d.upstream_model) for d in cfg.deployments}
     assert providers["llama3.1-ollama"] == ("ollama", "ollama", "http://127.0.0.1:11434", "llama3.1:8b")
     assert providers["qwen-coder"] == ("ollama", "ollama", "http://127.0.0.1:11434", "qwen2.5-coder:7b")
-    assert providers["llama2-13b-vllm"] == ("vllm", "vllm", "http://127.0.0.1:8001", "meta-llama/Llama-2-13b-chat-hf")
-    assert providers["llama-cpp-python"][:3] == ("llama_cpp_python", "llama_cpp_python", "http://127.0.0.1:8000")
-    assert providers["llama-cpp-native"][:3] == ("llama_cpp_native", "llama_cpp_native", "http://127.0.0.1:8080")
+    assert providers["llama2-13b-vllm"] == ("vllm", "vllm", "http://127.0.0.1:8001/v1", "meta-llama/Llama-2-13b-chat-hf")
+    assert providers["llama-cpp-python"][:3] == ("llama_cpp_python", "llama_cpp_python", "http://127.0.0.1:8000/v1")
+    assert providers["llama-cpp-native"][:3] == ("llama_cpp_native", "llama_cpp_native", "http://127.0.0.1:8080/v1")
     assert [p.pattern.pattern for p in cfg.mappings.patterns] == ["^meta-llama/.*", "^mistralai/.*", ".*:\\d+[bB]$", ".*\\.gguf$"]
     assert set(cfg.mappings.fallback_chains) == {"default", "code_generation", "high_availability"}
     assert dict(cfg.mappings.redundant_models["llama3.1:8b"]) == {"ollama": 0.7, "llama_cpp_python": 0.3}
@@ -56,7 +56,10 @@ def test_check_config_cli_accepts_shipped_config_with_summary():
         ("model: openai/foo", 3, "model_list[0].litellm_params", "api_base is required"),
         ("model: openai/foo\n      api_base: http://x\n      rpm: lots", 6, "model_list[0].litellm_params.rpm", "must be a non-negative integer"),
         ("model: openai/foo\n      api_base: ftp://x", 5, "model_list[0].litellm_params.api_base", "must be an http(s) URL"),
-        ("model: openai/foo\n      api_base: http://x\n      timeout: [1]", 6, "model_list[0].litellm_params.timeout", "must be a non-negative number"),
+        ("model: openai/foo\n      api_base: http://x\n      timeout: [1]", 6, "model_list[0].litellm_params.timeout", "must be a number greater than 0"),
+        ("model: openai/foo\n      api_base: http://x\n      timeout: 0", 6, "model_list[0].litellm_params.timeout", "must be a number greater than 0"),
+        ("model: openai/foo\n      api_base: http://user:pw@x", 5, "model_list[0].litellm_params.api_base", "must not carry credentials"),
+        ("model: openai/foo\n      api_base: os.environ/NO_SUCH_VAR_X", 5, "model_list[0].litellm_params.api_base", "environment variable NO_SUCH_VAR_X is not set"),
     ],
 )
 def test_model_list_errors_name_file_line_and_key(tmp_path, params, line, path, problem):
@@ -155,7 +158,7 @@ def test_real_litellm_config_with_unsupported_keys_loads_with_one_warning_each(t
     assert f"{cfg}:7: model_list[0].litellm_params.input_cost_per_token: LiteLLM setting not supported by llm-router; ignored" in warnings
     assert f"{cfg}:17: some_future_key: unknown key; ignored" in warnings
     dep = loaded.deployments[0]
-    assert (dep.api_key, dep.api_base, dep.upstream_model, dep.provider) == ("sk-upstream-secret", "http://127.0.0.1:8001", "Qwen/Qwen2.5-7B-Instruct", "vllm")
+    assert (dep.api_key, dep.api_base, dep.upstream_model, dep.provider) == ("sk-upstream-secret", "http://127.0.0.1:8001/v1", "Qwen/Qwen2.5-7B-Instruct", "vllm")
     assert "sk-upstream-secret" not in repr(dep) and "sk-1234" not in repr(loaded)
     assert loaded.master_key == "sk-1234"
 
@@ -171,7 +174,7 @@ def test_provider_is_found_by_api_base_when_model_info_does_not_name_it(tmp_path
           llama_cpp_native: {type: llama_cpp_native, api_base: "http://127.0.0.1:8080"}
         """)
     dep = load_config(cfg, maps).deployments[0]
-    assert (dep.provider, dep.kind, dep.api_base) == ("llama_cpp_native", "llama_cpp_native", "http://localhost:8080")
+    assert (dep.provider, dep.kind, dep.api_base) == ("llama_cpp_native", "llama_cpp_native", "http://localhost:8080/v1")
 
 
 def test_invalid_config_exits_2_with_file_line_messages_and_no_traceback(tmp_path):
@@ -186,3 +189,20 @@ def test_invalid_config_exits_2_with_file_line_messages_and_no_traceback(tmp_pat
         assert out.returncode == 2
         assert f"{cfg}:3: model_list[0].litellm_params.model: unknown provider prefix in 'bogus/a'" in out.stderr
         assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_environment_references_and_quoted_numbers_work_for_every_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAM_TIMEOUT", "45")
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: gemini
+            litellm_params:
+              model: openai/gemini-2.0-flash
+              api_base: https://example.invalid/v1beta/openai/
+              stream_timeout: os.environ/STREAM_TIMEOUT
+              rpm: "60"
+              timeout: "12.5"
+        """)
+    dep = load_config(cfg).deployments[0]
+    assert (dep.stream_timeout, dep.rpm, dep.timeout) == (45.0, 60, 12.5)
+    assert dep.api_base == "https://example.invalid/v1beta/openai"  # a path is kept as given, no /v1 added

@@ -12,12 +12,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from router.checks import api_root, check_url, get, unknown_keys
 from router.domain import PREFIX_KINDS, WIRE_FORMATS, Deployment, Provider
+from router.policy import Mappings, load_policy
 from router.routing import strategies
-from router.routing.rules import Condition, SizeRange, parse_condition, parse_size, parse_size_range
 from router.yamlsource import Issue, Path, Source, load
 
 DEFAULT_CONFIG = "config/litellm-unified.yaml"
@@ -54,99 +55,6 @@ class RouterSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ExactMatch:
-    model: str
-    provider: str
-    priority: str = "primary"
-    fallback: str | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PatternRule:
-    pattern: re.Pattern[str]
-    provider: str
-    fallback: str | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Capability:
-    name: str
-    description: str = ""
-    preferred_models: tuple[str, ...] = ()
-    provider: str | None = None
-    providers: tuple[str, ...] = ()
-    fallback: str | None = None
-    min_model_size: float | None = None
-    min_context: int | None = None
-    routing_strategy: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StrategySpec:
-    name: str
-    description: str = ""
-    applicable_to: tuple[str, ...] = ()
-    weight_factors: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    measure: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChainStep:
-    provider: str
-    rank: str
-    condition: Condition
-    preferred_model: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FallbackChain:
-    name: str
-    steps: tuple[ChainStep, ...]
-    description: str = ""
-    retry_attempts: int | None = None
-    retry_delay_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SizeRule:
-    size: SizeRange
-    text: str
-    provider: str
-    fallback: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataRule:
-    name: str
-    provider: str
-    condition: Condition
-
-
-@dataclass(frozen=True, slots=True)
-class Mappings:
-    providers: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
-    exact_matches: Mapping[str, ExactMatch] = field(default_factory=lambda: MappingProxyType({}))
-    patterns: tuple[PatternRule, ...] = ()
-    capabilities: Mapping[str, Capability] = field(default_factory=lambda: MappingProxyType({}))
-    load_balancing: Mapping[str, StrategySpec] = field(default_factory=lambda: MappingProxyType({}))
-    redundant_models: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
-    fallback_chains: Mapping[str, FallbackChain] = field(default_factory=lambda: MappingProxyType({}))
-    model_size_routing: tuple[SizeRule, ...] = ()
-    request_metadata_routing: tuple[MetadataRule, ...] = ()
-    default_provider: str | None = None
-    first_request_strategy: str | None = None
-    warm_check_timeout_ms: int = 100
-    rate_limited_fallback_enabled: bool = False
-    rate_limited_fallback_seconds: float = 60.0
-    error_routing_enabled: bool = False
-    error_threshold: int = 3
-    error_cooldown_seconds: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     mappings_file: str | None
@@ -169,111 +77,6 @@ class Config:
             f"{len(self.aliases)} aliases, {len(m.providers)} providers, {len(m.exact_matches)} exact matches, "
             f"{len(m.patterns)} patterns, {len(m.capabilities)} capabilities, {len(m.fallback_chains)} fallback chains"
         )
-
-
-# ---------------------------------------------------------------------------
-# Checked getters: each records an error at the key's line and returns a default
-# ---------------------------------------------------------------------------
-
-_MISSING = object()
-_ENV_PREFIX = "os.environ/"
-_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
-
-
-def _get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, default: Any = None, required: bool = False) -> Any:
-    """``m[key]`` checked against ``kind``; errors are recorded and ``default`` returned.
-
-    LiteLLM's ``os.environ/NAME`` works for every key; an unset variable is an
-    error, except for ``secret`` keys, where it only warns (no key is sent).
-    Numbers written as strings (``"60"``, or from the environment) are accepted.
-    """
-    value = m.get(key, _MISSING)
-    if isinstance(value, str) and value.startswith(_ENV_PREFIX):
-        name = value[len(_ENV_PREFIX):]
-        value = os.environ.get(name)
-        if value is None:
-            if kind == "secret":
-                src.warn(path + (key,), f"environment variable {name} is not set; no value is used")
-            else:
-                src.error(path + (key,), f"environment variable {name} is not set")
-            return default
-    if value is _MISSING or value is None:
-        if required:
-            src.error(path + (key,), "is required")
-        return default
-    if kind in ("int", "num", "pos") and isinstance(value, str) and _NUMBER.match(value):
-        value = float(value) if "." in value else int(value)
-    ok, converted = _CONVERT[kind](value)
-    if not ok:
-        src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
-        return default
-    return converted
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-_CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {
-    "str": lambda v: (isinstance(v, str) and v != "", v),
-    "secret": lambda v: (isinstance(v, str) and v != "", v),
-    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0, v),
-    "num": lambda v: (_is_number(v) and v >= 0, float(v) if _is_number(v) else v),
-    "pos": lambda v: (_is_number(v) and v > 0, float(v) if _is_number(v) else v),
-    "bool": lambda v: (isinstance(v, bool), v),
-    "list": lambda v: (isinstance(v, list), v),
-    "map": lambda v: (isinstance(v, dict), v),
-    "strlist": lambda v: (isinstance(v, list) and all(isinstance(x, str) for x in v), tuple(v) if isinstance(v, list) else v),
-}
-_KIND_NAMES = {
-    "str": "a non-empty string",
-    "secret": "a non-empty string",
-    "int": "a non-negative integer",
-    "num": "a non-negative number",
-    "pos": "a number greater than 0",
-    "bool": "true or false",
-    "list": "a list",
-    "map": "a mapping",
-    "strlist": "a list of strings",
-}
-
-
-def _unknown_keys(src: Source, m: Mapping[str, Any], path: Path, known: set[str], ignored: set[str] = frozenset()) -> None:
-    for key in m:
-        if key in known:
-            continue
-        if key in ignored:
-            src.warn(path + (key,), "LiteLLM setting not supported by llm-router; ignored")
-        else:
-            src.warn(path + (key,), "unknown key; ignored")
-
-
-def _url(src: Source, path: Path, url: str | None) -> str | None:
-    """Validate an api_base; return it without a trailing slash (``None`` if invalid)."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        src.error(path, f"must be an http(s) URL, got {url!r}")
-        return None
-    try:
-        parts.port
-    except ValueError:
-        src.error(path, f"invalid port in {url!r}")
-        return None
-    if parts.username is not None or parts.password is not None:
-        src.error(path, "must not carry credentials (user:password@); put the key in api_key")
-        return None
-    return url.rstrip("/")
-
-
-def api_root(url: str, wire: str) -> str:
-    """Where a wire format's paths hang off ``url``: for OpenAI-compatible servers a
-    bare ``http://host:port`` gets ``/v1`` (what vLLM and llama.cpp serve), a URL
-    with a path is used as given (the OpenAI SDK's rule); Ollama's is the root."""
-    if wire == "openai" and urlsplit(url).path.strip("/") == "":
-        return url + "/v1"
-    return url
 
 
 # ---------------------------------------------------------------------------
@@ -339,9 +142,9 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
     for i, item in enumerate(value):
         p = path + (i,)
         if isinstance(item, dict) and "model" in item:
-            model = _get(src, item, "model", p, "str")
-            fbs = _get(src, item, "fallback_models", p, "strlist", required=True)
-            _unknown_keys(src, item, p, {"model", "fallback_models"})
+            model = get(src, item, "model", p, "str")
+            fbs = get(src, item, "fallback_models", p, "strlist", required=True)
+            unknown_keys(src, item, p, {"model", "fallback_models"})
             if model and fbs is not None:
                 out[model] = fbs
         elif isinstance(item, dict) and len(item) == 1:
@@ -357,32 +160,32 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
 
 def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     path: Path = ("router_settings",)
-    rs = _get(src, top, "router_settings", (), "map", default={})
-    _unknown_keys(src, rs, path, _ROUTER_KEYS, _ROUTER_IGNORED)
+    rs = get(src, top, "router_settings", (), "map", default={})
+    unknown_keys(src, rs, path, _ROUTER_KEYS, _ROUTER_IGNORED)
     for key in rs:
         if ("router_settings", key) in _NOT_YET:
             src.warn(path + (key,), "accepted but not acted on yet (reliability and shared-state work is pending); ignored")
-    strategy = _get(src, rs, "routing_strategy", path, "str", default="simple-shuffle")
+    strategy = get(src, rs, "routing_strategy", path, "str", default="simple-shuffle")
     if strategies.canonical(strategy) is None:
         src.error(path + ("routing_strategy",), f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
     elif not strategies.is_implemented(strategy):
         src.warn(path + ("routing_strategy",), f"strategy {strategy!r} is not implemented yet; simple-shuffle is used")
-    debug = _get(src, top, "debug_router", (), "bool", default=False)
+    debug = get(src, top, "debug_router", (), "bool", default=False)
     return RouterSettings(
         routing_strategy=strategy,
-        allowed_fails=_get(src, rs, "allowed_fails", path, "int"),
-        num_retries=_get(src, rs, "num_retries", path, "int"),
-        timeout=_get(src, rs, "timeout", path, "pos"),
-        cooldown_time=_get(src, rs, "cooldown_time", path, "num"),
-        enable_pre_call_checks=_get(src, rs, "enable_pre_call_checks", path, "bool", default=False),
-        redis_host=_get(src, rs, "redis_host", path, "str"),
-        redis_port=_get(src, rs, "redis_port", path, "int"),
-        redis_password=_get(src, rs, "redis_password", path, "secret"),
-        redis_url=_get(src, rs, "redis_url", path, "secret"),
+        allowed_fails=get(src, rs, "allowed_fails", path, "int"),
+        num_retries=get(src, rs, "num_retries", path, "int"),
+        timeout=get(src, rs, "timeout", path, "pos"),
+        cooldown_time=get(src, rs, "cooldown_time", path, "num"),
+        enable_pre_call_checks=get(src, rs, "enable_pre_call_checks", path, "bool", default=False),
+        redis_host=get(src, rs, "redis_host", path, "str"),
+        redis_port=get(src, rs, "redis_port", path, "int"),
+        redis_password=get(src, rs, "redis_password", path, "secret"),
+        redis_url=get(src, rs, "redis_url", path, "secret"),
         fallbacks=_fallback_map(src, rs.get("fallbacks"), path + ("fallbacks",)),
         context_window_fallbacks=_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",)),
-        debug_router=_get(src, rs, "debug_router", path, "bool", default=debug),
-        max_connections_per_backend=int(_get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
+        debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
+        max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
     )
 
 
@@ -413,22 +216,22 @@ def _same_server(a: str, b: str) -> bool:
 
 def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Provider], default_timeout: float) -> list[Deployment]:
     out: list[Deployment] = []
-    model_list = _get(src, top, "model_list", (), "list", default=[])
+    model_list = get(src, top, "model_list", (), "list", default=[])
     seen_ids: dict[str, Path] = {}
     for i, entry in enumerate(model_list):
         path: Path = ("model_list", i)
         if not isinstance(entry, dict):
             src.error(path, "must be a mapping with model_name and litellm_params")
             continue
-        _unknown_keys(src, entry, path, {"model_name", "litellm_params", "model_info"})
-        name = _get(src, entry, "model_name", path, "str", required=True)
-        params = _get(src, entry, "litellm_params", path, "map", required=True)
-        info = _get(src, entry, "model_info", path, "map", default={})
+        unknown_keys(src, entry, path, {"model_name", "litellm_params", "model_info"})
+        name = get(src, entry, "model_name", path, "str", required=True)
+        params = get(src, entry, "litellm_params", path, "map", required=True)
+        info = get(src, entry, "model_info", path, "map", default={})
         if name is None or params is None:
             continue
         pp = path + ("litellm_params",)
-        _unknown_keys(src, params, pp, _PARAM_KEYS, _PARAM_IGNORED)
-        model = _get(src, params, "model", pp, "str", required=True)
+        unknown_keys(src, params, pp, _PARAM_KEYS, _PARAM_IGNORED)
+        model = get(src, params, "model", pp, "str", required=True)
         if model is None:
             continue
         prefix, sep, upstream = model.partition("/")
@@ -436,8 +239,8 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         if kind is None:
             src.error(pp + ("model",), f"unknown provider prefix in {model!r} (supported: {', '.join(p + '/' for p in PREFIX_KINDS)})")
             continue
-        raw_base = _get(src, params, "api_base", pp, "str")
-        api_base = _url(src, pp + ("api_base",), raw_base)
+        raw_base = get(src, params, "api_base", pp, "str")
+        api_base = check_url(src, pp + ("api_base",), raw_base)
         provider = _provider_for(src, path, kind, api_base, info, providers)
         if provider in providers:
             kind = providers[provider].kind if WIRE_FORMATS[providers[provider].kind] == WIRE_FORMATS[kind] else kind
@@ -473,15 +276,15 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 kind=kind,
                 upstream_model=upstream,
                 api_base=api_base,
-                api_key=_get(src, params, "api_key", pp, "secret"),
-                rpm=_get(src, params, "rpm", pp, "int"),
-                tpm=_get(src, params, "tpm", pp, "int"),
-                weight=_get(src, params, "weight", pp, "num"),
-                order=_get(src, params, "order", pp, "int"),
-                timeout=_get(src, params, "timeout", pp, "pos", default=default_timeout),
-                stream_timeout=_get(src, params, "stream_timeout", pp, "pos"),
-                max_tokens=_get(src, params, "max_tokens", pp, "int"),
-                max_parallel_requests=_get(src, params, "max_parallel_requests", pp, "int"),
+                api_key=get(src, params, "api_key", pp, "secret"),
+                rpm=get(src, params, "rpm", pp, "int"),
+                tpm=get(src, params, "tpm", pp, "int"),
+                weight=get(src, params, "weight", pp, "num"),
+                order=get(src, params, "order", pp, "int"),
+                timeout=get(src, params, "timeout", pp, "pos", default=default_timeout),
+                stream_timeout=get(src, params, "stream_timeout", pp, "pos"),
+                max_tokens=get(src, params, "max_tokens", pp, "int"),
+                max_parallel_requests=get(src, params, "max_parallel_requests", pp, "int"),
                 model_info=MappingProxyType(dict(info)),
                 is_dynamic=wildcard is not None and "*" in upstream,
                 wildcard=wildcard,
@@ -531,240 +334,6 @@ def _aliases(src: Source, top: Mapping[str, Any], groups: Mapping[str, tuple[Dep
 
 
 # ---------------------------------------------------------------------------
-# The routing policy file (model-mappings.yaml)
-# ---------------------------------------------------------------------------
-
-_MAPPING_KEYS = {
-    "providers", "exact_matches", "patterns", "capabilities", "load_balancing", "redundant_models",
-    "fallback_chains", "model_size_routing", "request_metadata_routing", "first_request_routing",
-    "rate_limited_fallback", "error_based_routing", "default_provider",
-}
-_RANKS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
-
-
-def _provider_ref(src: Source, m: Mapping[str, Any], key: str, path: Path, providers: Mapping[str, Provider], required: bool = False) -> str | None:
-    name = _get(src, m, key, path, "str", required=required)
-    if name is not None and name not in providers:
-        src.error(path + (key,), f"unknown provider {name!r} (known: {', '.join(sorted(providers)) or 'none defined'})")
-        return None
-    return name
-
-
-def _parse_with(src: Source, path: Path, value: Any, parser: Callable[[Any], Any]) -> Any:
-    try:
-        return parser(value)
-    except ValueError as exc:
-        src.error(path, str(exc))
-        return None
-
-
-def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
-    out: dict[str, Provider] = {}
-    raw = _get(src, data, "providers", (), "map", default={})
-    for name, spec in raw.items():
-        p: Path = ("providers", name)
-        if not isinstance(spec, dict):
-            src.error(p, "must be a mapping with api_base and type")
-            continue
-        _unknown_keys(src, spec, p, {"api_base", "type", "kind", "description"})
-        kind = spec.get("type", spec.get("kind", name))
-        if kind not in WIRE_FORMATS:
-            src.error(p + ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(WIRE_FORMATS))})")
-            continue
-        base = _url(src, p + ("api_base",), _get(src, spec, "api_base", p, "str", required=True))
-        if base:
-            out[name] = Provider(name, kind, base, _get(src, spec, "description", p, "str", default=""))
-    return out
-
-
-def _mappings(src: Source) -> Mappings:
-    data = src.data if isinstance(src.data, dict) else {}
-    if src.data is not None and not isinstance(src.data, dict):
-        src.error((), "the policy file must be a mapping")
-    _unknown_keys(src, data, (), _MAPPING_KEYS)
-    providers = _providers(src, data)
-
-    exact: dict[str, ExactMatch] = {}
-    for model, spec in _get(src, data, "exact_matches", (), "map", default={}).items():
-        p: Path = ("exact_matches", model)
-        if not isinstance(spec, dict):
-            src.error(p, "must be a mapping with provider")
-            continue
-        _unknown_keys(src, spec, p, {"provider", "priority", "fallback", "description"})
-        prov = _provider_ref(src, spec, "provider", p, providers, required=True)
-        if prov:
-            exact[model] = ExactMatch(model, prov, _get(src, spec, "priority", p, "str", default="primary"),
-                                      _provider_ref(src, spec, "fallback", p, providers), _get(src, spec, "description", p, "str", default=""))
-
-    patterns: list[PatternRule] = []
-    for i, spec in enumerate(_get(src, data, "patterns", (), "list", default=[])):
-        p = ("patterns", i)
-        if not isinstance(spec, dict):
-            src.error(p, "must be a mapping with pattern and provider")
-            continue
-        _unknown_keys(src, spec, p, {"pattern", "provider", "fallback", "description"})
-        text = _get(src, spec, "pattern", p, "str", required=True)
-        prov = _provider_ref(src, spec, "provider", p, providers, required=True)
-        regex = None
-        if text is not None:
-            try:
-                regex = re.compile(text)
-            except re.error as exc:
-                src.error(p + ("pattern",), f"bad regex {text!r}: {exc}")
-        if regex is not None and prov:
-            patterns.append(PatternRule(regex, prov, _provider_ref(src, spec, "fallback", p, providers), _get(src, spec, "description", p, "str", default="")))
-
-    capabilities: dict[str, Capability] = {}
-    for name, spec in _get(src, data, "capabilities", (), "map", default={}).items():
-        p = ("capabilities", name)
-        if not isinstance(spec, dict):
-            src.error(p, "must be a mapping")
-            continue
-        _unknown_keys(src, spec, p, {"description", "preferred_models", "provider", "providers", "fallback", "min_model_size", "min_context", "routing_strategy"})
-        strategy = _get(src, spec, "routing_strategy", p, "str")
-        if strategy is not None and strategies.canonical(strategy) is None:
-            src.error(p + ("routing_strategy",), f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
-        provs = _get(src, spec, "providers", p, "strlist", default=())
-        for j, prov in enumerate(provs):
-            if prov not in providers:
-                src.error(p + ("providers", j), f"unknown provider {prov!r}")
-        min_size = spec.get("min_model_size")
-        capabilities[name] = Capability(
-            name=name,
-            description=_get(src, spec, "description", p, "str", default=""),
-            preferred_models=_get(src, spec, "preferred_models", p, "strlist", default=()),
-            provider=_provider_ref(src, spec, "provider", p, providers),
-            providers=provs,
-            fallback=_provider_ref(src, spec, "fallback", p, providers),
-            min_model_size=_parse_with(src, p + ("min_model_size",), min_size, parse_size) if min_size is not None else None,
-            min_context=_get(src, spec, "min_context", p, "int"),
-            routing_strategy=strategy,
-        )
-
-    balancing: dict[str, StrategySpec] = {}
-    for name, spec in _get(src, data, "load_balancing", (), "map", default={}).items():
-        p = ("load_balancing", name)
-        if strategies.canonical(name) is None:
-            src.error(p, f"unknown strategy {name!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
-            continue
-        spec = spec if isinstance(spec, dict) else {}
-        _unknown_keys(src, spec, p, {"description", "applicable_to", "weight_factors", "measure"})
-        factors: dict[str, float] = {}
-        for j, item in enumerate(_get(src, spec, "weight_factors", p, "list", default=[])):
-            if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (int, float)):
-                factors.update(item)
-            else:
-                src.error(p + ("weight_factors", j), "must be {factor: number}")
-        for j, cap in enumerate(_get(src, spec, "applicable_to", p, "strlist", default=())):
-            if cap not in capabilities:
-                src.warn(p + ("applicable_to", j), f"{cap!r} is not a defined capability")
-        balancing[name] = StrategySpec(name, _get(src, spec, "description", p, "str", default=""),
-                                       _get(src, spec, "applicable_to", p, "strlist", default=()),
-                                       MappingProxyType(factors), _get(src, spec, "measure", p, "str"))
-
-    redundant: dict[str, Mapping[str, float]] = {}
-    for model, spec in _get(src, data, "redundant_models", (), "map", default={}).items():
-        p = ("redundant_models", model)
-        entries = spec.get("providers") if isinstance(spec, dict) else None
-        if not isinstance(entries, list):
-            src.error(p, "must be {providers: [{provider, weight}, ...]}")
-            continue
-        weights: dict[str, float] = {}
-        for j, e in enumerate(entries):
-            q = p + ("providers", j)
-            if not isinstance(e, dict):
-                src.error(q, "must be {provider: name, weight: number}")
-                continue
-            prov = _provider_ref(src, e, "provider", q, providers, required=True)
-            w = _get(src, e, "weight", q, "num", required=True)
-            if prov and w is not None:
-                weights[prov] = w
-        redundant[model] = MappingProxyType(weights)
-
-    chains: dict[str, FallbackChain] = {}
-    for name, spec in _get(src, data, "fallback_chains", (), "map", default={}).items():
-        p = ("fallback_chains", name)
-        if not isinstance(spec, dict):
-            src.error(p, "must be a mapping with chain")
-            continue
-        _unknown_keys(src, spec, p, {"description", "chain", "retry_attempts", "retry_delay_ms"})
-        steps: list[ChainStep] = []
-        for j, step in enumerate(_get(src, spec, "chain", p, "list", required=True, default=[])):
-            q = p + ("chain", j)
-            if not isinstance(step, dict):
-                src.error(q, "must be a mapping like {primary: provider, condition: ...}")
-                continue
-            rank = next((r for r in (*_RANKS, "provider") if r in step), None)
-            if rank is None:
-                src.error(q, f"needs one of {', '.join(_RANKS)} or provider naming a provider")
-                continue
-            _unknown_keys(src, step, q, {rank, "condition", "preferred_model"})
-            prov = _provider_ref(src, step, rank, q, providers, required=True)
-            cond = _parse_with(src, q + ("condition",), step.get("condition"), parse_condition)
-            if cond is not None and cond.subject == "unavailable" and cond.value not in providers:
-                src.error(q + ("condition",), f"unknown provider {cond.value!r} in {step.get('condition')!r}")
-            if prov and cond is not None:
-                steps.append(ChainStep(prov, rank, cond, _get(src, step, "preferred_model", q, "str")))
-        chains[name] = FallbackChain(name, tuple(steps), _get(src, spec, "description", p, "str", default=""),
-                                     _get(src, spec, "retry_attempts", p, "int"), _get(src, spec, "retry_delay_ms", p, "int"))
-
-    size_rules: list[SizeRule] = []
-    for i, spec in enumerate(_get(src, data, "model_size_routing", (), "list", default=[])):
-        p = ("model_size_routing", i)
-        if not isinstance(spec, dict):
-            src.error(p, "must be {size, provider, fallback, reason}")
-            continue
-        _unknown_keys(src, spec, p, {"size", "provider", "fallback", "reason"})
-        text = _get(src, spec, "size", p, "str", required=True)
-        rng = _parse_with(src, p + ("size",), text, parse_size_range) if text else None
-        prov = _provider_ref(src, spec, "provider", p, providers, required=True)
-        if rng and prov:
-            size_rules.append(SizeRule(rng, text, prov, _provider_ref(src, spec, "fallback", p, providers), _get(src, spec, "reason", p, "str", default="")))
-
-    meta_rules: list[MetadataRule] = []
-    for name, spec in _get(src, data, "request_metadata_routing", (), "map", default={}).items():
-        p = ("request_metadata_routing", name)
-        if not isinstance(spec, dict):
-            src.error(p, "must be {provider, condition}")
-            continue
-        _unknown_keys(src, spec, p, {"provider", "condition", "description"})
-        prov = _provider_ref(src, spec, "provider", p, providers, required=True)
-        cond = _parse_with(src, p + ("condition",), _get(src, spec, "condition", p, "str", required=True), parse_condition)
-        if prov and cond is not None:
-            meta_rules.append(MetadataRule(name, prov, cond))
-
-    fr = _get(src, data, "first_request_routing", (), "map", default={})
-    _unknown_keys(src, fr, ("first_request_routing",), {"description", "strategy", "warm_check_timeout_ms"})
-    first = _get(src, fr, "strategy", ("first_request_routing",), "str")
-    if first is not None and first not in ("prefer_warm_providers", "none"):
-        src.error(("first_request_routing", "strategy"), f"unknown strategy {first!r} (known: prefer_warm_providers, none)")
-    rl = _get(src, data, "rate_limited_fallback", (), "map", default={})
-    _unknown_keys(src, rl, ("rate_limited_fallback",), {"description", "enabled", "fallback_duration_seconds"})
-    eb = _get(src, data, "error_based_routing", (), "map", default={})
-    _unknown_keys(src, eb, ("error_based_routing",), {"description", "enabled", "error_threshold", "cooldown_seconds"})
-
-    return Mappings(
-        providers=MappingProxyType(providers),
-        exact_matches=MappingProxyType(exact),
-        patterns=tuple(patterns),
-        capabilities=MappingProxyType(capabilities),
-        load_balancing=MappingProxyType(balancing),
-        redundant_models=MappingProxyType(redundant),
-        fallback_chains=MappingProxyType(chains),
-        model_size_routing=tuple(size_rules),
-        request_metadata_routing=tuple(meta_rules),
-        default_provider=_provider_ref(src, data, "default_provider", (), providers),
-        first_request_strategy=first,
-        warm_check_timeout_ms=_get(src, fr, "warm_check_timeout_ms", ("first_request_routing",), "int", default=100),
-        rate_limited_fallback_enabled=_get(src, rl, "enabled", ("rate_limited_fallback",), "bool", default=False),
-        rate_limited_fallback_seconds=_get(src, rl, "fallback_duration_seconds", ("rate_limited_fallback",), "num", default=60.0),
-        error_routing_enabled=_get(src, eb, "enabled", ("error_based_routing",), "bool", default=False),
-        error_threshold=_get(src, eb, "error_threshold", ("error_based_routing",), "int", default=3),
-        error_cooldown_seconds=_get(src, eb, "cooldown_seconds", ("error_based_routing",), "num", default=300.0),
-    )
-
-
-# ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
 
@@ -789,31 +358,31 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     if src.errors or (msrc and msrc.errors):
         raise ConfigError(src.errors + (msrc.errors if msrc else []))
 
-    mappings = _mappings(msrc) if msrc else Mappings()
+    mappings = load_policy(msrc) if msrc else Mappings()
     top = src.data if isinstance(src.data, dict) else {}
     if src.data is not None and not isinstance(src.data, dict):
         src.error((), "the config file must be a mapping with model_list")
-    _unknown_keys(src, top, (), _TOP_KEYS, _TOP_IGNORED)
+    unknown_keys(src, top, (), _TOP_KEYS, _TOP_IGNORED)
 
-    env_vars = _get(src, top, "environment_variables", (), "map", default={})
+    env_vars = get(src, top, "environment_variables", (), "map", default={})
     for k, v in env_vars.items():
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):
             os.environ.setdefault(str(k), str(v))
         else:
             src.error(("environment_variables", k), "must be a string")
 
-    ls = _get(src, top, "litellm_settings", (), "map", default={})
-    _unknown_keys(src, ls, ("litellm_settings",), _LITELLM_KEYS, _LITELLM_IGNORED)
+    ls = get(src, top, "litellm_settings", (), "map", default={})
+    unknown_keys(src, ls, ("litellm_settings",), _LITELLM_KEYS, _LITELLM_IGNORED)
     for key in ls:
         if ("litellm_settings", key) in _NOT_YET:
             src.warn(("litellm_settings", key), "accepted but not acted on yet (reliability work is pending); ignored")
-    gs = _get(src, top, "general_settings", (), "map", default={})
-    _unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
-    master_key = _get(src, gs, "master_key", ("general_settings",), "secret")
+    gs = get(src, top, "general_settings", (), "map", default={})
+    unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
+    master_key = get(src, gs, "master_key", ("general_settings",), "secret")
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
 
     router = _router_settings(src, top)
-    request_timeout = router.timeout or _get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
+    request_timeout = router.timeout or get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
     deployments = _deployments(src, top, mappings.providers, request_timeout)
 
     by_id = {d.id: d for d in deployments}

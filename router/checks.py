@@ -1,0 +1,114 @@
+"""Checked reads of configuration values, shared by both configuration files.
+
+Each getter records an error (or warning) at the key's file and line in the
+``Source`` and returns a default, so one load reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from router.yamlsource import Path, Source
+
+_MISSING = object()
+_ENV_PREFIX = "os.environ/"
+_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+
+
+def get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, default: Any = None, required: bool = False) -> Any:
+    """``m[key]`` checked against ``kind``; errors are recorded and ``default`` returned.
+
+    LiteLLM's ``os.environ/NAME`` works for every key; an unset variable is an
+    error, except for ``secret`` keys, where it only warns (no key is sent).
+    Numbers written as strings (``"60"``, or from the environment) are accepted.
+    """
+    value = m.get(key, _MISSING)
+    if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+        name = value[len(_ENV_PREFIX):]
+        value = os.environ.get(name)
+        if value is None:
+            if kind == "secret":
+                src.warn(path + (key,), f"environment variable {name} is not set; no value is used")
+            else:
+                src.error(path + (key,), f"environment variable {name} is not set")
+            return default
+    if value is _MISSING or value is None:
+        if required:
+            src.error(path + (key,), "is required")
+        return default
+    if kind in ("int", "num", "pos") and isinstance(value, str) and _NUMBER.match(value):
+        value = float(value) if "." in value else int(value)
+    ok, converted = _CONVERT[kind](value)
+    if not ok:
+        src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
+        return default
+    return converted
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {
+    "str": lambda v: (isinstance(v, str) and v != "", v),
+    "secret": lambda v: (isinstance(v, str) and v != "", v),
+    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0, v),
+    "num": lambda v: (_is_number(v) and v >= 0, float(v) if _is_number(v) else v),
+    "pos": lambda v: (_is_number(v) and v > 0, float(v) if _is_number(v) else v),
+    "bool": lambda v: (isinstance(v, bool), v),
+    "list": lambda v: (isinstance(v, list), v),
+    "map": lambda v: (isinstance(v, dict), v),
+    "strlist": lambda v: (isinstance(v, list) and all(isinstance(x, str) for x in v), tuple(v) if isinstance(v, list) else v),
+}
+_KIND_NAMES = {
+    "str": "a non-empty string",
+    "secret": "a non-empty string",
+    "int": "a non-negative integer",
+    "num": "a non-negative number",
+    "pos": "a number greater than 0",
+    "bool": "true or false",
+    "list": "a list",
+    "map": "a mapping",
+    "strlist": "a list of strings",
+}
+
+
+def unknown_keys(src: Source, m: Mapping[str, Any], path: Path, known: set[str], ignored: set[str] = frozenset()) -> None:
+    for key in m:
+        if key in known:
+            continue
+        if key in ignored:
+            src.warn(path + (key,), "LiteLLM setting not supported by llm-router; ignored")
+        else:
+            src.warn(path + (key,), "unknown key; ignored")
+
+
+def check_url(src: Source, path: Path, url: str | None) -> str | None:
+    """Validate an api_base; return it without a trailing slash (``None`` if invalid)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        src.error(path, f"must be an http(s) URL, got {url!r}")
+        return None
+    try:
+        parts.port
+    except ValueError:
+        src.error(path, f"invalid port in {url!r}")
+        return None
+    if parts.username is not None or parts.password is not None:
+        src.error(path, "must not carry credentials (user:password@); put the key in api_key")
+        return None
+    return url.rstrip("/")
+
+
+def api_root(url: str, wire: str) -> str:
+    """Where a wire format's paths hang off ``url``: for OpenAI-compatible servers a
+    bare ``http://host:port`` gets ``/v1`` (what vLLM and llama.cpp serve), a URL
+    with a path is used as given (the OpenAI SDK's rule); Ollama's is the root."""
+    if wire == "openai" and urlsplit(url).path.strip("/") == "":
+        return url + "/v1"
+    return url

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -13,7 +15,8 @@ from aiohttp import web
 from router import __version__, log
 from router.config import Config
 from router.errors import AuthenticationError, BadRequest, NotFound, RouterError
-from router.probes import check_all
+from router.domain import RequestFacts
+from router.probes import Monitor, check_all
 from router.proxy import Proxy, request_id
 from router.routing.engine import Engine
 from router.state import StateTable
@@ -135,6 +138,41 @@ async def health(request: web.Request) -> web.Response:
                   "healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy})
 
 
+def facts_from_query(query: Any) -> RequestFacts:
+    """``/router/explain`` parameters: model, capability, stream, batch_size, endpoint,
+    and ``header=Name: value`` (repeatable, like curl's -H)."""
+    headers = {}
+    for h in query.getall("header", []):
+        name, _, value = h.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        batch = int(query.get("batch_size", "1"))
+    except ValueError:
+        raise BadRequest("batch_size must be an integer.", param="batch_size") from None
+    endpoint = query.get("endpoint", "chat")
+    if endpoint not in ("chat", "completions", "embeddings"):
+        raise BadRequest("endpoint must be chat, completions or embeddings.", param="endpoint")
+    return RequestFacts(model=query.get("model") or None, endpoint=endpoint,
+                        stream=query.get("stream", "").lower() in ("1", "true", "yes"), batch_size=batch,
+                        capability=query.get("capability") or headers.pop("x-capability", None), headers=headers)
+
+
+async def explain(request: web.Request) -> web.Response:
+    """What the router would do with a request, without sending anything."""
+    proxy = request.app[PROXY]
+    facts = facts_from_query(request.query)
+    if facts.model is None and facts.capability is None:
+        raise BadRequest("Give model= (and/or capability=).", param="model")
+    decision = proxy.engine.decide(facts, proxy.state)
+    if decision is None:
+        raise NotFound(f"No route for model `{facts.model}`.")
+    return _json(decision.explain())
+
+
+async def router_stats(request: web.Request) -> web.Response:
+    return _json(request.app[PROXY].stats.snapshot())
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     # No global cap, a cap per backend server: one stuck backend can hold at most its
@@ -143,8 +181,17 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                      keepalive_timeout=30, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
                                     timeout=aiohttp.ClientTimeout(total=None))
-    app[PROXY].session = session
+    proxy = app[PROXY]
+    proxy.session = session
+    monitor = Monitor(session, list(config.deployments) + list(config.catchalls.values()), proxy.state.servers,
+                      interval=config.router.monitor_interval,
+                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000)
+    task = asyncio.create_task(monitor.run())
     yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await proxy.close()
     await session.close()
 
 
@@ -164,4 +211,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/health/liveness", liveliness)
     app.router.add_get("/health/readiness", readiness)
     app.router.add_get("/health", health)
+    app.router.add_get("/router/explain", explain)
+    app.router.add_get("/router/stats", router_stats)
     return app

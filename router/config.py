@@ -52,6 +52,7 @@ class RouterSettings:
     context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     debug_router: bool = False
     max_connections_per_backend: int = 256
+    monitor_interval: float = 5.0  # seconds between background probes of each backend server
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ _PARAM_IGNORED = {
 _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
-    "context_window_fallbacks", "debug_router", "max_connections_per_backend",
+    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -168,8 +169,6 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     strategy = get(src, rs, "routing_strategy", path, "str", default="simple-shuffle")
     if strategies.canonical(strategy) is None:
         src.error(path + ("routing_strategy",), f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
-    elif not strategies.is_implemented(strategy):
-        src.warn(path + ("routing_strategy",), f"strategy {strategy!r} is not implemented yet; simple-shuffle is used")
     debug = get(src, top, "debug_router", (), "bool", default=False)
     return RouterSettings(
         routing_strategy=strategy,
@@ -186,6 +185,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
         context_window_fallbacks=_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",)),
         debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
         max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
+        monitor_interval=get(src, rs, "monitor_interval", path, "pos", default=5.0),
     )
 
 
@@ -407,6 +407,10 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     for model in mappings.redundant_models:
         if model not in frozen_groups:
             msrc.warn(("redundant_models", model), f"no model_list group named {model!r}; weights unused")
+    for name, spec in mappings.load_balancing.items():
+        for j, target in enumerate(spec.applicable_to):
+            if target not in mappings.capabilities and target not in frozen_groups and target not in aliases:
+                msrc.warn(("load_balancing", name, "applicable_to", j), f"{target!r} is neither a capability, a model group nor an alias")
 
     if src.errors or (msrc and msrc.errors):
         raise ConfigError(src.errors + (msrc.errors if msrc else []))

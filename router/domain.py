@@ -80,20 +80,58 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What routing may look at in a request: never the messages themselves.
+
+    ``headers`` holds only the (lower-cased) headers the policy's rules test.
+    """
+
+    model: str | None
+    endpoint: str = "chat"
+    stream: bool = False
+    batch_size: int = 1
+    capability: str | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """What the routing engine decided for one request.
+    """What the routing engine decided for one request, and why.
 
     ``candidates`` are in the order they should be tried; ``upstream_model`` is set
-    when the backend must be sent a name other than the deployment's own (pattern
-    and wildcard routes); ``trace`` explains each step for ``debug_router``.
+    when the backend must be sent a name other than the deployment's own (pattern,
+    size, wildcard and default routes); ``trace`` explains each step; ``scores``
+    are the strategy's per-deployment scores; ``warm_up`` lists deployments the
+    proxy should load in the background (warm-first routing skipped them as cold).
     """
 
     model: str
-    route: str  # exact | id | alias | pattern | wildcard | default
+    route: str  # exact | id | alias | pattern | capability | size | wildcard | default, or metadata | warm
     candidates: tuple[Deployment, ...]
     upstream_model: str | None = None
     matched: str = ""
     trace: tuple[str, ...] = ()
+    strategy: str = ""
+    scores: tuple[tuple[str, float | None], ...] = ()
+    warm_up: tuple[Deployment, ...] = ()
+    resolved: str = ""  # the resolution step (exact, pattern, ...) even when metadata or warmth then decided
 
     def upstream_name(self, deployment: Deployment) -> str:
         return self.upstream_model if deployment.is_dynamic and self.upstream_model else deployment.upstream_model
+
+    def explain(self) -> dict[str, Any]:
+        """The decision as JSON-ready data (``/router/explain``, ``llm-router explain``)."""
+        return {
+            "model": self.model,
+            "route": self.route,
+            "resolved": self.resolved or self.route,
+            "matched": self.matched or None,
+            "strategy": self.strategy or None,
+            "candidates": [
+                {"deployment": d.id, "provider": d.provider, "model": self.upstream_name(d) or None, "api_base": d.api_base}
+                for d in self.candidates
+            ],
+            "scores": {dep_id: score for dep_id, score in self.scores},
+            "warm_up": [d.id for d in self.warm_up],
+            "trace": list(self.trace),
+        }

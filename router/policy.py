@@ -55,6 +55,8 @@ class StrategySpec:
     applicable_to: tuple[str, ...] = ()
     weight_factors: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     measure: str | None = None
+    reevaluate_seconds: float | None = None  # latency-based: how often the ranking is recomputed
+    explore: float | None = None  # latency-based: share of requests sent to a non-best deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,19 +228,20 @@ def load_policy(src: Source) -> Mappings:
             src.error(p, f"unknown strategy {name!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
             continue
         spec = spec if isinstance(spec, dict) else {}
-        unknown_keys(src, spec, p, {"description", "applicable_to", "weight_factors", "measure"})
+        unknown_keys(src, spec, p, {"description", "applicable_to", "weight_factors", "measure", "reevaluate_seconds", "explore"})
         factors: dict[str, float] = {}
         for j, item in enumerate(get(src, spec, "weight_factors", p, "list", default=[])):
             if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (int, float)):
                 factors.update(item)
             else:
                 src.error(p + ("weight_factors", j), "must be {factor: number}")
-        for j, cap in enumerate(get(src, spec, "applicable_to", p, "strlist", default=())):
-            if cap not in capabilities:
-                src.warn(p + ("applicable_to", j), f"{cap!r} is not a defined capability")
+        explore = get(src, spec, "explore", p, "num")
+        if explore is not None and explore > 1:
+            src.error(p + ("explore",), "must be a share between 0 and 1")
         balancing[name] = StrategySpec(name, get(src, spec, "description", p, "str", default=""),
                                        get(src, spec, "applicable_to", p, "strlist", default=()),
-                                       MappingProxyType(factors), get(src, spec, "measure", p, "str"))
+                                       MappingProxyType(factors), get(src, spec, "measure", p, "str"),
+                                       get(src, spec, "reevaluate_seconds", p, "pos"), explore)
 
     redundant: dict[str, Mapping[str, float]] = {}
     for model, spec in get(src, data, "redundant_models", (), "map", default={}).items():

@@ -10,6 +10,7 @@ accounting and the one ``[ROUTER]`` log line per request happen in ``finally``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from router import log
 from router.config import Config
-from router.domain import Deployment, RouteDecision
+from router.domain import Deployment, RequestFacts, RouteDecision
 from router.errors import (
     BadRequest,
     CapacityExceeded,
@@ -33,9 +34,11 @@ from router.errors import (
     upstream_error,
 )
 from router.providers import ADAPTERS
+from router.probes import warm_up
 from router.providers.ollama import Context, error_event
 from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
 from router.state import StateTable
+from router.stats import RoutingStats
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
 POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
@@ -44,6 +47,16 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+
+
+def total_tokens(body: bytes) -> int:
+    """``usage.total_tokens`` of a response body, found without decoding it (every
+    server puts usage at the end)."""
+    m = _TOTAL_TOKENS.search(body, max(0, len(body) - 1024))
+    return int(m.group(1)) if m else 0
 
 
 def request_id(request: web.Request) -> str:
@@ -63,8 +76,9 @@ async def _read_body(request: web.Request) -> bytes:
         raise BadRequest(f"Request body too large: {exc.text}", status=413, code="request_too_large") from None
 
 
-def parse_body(endpoint: str, raw: bytes) -> dict[str, Any]:
-    """Decode and check the OpenAI request shapes we accept; unknown fields stay."""
+def parse_body(endpoint: str, raw: bytes, model_optional: bool = False) -> dict[str, Any]:
+    """Decode and check the OpenAI request shapes we accept; unknown fields stay.
+    ``model_optional``: the request names a capability instead (``X-Capability``)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -73,12 +87,14 @@ def parse_body(endpoint: str, raw: bytes) -> dict[str, Any]:
         raise BadRequest("The request body must be a JSON object.")
     model = body.get("model")
     if model is None or model == "":
-        raise BadRequest("You must provide a model parameter.", param="model")
-    if not isinstance(model, str):
+        if not model_optional:
+            raise BadRequest("You must provide a model parameter (or an X-Capability header).", param="model")
+        body.pop("model", None)
+    elif not isinstance(model, str):
         raise BadRequest("model must be a string.", param="model")
-    if len(model) > MAX_MODEL_NAME:
+    elif len(model) > MAX_MODEL_NAME:
         raise BadRequest(f"model must be at most {MAX_MODEL_NAME} characters.", param="model")
-    if not model.isprintable():
+    elif not model.isprintable():
         raise BadRequest("model must not contain control characters.", param="model")
     if endpoint == "chat":
         messages = body.get("messages")
@@ -114,15 +130,37 @@ class Outcome:
     ttft: float | None = None
     error: RouterError | None = None
     client_gone: bool = False
+    tokens: int = 0  # tokens used, where the response says (for tpm limits)
 
 
 class Proxy:
-    def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession | None, state: StateTable) -> None:
+    def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession | None, state: StateTable,
+                 stats: RoutingStats | None = None) -> None:
         self.config = config
         self.engine = engine
         self.session = session
         self.state = state
+        self.stats = stats or RoutingStats()
         self.log = log.get("ROUTER")
+        self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
+
+    def facts(self, request: web.Request, endpoint: str, body: dict[str, Any]) -> RequestFacts:
+        """What the engine may look at: model, stream, batch size, the rule headers."""
+        prompt = body.get("prompt")
+        batch = max(body.get("n") or 1, len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1)
+        headers = {h: request.headers[h] for h in self.engine.header_names if h in request.headers}
+        return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=body.get("stream") is True,
+                            batch_size=batch, capability=request.headers.get("x-capability"), headers=headers)
+
+    def decide(self, facts: RequestFacts) -> RouteDecision | None:
+        start = time.perf_counter()
+        try:
+            decision = self.engine.decide(facts, self.state)
+        finally:
+            elapsed = time.perf_counter() - start
+        self.stats.record(elapsed, decision.resolved if decision else None, decision.route if decision else None,
+                          decision.candidates[0].provider if decision else None)
+        return decision
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         start = time.monotonic()
@@ -132,15 +170,19 @@ class Proxy:
         outcome = Outcome()
         model = "?"
         try:
-            body = parse_body(endpoint, await _read_body(request))
-            model = body["model"]
-            decision = self.engine.decide(model)
+            body = parse_body(endpoint, await _read_body(request), model_optional="x-capability" in request.headers)
+            facts = self.facts(request, endpoint, body)
+            model = facts.model or f"capability:{facts.capability}"
+            decision = self.decide(facts)
             if decision is None:
-                raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern or default provider routes it.", param="model")
+                raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
             if self.config.router.debug_router:
                 for step in decision.trace:
                     self.log.info(f"trace: {step}", request_id=rid, model=model)
             dep = self._pick(decision)
+            self.state.picked(dep)
+            for cold in decision.warm_up:
+                self._warm_up(cold, decision.upstream_name(cold))
             return await self._forward(request, endpoint, body, decision, dep, outcome)
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
@@ -165,6 +207,19 @@ class Proxy:
                 return dep
         raise CapacityExceeded(f"All deployments for `{decision.model}` are at their max_parallel_requests; retry shortly.")
 
+    def _warm_up(self, dep: Deployment, model: str) -> None:
+        """Load ``model`` on ``dep`` in the background (one at a time per deployment)."""
+        if dep.id in self._warming or self.session is None:
+            return
+        task = asyncio.create_task(warm_up(self.session, dep, model))
+        self._warming[dep.id] = task
+        task.add_done_callback(lambda _: self._warming.pop(dep.id, None))
+
+    async def close(self) -> None:
+        for task in list(self._warming.values()):
+            task.cancel()
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
+
     async def _forward(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
                        dep: Deployment, outcome: Outcome) -> web.StreamResponse:
         adapter = ADAPTERS[dep.wire]
@@ -179,6 +234,7 @@ class Proxy:
             headers["Authorization"] = f"Bearer {dep.api_key}"
         state = self.state[dep.id]
         state.started()
+        started = time.monotonic()
         try:
             if stream:
                 return await self._stream(request, url, payload, headers, endpoint, decision, dep, ctx, outcome)
@@ -194,7 +250,8 @@ class Proxy:
             raise
         finally:
             err = outcome.error
-            state.finished(f"{err.error_class}: {err.message}" if err else None, abandoned=outcome.client_gone)
+            state.finished(f"{err.error_class}: {err.message}" if err else None, abandoned=outcome.client_gone,
+                           stream=stream, ttft=outcome.ttft, latency=time.monotonic() - started, tokens=outcome.tokens)
 
     async def _complete(self, url: str, payload: bytes, headers: dict[str, str], endpoint: str, decision: RouteDecision,
                         dep: Deployment, ctx: Context, outcome: Outcome) -> web.Response:
@@ -206,6 +263,7 @@ class Proxy:
                     raise upstream_error(resp.status, raw, dep.provider)
         body = ADAPTERS[dep.wire].response_body(endpoint, raw, ctx, dep.provider)
         outcome.status = 200
+        outcome.tokens = total_tokens(body)
         return web.Response(body=body, status=200, content_type="application/json",
                             headers={"x-request-id": headers["x-request-id"], **_route_headers(decision, dep)})
 
@@ -272,11 +330,14 @@ class Proxy:
         """Copy chunks until the upstream ends; return the bytes that close the stream."""
         if translator is None:  # OpenAI-compatible: bytes pass through untouched
             tail = b""
+            events = 0
             while chunk:
                 await out.write(chunk)
                 tail = (tail + chunk)[-16:]
+                events += chunk.count(b"data:")
                 async with guard:
                     chunk = await resp.content.readany()
+            outcome.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
             if b"[DONE]" in tail:
                 return b""
             outcome.error = UpstreamError(f"{dep.provider} ended the stream before [DONE]")
@@ -290,6 +351,8 @@ class Proxy:
             async with guard:
                 chunk = await resp.content.readany()
         end = translator.close()
+        if translator.usage:
+            outcome.tokens = translator.usage["total_tokens"]
         if translator.failed:
             outcome.error = UpstreamError("Ollama stream failed")
         return end
@@ -312,7 +375,7 @@ class Proxy:
             return
         fields["deployment"] = dep.id
         if decision.matched:
-            fields["pattern"] = decision.matched
+            fields["matched"] = decision.matched
         message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
         err = outcome.error
         if outcome.client_gone:

@@ -1,18 +1,32 @@
 """Per-deployment runtime state, kept in memory and changed only synchronously.
 
-So far: in-flight count (for ``max_parallel_requests``), request and failure
-counters, the last error, and when the deployment last served a request. The
-reliability work grows this into the health state machine (cooldowns, latency
-windows); the keys are deployment ids, a fixed set from the configuration.
+The proxy reports what happened (``picked``, ``started``, ``finished``), the
+background monitor reports what backends say about themselves (load, loaded
+models, model metadata), and strategies read it all through ``StateTable``'s
+read-only methods. Every window is a fixed-size ring, never an unbounded list;
+keys are deployment ids (a fixed set from the configuration) and backend
+server URLs.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.domain import Deployment
+
+WINDOW = 100  # latency / TTFT samples kept per deployment
+OUTCOMES = 50  # recent successes/failures kept per deployment for the success rate
+WARM_AFTER_SERVING_S = 300.0  # a deployment that served this recently counts as warm
+
+
+def p95(samples: deque[float]) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 @dataclass(slots=True)
@@ -23,6 +37,13 @@ class DeploymentState:
     last_error: str | None = None
     last_error_at: float | None = None
     last_success_at: float | None = None
+    picks: int = 0  # round-robin counter since the last reset
+    minute: int = 0  # which wall-clock minute the usage counters are for
+    minute_requests: int = 0
+    minute_tokens: int = 0
+    ttft: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # streaming time to first token
+    latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # non-streaming total latency
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
 
     def has_capacity(self, deployment: Deployment) -> bool:
         limit = deployment.max_parallel_requests
@@ -32,18 +53,36 @@ class DeploymentState:
         self.in_flight += 1
         self.requests += 1
 
-    def finished(self, error: str | None, abandoned: bool = False) -> None:
+    def finished(self, error: str | None, abandoned: bool = False, *, stream: bool = False,
+                 ttft: float | None = None, latency: float | None = None, tokens: int = 0) -> None:
         """One request ended: ``error`` None is a success; ``abandoned`` (the client
         went away) counts neither way."""
         self.in_flight -= 1
         if abandoned:
             return
         now = time.time()
+        self._roll(now)
+        self.minute_tokens += tokens
+        self.outcomes.append(error is None)
         if error is None:
             self.last_success_at = now
+            if stream and ttft is not None:
+                self.ttft.append(ttft)
+            elif not stream and latency is not None:
+                self.latency.append(latency)
         else:
             self.failures += 1
             self.last_error, self.last_error_at = error, now
+
+    def picked(self, now: float) -> None:
+        self.picks += 1
+        self._roll(now)
+        self.minute_requests += 1
+
+    def _roll(self, now: float) -> None:
+        minute = int(now // 60)
+        if minute != self.minute:
+            self.minute, self.minute_requests, self.minute_tokens = minute, 0, 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -53,15 +92,121 @@ class DeploymentState:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_success_at": self.last_success_at,
+            "ttft_p95_ms": _ms(p95(self.ttft)),
+            "latency_p95_ms": _ms(p95(self.latency)),
         }
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What a backend server said about itself at its last probe."""
+
+    updated_at: float = 0.0
+    reachable: bool = False
+    models: frozenset[str] = frozenset()
+    loaded: frozenset[str] | None = None  # Ollama /api/ps; None = the server does not say
+    running: int | None = None  # requests it is working on (vLLM /metrics, llama.cpp /slots)
+    waiting: int | None = None  # requests it has queued
+    slots: int | None = None  # llama.cpp parallel slots
+    sizes: dict[str, float] = field(default_factory=dict)  # model -> billions of parameters
+    contexts: dict[str, int] = field(default_factory=dict)  # model -> context length
+
+
 class StateTable:
+    """All runtime state, and the read-only view strategies and the engine use."""
+
+    ROUND_ROBIN_RESET_S = 60.0
+
     def __init__(self) -> None:
         self._states: dict[str, DeploymentState] = {}
+        self.servers: dict[str, ServerState] = {}
+        self._rr_reset_at = time.time()
 
     def __getitem__(self, deployment_id: str) -> DeploymentState:
         state = self._states.get(deployment_id)
         if state is None:
             state = self._states[deployment_id] = DeploymentState()
         return state
+
+    # -- writes (synchronous, by the proxy) ---------------------------------------------
+
+    def picked(self, deployment: Deployment) -> None:
+        now = time.time()
+        if now - self._rr_reset_at >= self.ROUND_ROBIN_RESET_S:  # the seed's periodic counter reset
+            for s in self._states.values():
+                s.picks = 0
+            self._rr_reset_at = now
+        self[deployment.id].picked(now)
+
+    # -- reads (the view strategies get) ---------------------------------------------------
+
+    def in_flight(self, d: Deployment) -> int:
+        return self[d.id].in_flight
+
+    def picks(self, d: Deployment) -> int:
+        return self[d.id].picks
+
+    def backend_load(self, d: Deployment) -> int | None:
+        """Requests the backend server reports running + waiting, if it reports them."""
+        server = self.servers.get(d.api_base)
+        if server is None or server.running is None:
+            return None
+        return server.running + (server.waiting or 0)
+
+    def capacity(self, d: Deployment) -> int | None:
+        server = self.servers.get(d.api_base)
+        limits = [x for x in (d.max_parallel_requests, server.slots if server else None) if x]
+        return min(limits) if limits else None
+
+    def ttft_p95(self, d: Deployment) -> float | None:
+        return p95(self[d.id].ttft)
+
+    def latency_p95(self, d: Deployment) -> float | None:
+        return p95(self[d.id].latency)
+
+    def mean_latency(self, d: Deployment) -> float | None:
+        s = self[d.id]
+        samples = s.latency or s.ttft
+        return sum(samples) / len(samples) if samples else None
+
+    def samples(self, d: Deployment) -> int:
+        s = self[d.id]
+        return len(s.ttft) + len(s.latency)
+
+    def success_rate(self, d: Deployment) -> float | None:
+        outcomes = self[d.id].outcomes
+        return sum(outcomes) / len(outcomes) if outcomes else None
+
+    def minute_usage(self, d: Deployment) -> tuple[int, int]:
+        s = self[d.id]
+        if s.minute != int(time.time() // 60):
+            return 0, 0
+        return s.minute_requests, s.minute_tokens
+
+    def is_warm(self, d: Deployment, model: str) -> bool | None:
+        """Loaded per the backend (Ollama /api/ps), else served recently; None = unknown."""
+        server = self.servers.get(d.api_base)
+        if server is not None and server.loaded is not None:
+            return _loaded(model, server.loaded)
+        last = self[d.id].last_success_at
+        if last is not None and time.time() - last < WARM_AFTER_SERVING_S:
+            return True
+        if server is not None and server.reachable and d.wire == "openai":
+            return True  # llama.cpp and vLLM servers hold their model loaded while they run
+        return None
+
+    def model_size(self, d: Deployment, model: str) -> float | None:
+        server = self.servers.get(d.api_base)
+        return server.sizes.get(model) if server else None
+
+    def context_length(self, d: Deployment, model: str) -> int | None:
+        server = self.servers.get(d.api_base)
+        return server.contexts.get(model) if server else None
+
+
+def _loaded(model: str, loaded: frozenset[str]) -> bool:
+    return model in loaded or f"{model}:latest" in loaded

@@ -1,20 +1,33 @@
-"""The routing decision: which deployments may serve a request, in what order.
+"""The routing decision: which deployments may serve a request, in what order, and why.
 
-``Engine.decide(model)`` is synchronous and does no I/O: it walks the seed's
-hierarchy (exact name → deployment id → alias → policy exact match → regex
-patterns → model_list wildcards → default provider) and lets the group's
-load-balancing strategy order the candidates. Capability, size and metadata
-routing, fallbacks and cooldowns plug in here in later work.
+``Engine.decide(facts, view)`` is synchronous and does no I/O. It walks the
+seed's hierarchy to find the candidates —
+
+1. exact: model_list name, deployment id, ``model_group_alias``, ``exact_matches``
+2. pattern: the policy's ``patterns`` (file order), then model_list wildcards
+3. capability: ``X-Capability`` header, or the model named like a capability
+4. size: a parameter count in the name, by ``model_size_routing``
+5. default: ``default_provider``
+
+— drops deployments over their ``rpm``/``tpm`` this minute, lets the load-
+balancing strategy order the rest, then applies request-metadata rules and
+warm-first routing, each of which may move a deployment to the front. Every step
+leaves a line in the trace. Fallback chains (step 6) come with the reliability work.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Sequence
-
+import time
+from dataclasses import dataclass, field
 from router.config import Config
-from router.domain import Deployment, RouteDecision
-from router.routing.strategies import SimpleShuffle, Strategy
+from router.domain import Deployment, RequestFacts, RouteDecision
+from router.errors import BadRequest, RouterError
+from router.policy import Capability
+from router.routing import strategies
+from router.routing.patterns import PatternIndex
+from router.routing.rules import Condition, parse_size, size_from_name
+from router.state import StateTable
 
 MAX_MODEL_NAME = 512  # longer names are rejected before any regex runs
 
@@ -24,79 +37,356 @@ ROUTE_LABELS = {
     "alias": "alias",
     "pattern": "pattern match",
     "wildcard": "wildcard match",
+    "capability": "capability",
+    "size": "model size",
     "default": "default provider",
+    "metadata": "request metadata",
+    "warm": "warm provider",
 }
+_CONTEXT_KEYS = ("max_input_tokens", "context_length", "context_window", "num_ctx", "max_tokens")
+_SIZE_KEYS = ("parameter_size", "model_size", "parameters", "params")
+
+
+class RateLimited(RouterError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class NoCapableDeployment(RouterError):
+    status = 503
+    type = "api_error"
+    code = "no_capable_deployment"
+
+
+@dataclass(slots=True)
+class _Resolution:
+    route: str
+    group: str  # what strategy memo and per-group strategy choice key on
+    candidates: list[Deployment]
+    upstream: str | None = None
+    matched: str = ""
+    strategy: str | None = None  # canonical name chosen by the step, if any
+    tail: list[Deployment] = field(default_factory=list)  # fallbacks kept after the ordered candidates
 
 
 class Engine:
     def __init__(self, config: Config, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng or random.Random()
-        weights = {model: dict(w) for model, w in config.mappings.redundant_models.items()}
-        self._strategy: Strategy = SimpleShuffle(weights)
-        # (provider, upstream model) -> configured deployment, so a pattern route to a
-        # model that model_list also declares uses that deployment's settings.
+        m = config.mappings
+        self.patterns = PatternIndex(m.patterns)
+        specs = {strategies.canonical(name): spec for name, spec in m.load_balancing.items()}
+        weights = {model: dict(w) for model, w in m.redundant_models.items()}
+        self._strategies = {name: make(specs.get(name), weights) for name, make in strategies.registry().items()}
+        self.default_strategy = strategies.canonical(config.router.routing_strategy) or "simple-shuffle"
+        # load_balancing.<strategy>.applicable_to: capability / group / alias -> strategy
+        self._applicable: dict[str, str] = {}
+        for name, spec in m.load_balancing.items():
+            for target in spec.applicable_to:
+                self._applicable.setdefault(target, strategies.canonical(name) or self.default_strategy)
+        # redundant_models states a split ("70% of requests"): those groups shuffle by it
+        # unless load_balancing names them explicitly.
+        for model in m.redundant_models:
+            self._applicable.setdefault(model, "simple-shuffle")
         self._by_upstream: dict[tuple[str, str], Deployment] = {}
         for d in config.deployments:
             if not d.is_dynamic:
                 self._by_upstream.setdefault((d.provider, d.upstream_model), d)
+        self.header_names = frozenset(
+            r.condition.subject[len("header."):] for r in m.request_metadata_routing if r.condition.subject.startswith("header.")
+        )
 
-    def decide(self, model: str) -> RouteDecision | None:
-        """Resolve ``model`` to an ordered candidate list, or ``None`` (no route: 404)."""
-        cfg = self.config
+    # -- the decision ---------------------------------------------------------------------
+
+    def decide(self, facts: RequestFacts, view: StateTable) -> RouteDecision | None:
+        """Candidates for ``facts`` in the order to try them, or ``None`` (no route: 404).
+
+        Raises ``BadRequest`` for an unknown ``X-Capability``, ``RateLimited`` when
+        every candidate is over its rpm/tpm this minute, ``NoCapableDeployment``
+        when a capability's requirements exclude every deployment.
+        """
         trace: list[str] = []
+        capability = None
+        if facts.capability is not None:
+            capability = self.config.mappings.capabilities.get(facts.capability)
+            if capability is None:
+                known = ", ".join(sorted(self.config.mappings.capabilities)) or "none configured"
+                raise BadRequest(f"Unknown capability {facts.capability!r} in X-Capability (known: {known}).", param="X-Capability")
+        res = self._resolve(facts, capability, view, trace)
+        if res is None:
+            return None
+        candidates = self._within_limits(res.candidates, view, trace)
+        name = res.strategy or self._applicable.get(res.group) or self.default_strategy
+        strategy = self._strategies[name]
+        ranked = strategy.order(res.group, candidates, view, self._rng, facts) if len(candidates) > 1 else [(d, None) for d in candidates]
+        ordered = [d for d, _ in ranked]
+        if len(candidates) > 1:
+            trace.append(f"strategy {name}: " + ", ".join(f"{d.id}={s}" if s is not None else d.id for d, s in ranked))
+        route = res.route
+        if self._apply_metadata(facts, res, ordered, trace):
+            route = "metadata"
+        warm_up = self._apply_warmth(res, ordered, view, trace)
+        if warm_up:
+            route = "warm"
+        ordered += [d for d in res.tail if d not in ordered]
+        return RouteDecision(
+            model=facts.model or ordered[0].model_name,
+            route=route,
+            candidates=tuple(ordered),
+            upstream_model=res.upstream,
+            matched=res.matched,
+            trace=tuple(trace),
+            strategy=name if len(candidates) > 1 else "",
+            scores=tuple((d.id, s) for d, s in ranked),
+            warm_up=tuple(warm_up),
+            resolved=res.route,
+        )
+
+    def _resolve(self, facts: RequestFacts, capability: Capability | None, view: StateTable, trace: list[str]) -> _Resolution | None:
+        cfg, model = self.config, facts.model
+        if model is not None:
+            res = self._exact(model, trace) or self._pattern(model, trace)
+            if res is not None:
+                if capability is not None:
+                    trace.append(f"capability: X-Capability {capability.name!r} not needed, the model name decided")
+                return res
+        if capability is None and model is not None and model in cfg.mappings.capabilities:
+            capability = cfg.mappings.capabilities[model]
+            trace.append(f"capability: the model name {model!r} is a capability")
+        if capability is not None:
+            return self._capability(capability, view, trace)
+        if model is not None:
+            res = self._size(model, trace)
+            if res is not None:
+                return res
+        default = cfg.mappings.default_provider
+        if default and model is not None:
+            trace.append(f"default: default_provider {default}")
+            return self._on_provider("default", default, model, trace)
+        trace.append("default: no default_provider configured" if not default else "default: no model name to send")
+        return None
+
+    def _exact(self, model: str, trace: list[str]) -> _Resolution | None:
+        cfg = self.config
         group = cfg.groups.get(model)
         if group:
             trace.append(f"exact: model_list group {model!r} has {len(group)} deployment(s)")
-            return self._decision(model, "exact", group, trace)
+            return _Resolution("exact", model, list(group))
         dep = cfg.by_id.get(model)
         if dep is not None:
             trace.append(f"id: {model!r} pins deployment {dep.id}")
-            return self._decision(model, "id", (dep,), trace)
+            return _Resolution("id", model, [dep])
         alias = cfg.aliases.get(model)
         if alias:
             trace.append(f"alias: {model!r} -> {', '.join(d.id for d in alias)}")
-            return self._decision(model, "alias", alias, trace)
-        trace.append(f"exact: no model_list name, deployment id or alias {model!r}")
-
+            return _Resolution("alias", model, list(alias))
         exact = cfg.mappings.exact_matches.get(model)
         if exact is not None:
             trace.append(f"exact: exact_matches sends {model!r} to provider {exact.provider}")
-            return self._provider_decision(model, "exact", exact.provider, model, trace)
+            return self._on_provider("exact", exact.provider, model, trace, fallback=exact.fallback)
+        trace.append(f"exact: no model_list name, deployment id, alias or exact match {model!r}")
+        return None
 
-        for rule in cfg.mappings.patterns:
-            if rule.pattern.search(model):
-                trace.append(f"pattern: {rule.pattern.pattern!r} matches -> provider {rule.provider}")
-                return self._provider_decision(model, "pattern", rule.provider, model, trace, matched=rule.pattern.pattern)
-        if cfg.mappings.patterns:
-            trace.append(f"pattern: none of {len(cfg.mappings.patterns)} patterns match")
-
-        for regex, wdep in cfg.wildcards:
+    def _pattern(self, model: str, trace: list[str]) -> _Resolution | None:
+        rule = self.patterns.first_match(model)
+        if rule is not None:
+            trace.append(f"pattern: {rule.pattern.pattern!r} matches -> provider {rule.provider}")
+            return self._on_provider("pattern", rule.provider, model, trace, matched=rule.pattern.pattern, fallback=rule.fallback)
+        if self.config.mappings.patterns:
+            trace.append(f"pattern: none of {len(self.config.mappings.patterns)} patterns match")
+        for regex, wdep in self.config.wildcards:
             m = regex.match(model)
             if m:
                 upstream = wdep.upstream_model
                 for part in m.groups():
                     upstream = upstream.replace("*", part, 1)
                 trace.append(f"wildcard: model_list {wdep.wildcard!r} matches -> {wdep.id} as {upstream!r}")
-                return RouteDecision(model, "wildcard", (wdep,), upstream, wdep.wildcard or "", tuple(trace))
-
-        default = cfg.mappings.default_provider
-        if default:
-            trace.append(f"default: default_provider {default}")
-            return self._provider_decision(model, "default", default, model, trace)
-        trace.append("default: no default_provider configured")
+                return _Resolution("wildcard", wdep.wildcard or model, [wdep], upstream, wdep.wildcard or "")
         return None
 
-    def _decision(self, model: str, route: str, candidates: Sequence[Deployment], trace: list[str]) -> RouteDecision:
-        ordered = self._strategy.order(candidates, self._rng)
-        if len(ordered) > 1:
-            trace.append(f"strategy {self._strategy.name}: order {', '.join(d.id for d in ordered)}")
-        return RouteDecision(model, route, tuple(ordered), None, "", tuple(trace))
+    def _capability(self, cap: Capability, view: StateTable, trace: list[str]) -> _Resolution:
+        cfg = self.config
+        found: list[Deployment] = []
+        for name in cap.preferred_models:
+            deps = cfg.groups.get(name) or ((cfg.by_id[name],) if name in cfg.by_id else ()) or \
+                tuple(d for d in cfg.deployments if d.upstream_model == name and not d.is_dynamic)
+            if not deps:
+                trace.append(f"capability {cap.name}: preferred model {name!r} is not configured")
+            found += [d for d in deps if d not in found]
+        for provider in ([cap.provider] if cap.provider else []) + list(cap.providers):
+            found += [d for d in cfg.deployments if d.provider == provider and not d.is_dynamic and d not in found]
+        kept, excluded = [], []
+        for d in found:
+            reason = self._unfit(cap, d, view)
+            if reason:
+                excluded.append(f"{d.id}: {reason}")
+                trace.append(f"capability {cap.name}: {d.id} excluded ({reason})")
+            else:
+                kept.append(d)
+        strategy = strategies.canonical(cap.routing_strategy or "") or None
+        tail = [d for d in cfg.deployments if cap.fallback and d.provider == cap.fallback and not d.is_dynamic and d not in kept]
+        if not kept and not tail:
+            raise NoCapableDeployment(f"No deployment satisfies capability {cap.name!r}"
+                                      + (f" ({'; '.join(excluded)})." if excluded else "."))
+        if not kept:
+            trace.append(f"capability {cap.name}: no candidate left; fallback provider {cap.fallback}")
+            kept, tail = tail, []
+        else:
+            trace.append(f"capability {cap.name}: candidates {', '.join(d.id for d in kept)}")
+        return _Resolution("capability", cap.name, kept, matched=cap.name, strategy=strategy, tail=tail)
 
-    def _provider_decision(self, model: str, route: str, provider: str, upstream: str, trace: list[str], matched: str = "") -> RouteDecision:
-        configured = self._by_upstream.get((provider, upstream))
-        if configured is not None:
-            trace.append(f"{route}: provider {provider} serves {upstream!r} as deployment {configured.id}")
-            return RouteDecision(model, route, (configured,), None, matched, tuple(trace))
-        catchall = self.config.catchalls[provider]
-        return RouteDecision(model, route, (catchall,), upstream, matched, tuple(trace))
+    def _unfit(self, cap: Capability, d: Deployment, view: StateTable) -> str | None:
+        if cap.min_model_size is not None:
+            size = self.model_size(d, view)
+            if size is None:
+                return f"model size unknown, needs >= {cap.min_model_size:g}B"
+            if size < cap.min_model_size:
+                return f"{size:g}B < {cap.min_model_size:g}B"
+        if cap.min_context is not None:
+            ctx = self.context_length(d, view)
+            if ctx is None:
+                return f"context length unknown, needs >= {cap.min_context}"
+            if ctx < cap.min_context:
+                return f"context {ctx} < {cap.min_context}"
+        return None
+
+    def _size(self, model: str, trace: list[str]) -> _Resolution | None:
+        size = size_from_name(model)
+        rules = self.config.mappings.model_size_routing
+        if size is None or not rules:
+            if rules:
+                trace.append(f"size: no parameter count in {model!r}")
+            return None
+        for rule in rules:
+            if rule.size.contains(size):
+                trace.append(f"size: {size:g}B is in {rule.text!r} -> provider {rule.provider}")
+                return self._on_provider("size", rule.provider, model, trace, matched=rule.text, fallback=rule.fallback)
+        trace.append(f"size: {size:g}B is in no model_size_routing range")
+        return None
+
+    def _on_provider(self, route: str, provider: str, model: str, trace: list[str], *, matched: str = "",
+                     fallback: str | None = None) -> _Resolution:
+        """``model`` on ``provider``: its configured deployment there, else the provider's
+        catch-all; the same for the fallback provider, kept after the ordered candidates.
+        (``upstream`` applies to catch-alls only; configured deployments keep their name.)"""
+        def on(p: str) -> Deployment:
+            return self._by_upstream.get((p, model)) or self.config.catchalls[p]
+
+        dep = on(provider)
+        if not dep.is_dynamic:
+            trace.append(f"{route}: provider {provider} serves {model!r} as deployment {dep.id}")
+        tail = [on(fallback)] if fallback and fallback != provider else []
+        return _Resolution(route, dep.id, [dep], model, matched, tail=tail)
+
+    # -- filters and adjustments -------------------------------------------------------------
+
+    def _within_limits(self, candidates: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
+        kept = []
+        for d in candidates:
+            if d.rpm is None and d.tpm is None:
+                kept.append(d)
+                continue
+            requests, tokens = view.minute_usage(d)
+            if d.rpm is not None and requests >= d.rpm:
+                trace.append(f"limits: {d.id} skipped, {requests}/{d.rpm} requests this minute")
+            elif d.tpm is not None and tokens >= d.tpm:
+                trace.append(f"limits: {d.id} skipped, {tokens}/{d.tpm} tokens this minute")
+            else:
+                kept.append(d)
+        if not kept:
+            retry = 60 - int(time.time()) % 60
+            raise RateLimited("Every deployment for this model is at its rpm/tpm limit for this minute.", retry)
+        return kept
+
+    def _apply_metadata(self, facts: RequestFacts, res: _Resolution, ordered: list[Deployment], trace: list[str]) -> bool:
+        """The first matching request_metadata_routing rule moves that provider's
+        deployments to the front — only if the request's model is deployed there."""
+        for rule in self.config.mappings.request_metadata_routing:
+            if not self._holds(rule.condition, facts):
+                continue
+            there = [d for d in ordered if d.provider == rule.provider]
+            if not there and res.upstream is not None:
+                configured = self._by_upstream.get((rule.provider, res.upstream))
+                there = [configured] if configured else []
+                if configured:
+                    ordered.insert(0, configured)
+            if not there:
+                trace.append(f"metadata: {rule.name} ({rule.condition}) wants {rule.provider}, "
+                             f"but the model is not deployed there; the normal route stands")
+                continue
+            if ordered[0].provider == rule.provider:
+                trace.append(f"metadata: {rule.name} ({rule.condition}) agrees with {ordered[0].id}")
+                return False
+            for d in reversed(there):
+                ordered.remove(d)
+                ordered.insert(0, d)
+            trace.append(f"metadata: {rule.name} ({rule.condition}) -> {ordered[0].id} on {rule.provider}")
+            return True
+        return False
+
+    def _holds(self, cond: Condition, facts: RequestFacts) -> bool:
+        if cond.subject.startswith("header."):
+            value = facts.headers.get(cond.subject[len("header."):])
+            equal = value is not None and value.lower() == str(cond.value).lower()
+            return equal if cond.op == "==" else not equal
+        actual: float | bool | None = {"stream": facts.stream, "batch_size": facts.batch_size}.get(cond.subject)
+        if actual is None:
+            return False
+        return _compare(actual, cond.op, cond.value)
+
+    def _apply_warmth(self, res: _Resolution, ordered: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
+        """prefer_warm_providers: if the pick is known cold and another candidate is
+        known warm, serve from the warm one and warm the cold one up in the background."""
+        if self.config.mappings.first_request_strategy != "prefer_warm_providers" or len(ordered) < 2:
+            return []
+        first = ordered[0]
+        name = lambda d: res.upstream if d.is_dynamic and res.upstream else d.upstream_model  # noqa: E731
+        if view.is_warm(first, name(first)) is not False:
+            return []
+        for d in ordered[1:]:
+            if view.is_warm(d, name(d)):
+                ordered.remove(d)
+                ordered.insert(0, d)
+                trace.append(f"warm: {first.id} is cold, {d.id} is warm; warming {first.id} up in the background")
+                return [first]
+        trace.append(f"warm: {first.id} is cold and no other candidate is known warm")
+        return []
+
+    # -- model metadata ------------------------------------------------------------------------
+
+    def model_size(self, d: Deployment, view: StateTable) -> float | None:
+        """Billions of parameters: from the name, else model_info, else the backend's metadata."""
+        size = size_from_name(d.upstream_model) or size_from_name(d.model_name)
+        if size is not None:
+            return size
+        for key in _SIZE_KEYS:
+            if key in d.model_info:
+                try:
+                    return parse_size(d.model_info[key])
+                except ValueError:
+                    pass
+        return view.model_size(d, d.upstream_model)
+
+    def context_length(self, d: Deployment, view: StateTable) -> int | None:
+        for key in _CONTEXT_KEYS:
+            value = d.model_info.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return view.context_length(d, d.upstream_model)
+
+
+def _compare(actual: float | bool, op: str, value: float | bool) -> bool:
+    return {
+        "==": actual == value, "!=": actual != value, ">": actual > value,
+        ">=": actual >= value, "<": actual < value, "<=": actual <= value,
+    }[op]
+

@@ -119,3 +119,20 @@ def parse_condition(text: Any) -> Condition:
         return Condition(subject, op, float(literal))
     except ValueError:
         raise ValueError(f"{subject} needs a number, not {raw!r}") from None
+
+
+# A parameter count inside a model name: "llama-7b", "qwen:13b", "Llama-2-13b-chat-hf",
+# "mixtral-8x7b" (8 experts x 7B = 56), "qwen2.5:1.5b", "70B", "smollm:135m". The
+# number must start a token and the unit must end one, so "qwen2.5" or "4bit" do not count.
+_NAME_SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)(?:x(\d+(?:\.\d+)?))?([bm])(?![a-z0-9])")
+
+
+def size_from_name(name: str) -> float | None:
+    """Billions of parameters named in ``name`` (the largest, if several), else None."""
+    best: float | None = None
+    for m in _NAME_SIZE.finditer(name.lower()):
+        value = float(m.group(1)) * (float(m.group(2)) if m.group(2) else 1.0)
+        if m.group(3) == "m":
+            value /= 1000
+        best = value if best is None else max(best, value)
+    return best

@@ -227,6 +227,7 @@ async def test_backend_down_is_a_502_and_hang_is_a_504(stack):
 
 async def test_backend_500_is_a_502_and_its_4xx_passes_through(stack):
     vllm = stack.backends["vllm"]
+    vllm.faults.paths = ("/v1/chat/completions",)  # the background monitor's probes are not to use up the faults
     vllm.faults.status, vllm.faults.status_count = 500, 1
     with pytest.raises(openai.APIStatusError) as info:
         await client(stack).chat.completions.create(model="llama2-13b-vllm", messages=HI)

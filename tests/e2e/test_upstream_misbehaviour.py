@@ -18,7 +18,8 @@ Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ScriptedBackend:
-    """A server whose every answer is whatever the test sets in ``reply``."""
+    """A server whose every POST answer is whatever the test sets in ``reply``
+    (GETs — the router's background probes — get an empty model list)."""
 
     def __init__(self) -> None:
         self.reply: Reply | None = None
@@ -36,6 +37,8 @@ class ScriptedBackend:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
+        if request.method == "GET":
+            return web.json_response({"object": "list", "data": [], "models": []})
         assert self.reply is not None
         return await self.reply(request)
 

@@ -10,14 +10,24 @@ from pathlib import Path
 import pytest
 
 from router.config import load_config
+from router.domain import RequestFacts
 from router.routing.engine import Engine
+from router.state import StateTable
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class Routed(Engine):
+    """The engine with a string shortcut: ``decide("model")`` with no load state."""
+
+    def decide(self, facts, view=None):  # type: ignore[override]
+        facts = RequestFacts(model=facts) if isinstance(facts, str) else facts
+        return super().decide(facts, view if view is not None else StateTable())
+
+
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(load_config(str(ROOT / "config/litellm-unified.yaml")), random.Random(7))
+    return Routed(load_config(str(ROOT / "config/litellm-unified.yaml")), random.Random(7))
 
 
 def test_exact_model_list_name_routes_to_its_group(engine):
@@ -68,7 +78,7 @@ def test_simple_shuffle_follows_redundant_model_weights(engine):
 def _engine(tmp_path, config: str, mappings: str = "") -> Engine:
     (tmp_path / "c.yaml").write_text(textwrap.dedent(config))
     (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(mappings))
-    return Engine(load_config(str(tmp_path / "c.yaml")), random.Random(1))
+    return Routed(load_config(str(tmp_path / "c.yaml")), random.Random(1))
 
 
 def test_weight_beats_uniform_and_every_candidate_stays_in_the_order(tmp_path):

@@ -1,0 +1,62 @@
+"""In-process routing statistics: the seed's "Routing Metrics" that belong to routing.
+
+``routing_decision_time`` (a fixed-bucket histogram, microseconds), decisions by
+route (so ``exact_match_rate`` = exact / total), by resolution step and by
+provider (``provider_distribution``). Bounded by construction: counters keyed by
+route names and provider names, both fixed sets. ``/router/stats`` shows them;
+the Prometheus exporter will read the same object.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKETS_US = (5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+@dataclass(slots=True)
+class RoutingStats:
+    decisions: int = 0
+    no_route: int = 0
+    by_route: Counter[str] = field(default_factory=Counter)  # resolution step: exact, pattern, capability, ...
+    adjusted: Counter[str] = field(default_factory=Counter)  # metadata / warm moved the pick
+    by_provider: Counter[str] = field(default_factory=Counter)
+    decision_us_sum: float = 0.0
+    decision_us_buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_US) + 1))
+
+    def record(self, seconds: float, resolved: str | None, route: str | None, provider: str | None) -> None:
+        us = seconds * 1e6
+        self.decisions += 1
+        self.decision_us_sum += us
+        for i, bound in enumerate(BUCKETS_US):
+            if us <= bound:
+                self.decision_us_buckets[i] += 1
+                break
+        else:
+            self.decision_us_buckets[-1] += 1
+        if resolved is None:
+            self.no_route += 1
+        else:
+            self.by_route[resolved] += 1
+            if route and route != resolved:
+                self.adjusted[route] += 1
+            if provider:
+                self.by_provider[provider] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        total = self.decisions or 1
+        return {
+            "decisions": self.decisions,
+            "no_route": self.no_route,
+            "routing_decision_time_us": {
+                "mean": round(self.decision_us_sum / total, 2),
+                "buckets": {f"le_{b}": n for b, n in zip((*BUCKETS_US, "inf"), self.decision_us_buckets)},
+            },
+            "exact_match_rate": round(self.by_route["exact"] / total, 4),
+            "pattern_match_rate": round(self.by_route["pattern"] / total, 4),
+            "by_route": dict(self.by_route),
+            "adjusted_by": dict(self.adjusted),
+            "provider_distribution": {p: round(n / total, 4) for p, n in self.by_provider.items()},
+        }

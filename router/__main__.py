@@ -43,6 +43,16 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
     _config_args(check)
 
+    ex = sub.add_parser("explain", help="print the routing decision for a hypothetical request (sends nothing)")
+    _config_args(ex)
+    ex.add_argument("model", nargs="?", help="the model name the request would carry")
+    ex.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
+                    help="a request header, e.g. -H 'X-Capability: code_generation' (repeatable)")
+    ex.add_argument("--stream", action="store_true", help="a streaming request")
+    ex.add_argument("--batch-size", type=int, default=1, help="n, or the number of prompts")
+    ex.add_argument("--endpoint", choices=("chat", "completions", "embeddings"), default="chat")
+    ex.add_argument("--json", action="store_true", help="print the decision as JSON")
+
     sim = sub.add_parser("simulate", help="start simulated backends on every api_base of the config")
     _config_args(sim)
     sim.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token (default 0.05)")
@@ -98,6 +108,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import orjson
+
+    from router.domain import RequestFacts
+    from router.errors import RouterError
+    from router.routing.engine import ROUTE_LABELS, Engine
+    from router.state import StateTable
+
+    config = load_or_exit(args)
+    headers = {}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    facts = RequestFacts(model=args.model, endpoint=args.endpoint, stream=args.stream, batch_size=args.batch_size,
+                         capability=headers.pop("x-capability", None), headers=headers)
+    if facts.model is None and facts.capability is None:
+        print("llm-router explain: give a model name and/or -H 'X-Capability: NAME'", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        decision = Engine(config).decide(facts, StateTable())
+    except RouterError as exc:
+        print(f"error {exc.status}: {exc.message}", file=sys.stderr)
+        return 1
+    if decision is None:
+        print(f"no route for {facts.model!r}: 404 model_not_found", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(decision.explain(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for step in decision.trace:
+        print(f"  {step}")
+    first = decision.candidates[0]
+    print(f"[ROUTER] Model: {decision.model} -> Provider: {first.provider} ({ROUTE_LABELS[decision.route]}) "
+          f"deployment={first.id} model={decision.upstream_name(first)!r}")
+    if len(decision.candidates) > 1:
+        print("  then: " + ", ".join(d.id for d in decision.candidates[1:]))
+    print("  (no load or health state: a live router may order equal candidates differently; "
+          "GET /router/explain asks the running one)")
+    return 0
+
+
 def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
     """One simulated server per api_base: (kind, host, port, model names it serves)."""
     servers: dict[tuple[str, int], tuple[str, list[str]]] = {}
@@ -135,7 +186,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate}[args.command](args)
+    commands = {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate, "explain": cmd_explain}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

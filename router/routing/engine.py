@@ -222,8 +222,14 @@ class Engine:
             if not deps:
                 trace.append(f"capability {cap.name}: preferred model {name!r} is not configured")
             found += [d for d in deps if d not in found]
-        for provider in ([cap.provider] if cap.provider else []) + list(cap.providers):
-            found += [d for d in cfg.deployments if d.provider == provider and not d.is_dynamic and d not in found]
+        providers = ([cap.provider] if cap.provider else []) + list(cap.providers)
+        if found and providers:
+            elsewhere = [d for d in found if d.provider not in providers]
+            for d in elsewhere:
+                trace.append(f"capability {cap.name}: {d.id} is not on {', '.join(providers)}")
+            found = [d for d in found if d.provider in providers]
+        if not found:  # no preferred model deployed: any deployment on the capability's providers
+            found = [d for d in cfg.deployments if d.provider in providers and not d.is_dynamic]
         kept, excluded = [], []
         for d in found:
             reason = self._unfit(cap, d, view)

@@ -103,7 +103,10 @@ def parse_condition(text: Any) -> Condition:
     if not m:
         raise ValueError(f"cannot parse condition {s!r} (expected e.g. 'always', 'ollama_unavailable', 'model_size >= \"13B\"')")
     subject, op, raw = m.group(1), m.group(2), m.group(3)
-    literal = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+    literal = raw[1:-1] if quoted else raw
+    if not quoted and (any(c.isspace() for c in raw) or any(c in raw for c in "'\"")):
+        raise ValueError(f"cannot parse condition {s!r}: quote the value, e.g. header.x-priority == \"high\"")
     if subject.startswith("header."):
         if op not in ("==", "!="):
             raise ValueError(f"header conditions compare with == or !=, not {op}")

@@ -36,10 +36,11 @@ class LatencyBased:
         explore = getattr(spec, "explore", None)
         self.explore = 0.1 if explore is None else float(explore)
         self._memo: dict[tuple[str, bool], tuple[float, tuple[str, ...], list[tuple[str, float | None]]]] = {}
+        self.clock = time.monotonic
 
     def order(self, group: str, candidates: Sequence[Deployment], view: StateTable, rng: random.Random,
               facts: RequestFacts) -> Ranked:
-        now = time.monotonic()
+        now = self.clock()
         ids = tuple(d.id for d in candidates)
         key = (group, facts.stream)
         memo = self._memo.get(key)

@@ -230,14 +230,16 @@ class Monitor:
             await asyncio.sleep(self.interval)
 
 
-async def warm_up(session: aiohttp.ClientSession, d: Deployment, model: str) -> None:
-    """Make ``d`` load ``model`` without generating anything. Ollama loads a model on a
-    generate request with no prompt; OpenAI-compatible servers keep theirs loaded."""
+async def warm_up(session: aiohttp.ClientSession, d: Deployment, model: str) -> bool:
+    """Make ``d`` load ``model`` without generating anything; True when it did. Ollama
+    loads a model on a generate request with no prompt; OpenAI-compatible servers
+    keep theirs loaded."""
     if d.wire != "ollama":
-        return
+        return False
     try:
         async with session.post(d.api_base + "/api/generate", data=orjson.dumps({"model": model}),
                                 timeout=aiohttp.ClientTimeout(total=max(d.timeout or 600, 60))) as resp:
             await resp.read()
+            return resp.status == 200
     except (aiohttp.ClientError, asyncio.TimeoutError):
-        pass
+        return False

@@ -211,9 +211,15 @@ class Proxy:
         """Load ``model`` on ``dep`` in the background (one at a time per deployment)."""
         if dep.id in self._warming or self.session is None:
             return
-        task = asyncio.create_task(warm_up(self.session, dep, model))
-        self._warming[dep.id] = task
-        task.add_done_callback(lambda _: self._warming.pop(dep.id, None))
+        async def load() -> None:
+            try:
+                if await warm_up(self.session, dep, model):
+                    self.state.loaded(dep, model)
+                    self.log.info(f"Warmed up {model} on {dep.provider}", deployment=dep.id)
+            finally:
+                self._warming.pop(dep.id, None)
+
+        self._warming[dep.id] = asyncio.create_task(load())
 
     async def close(self) -> None:
         for task in list(self._warming.values()):
@@ -252,6 +258,8 @@ class Proxy:
             err = outcome.error
             state.finished(f"{err.error_class}: {err.message}" if err else None, abandoned=outcome.client_gone,
                            stream=stream, ttft=outcome.ttft, latency=time.monotonic() - started, tokens=outcome.tokens)
+            if err is None and outcome.status == 200:
+                self.state.loaded(dep, decision.upstream_name(dep))  # it served, so its model is loaded now
 
     async def _complete(self, url: str, payload: bytes, headers: dict[str, str], endpoint: str, decision: RouteDecision,
                         dep: Deployment, ctx: Context, outcome: Outcome) -> web.Response:

@@ -142,6 +142,12 @@ class StateTable:
             self._rr_reset_at = now
         self[deployment.id].picked(now)
 
+    def loaded(self, d: Deployment, model: str) -> None:
+        """``model`` is now loaded on ``d``'s server (we just loaded it or it just served)."""
+        server = self.servers.get(d.api_base)
+        if server is not None and server.loaded is not None:
+            server.loaded = server.loaded | {model}
+
     # -- reads (the view strategies get) ---------------------------------------------------
 
     def in_flight(self, d: Deployment) -> int:

@@ -101,6 +101,8 @@ class Engine:
         for d in config.deployments:
             if not d.is_dynamic:
                 self._by_upstream.setdefault((d.provider, d.upstream_model), d)
+        self._capabilities: dict[str, tuple[list[Deployment], list[Deployment], list[str]]] = {}
+        self._static_size: dict[str, float | None] = {}
         self.header_names = frozenset(
             r.condition.subject[len("header."):] for r in m.request_metadata_routing if r.condition.subject.startswith("header.")
         )
@@ -213,23 +215,36 @@ class Engine:
                 return _Resolution("wildcard", wdep.wildcard or model, [wdep], upstream, wdep.wildcard or "")
         return None
 
-    def _capability(self, cap: Capability, view: StateTable, trace: list[str]) -> _Resolution:
+    def _capability_members(self, cap: Capability) -> tuple[list[Deployment], list[Deployment], list[str]]:
+        """The static part of a capability, computed once: its preferred models' deployments
+        on its providers (else every deployment of those providers), its fallback
+        provider's deployments, and the trace lines explaining what was left out."""
         cfg = self.config
+        notes: list[str] = []
         found: list[Deployment] = []
         for name in cap.preferred_models:
             deps = cfg.groups.get(name) or ((cfg.by_id[name],) if name in cfg.by_id else ()) or \
                 tuple(d for d in cfg.deployments if d.upstream_model == name and not d.is_dynamic)
             if not deps:
-                trace.append(f"capability {cap.name}: preferred model {name!r} is not configured")
+                notes.append(f"capability {cap.name}: preferred model {name!r} is not configured")
             found += [d for d in deps if d not in found]
         providers = ([cap.provider] if cap.provider else []) + list(cap.providers)
         if found and providers:
-            elsewhere = [d for d in found if d.provider not in providers]
-            for d in elsewhere:
-                trace.append(f"capability {cap.name}: {d.id} is not on {', '.join(providers)}")
+            for d in found:
+                if d.provider not in providers:
+                    notes.append(f"capability {cap.name}: {d.id} is not on {', '.join(providers)}")
             found = [d for d in found if d.provider in providers]
         if not found:  # no preferred model deployed: any deployment on the capability's providers
             found = [d for d in cfg.deployments if d.provider in providers and not d.is_dynamic]
+        tail = [d for d in cfg.deployments if cap.fallback and d.provider == cap.fallback and not d.is_dynamic and d not in found]
+        return found, tail, notes
+
+    def _capability(self, cap: Capability, view: StateTable, trace: list[str]) -> _Resolution:
+        members = self._capabilities.get(cap.name)
+        if members is None:
+            members = self._capabilities[cap.name] = self._capability_members(cap)
+        found, tail, notes = members
+        trace += notes
         kept, excluded = [], []
         for d in found:
             reason = self._unfit(cap, d, view)
@@ -239,7 +254,7 @@ class Engine:
             else:
                 kept.append(d)
         strategy = strategies.canonical(cap.routing_strategy or "") or None
-        tail = [d for d in cfg.deployments if cap.fallback and d.provider == cap.fallback and not d.is_dynamic and d not in kept]
+        tail = [d for d in tail if d not in kept]
         if not kept and not tail:
             raise NoCapableDeployment(f"No deployment satisfies capability {cap.name!r}"
                                       + (f" ({'; '.join(excluded)})." if excluded else "."))
@@ -371,16 +386,10 @@ class Engine:
 
     def model_size(self, d: Deployment, view: StateTable) -> float | None:
         """Billions of parameters: from the name, else model_info, else the backend's metadata."""
-        size = size_from_name(d.upstream_model) or size_from_name(d.model_name)
-        if size is not None:
-            return size
-        for key in _SIZE_KEYS:
-            if key in d.model_info:
-                try:
-                    return parse_size(d.model_info[key])
-                except ValueError:
-                    pass
-        return view.model_size(d, d.upstream_model)
+        if d.id not in self._static_size:
+            self._static_size[d.id] = _static_size(d)
+        size = self._static_size[d.id]
+        return size if size is not None else view.model_size(d, d.upstream_model)
 
     def context_length(self, d: Deployment, view: StateTable) -> int | None:
         for key in _CONTEXT_KEYS:
@@ -388,6 +397,19 @@ class Engine:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         return view.context_length(d, d.upstream_model)
+
+
+def _static_size(d: Deployment) -> float | None:
+    size = size_from_name(d.upstream_model) or size_from_name(d.model_name)
+    if size is not None:
+        return size
+    for key in _SIZE_KEYS:
+        if key in d.model_info:
+            try:
+                return parse_size(d.model_info[key])
+            except ValueError:
+                pass
+    return None
 
 
 def _compare(actual: float | bool, op: str, value: float | bool) -> bool:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.routing.patterns import PatternIndex, literal_prefix
+from router.routing.patterns import PatternIndex, literal_prefix, literal_suffix
 from router.routing.rules import parse_condition, parse_size_range, size_from_name
 
 
@@ -62,6 +62,15 @@ def test_bad_conditions_are_rejected(bad):
         parse_condition(bad)
 
 
+def test_literal_suffixes():
+    assert literal_suffix(".*\\.gguf$") == ".gguf"
+    assert literal_suffix(".*-v9$") == "-v9"
+    assert literal_suffix(".*:\\d+[bB]$") == ""
+    assert literal_suffix("ab*$") == ""
+    assert literal_suffix("a|b$") == ""
+    assert literal_suffix("x\\d$") == ""
+
+
 def test_literal_prefixes():
     assert literal_prefix("^meta-llama/.*") == "meta-llama/"
     assert literal_prefix("^ab*c") == "a"
@@ -74,15 +83,16 @@ class Rule:
         self.pattern = re.compile(text)
 
 
-PIECES = ["^meta-llama/", "^mistralai/", "^m", "^qwen", ".*:\\d+[bB]$", ".*\\.gguf$", "coder", "^llama-\\d+", "x(y)?z", "^$", "b$"]
-NAMES = st.text(alphabet="abmlqwenxyz:-./0123456789gufBcoderistai", max_size=24)
+PIECES = ["^meta-llama/", "^mistralai/", "^m", "^qwen", ".*:\\d+[bB]$", ".*\\.gguf$", "coder", "^llama-\\d+", "x(y)?z", "^$", "b$",
+          "^me", ".*-v1$", "ab*$", "\\d$", "uf$", "^meta", "x(y)\\1", "(?i)^QWEN", "(?i).*GGUF$", "(?m)^b$"]
+NAMES = st.text(alphabet="abmlqwenxyz:-./0123456789gufBcoderistaiGUFQWEN\n", max_size=24)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=8), st.lists(NAMES, min_size=1, max_size=10))
 def test_pattern_index_returns_what_testing_every_pattern_in_order_returns(pieces, names):
     rules = [Rule(p) for p in pieces]
     index = PatternIndex(rules)
-    for name in names + ["meta-llama/Llama-2-7b", "mistral:7b", "tiny.gguf", "qwen-coder"]:
+    for name in names + ["meta-llama/Llama-2-7b", "mistral:7b", "tiny.gguf", "qwen-coder", "ab\n", "X.GGUF", "a\nb"]:
         linear = next((r for r in rules if r.pattern.search(name)), None)
         assert index.first_match(name) is linear, (pieces, name)

@@ -13,19 +13,29 @@ and counters for reliability tests::
 
 Faults can also be set over HTTP (``POST /__sim/faults``) and counters read
 with ``GET /__sim/stats``.
+
+Load and model metadata are exposed as the real servers do: vLLM ``GET /metrics``
+(``max_num_seqs``), llama-server ``GET /slots``, ``/metrics`` and ``/props``
+(``slots``), Ollama ``/api/ps``, ``/api/tags`` and ``/api/show``; sizes come
+from the model name or ``model_meta`` (see :mod:`router.simulate.load`).
 """
 
 from .backend import KINDS, ClientGone, SimulatedBackend, run_simulators
-from .core import Faults, Generation, Stats, embed, generate
+from .core import Faults, Generation, ModelMeta, Stats, embed, generate, model_meta
+from .load import Scheduler, Seat
 
 __all__ = [
     "KINDS",
     "ClientGone",
     "Faults",
     "Generation",
+    "ModelMeta",
+    "Scheduler",
+    "Seat",
     "SimulatedBackend",
     "Stats",
     "embed",
     "generate",
+    "model_meta",
     "run_simulators",
 ]

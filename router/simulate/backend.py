@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .core import Faults, Stats
+from .core import ClientGone, Faults, ModelMeta, Stats, model_meta
+from .load import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,6 @@ _REQ_DROPPED = web.RequestKey("sim_dropped", bool)
 _REQ_BODY: web.RequestKey[Any] = web.RequestKey("sim_body", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ClientGone(ConnectionResetError):
-    """The client closed the connection while the simulator was still answering."""
 
 
 class _Drop(Exception):
@@ -44,9 +41,22 @@ class SimulatedBackend:
     (``/api/ps``); any other model becomes loaded on first use after an extra
     ``load_time`` seconds.
 
-    Extra keyword options: ``embedding_dim`` (16), ``max_model_len`` (vLLM,
-    8192), ``legacy_errors`` (vLLM < 0.10.1 flat error bodies), ``sse_newline``
-    (override the SSE line terminator), ``version`` (reported by Ollama/vLLM).
+    Extra keyword options: ``embedding_dim`` (16), ``max_model_len`` (vLLM's
+    ``max_model_len``, llama-server's per-slot ``n_ctx``; 8192), ``legacy_errors``
+    (vLLM < 0.10.1 flat error bodies), ``sse_newline`` (override the SSE line
+    terminator), ``version`` (reported by Ollama/vLLM).
+
+    Load: ``max_num_seqs`` (vLLM, default ``None`` = no limit) and ``slots``
+    (llama-server's ``--parallel``, default 4 as its "auto" since late 2025;
+    ``None`` = no limit) cap how many generation requests run at once; the
+    rest wait in arrival order and show as ``vllm:num_requests_waiting`` /
+    ``llamacpp:requests_deferred``. :attr:`scheduler` holds the live state.
+    ``model_meta`` maps a model name to overrides of what is otherwise derived
+    from its size tag (see :func:`~router.simulate.core.model_meta`), e.g.
+    ``{"llama3.1:8b": {"parameter_size": "13B", "context_length": 4096}}``.
+
+    ``ttft`` and ``tokens_per_s`` may be changed on a running backend; the
+    next request (and the next token of a running stream) uses the new values.
     """
 
     def __init__(
@@ -63,6 +73,9 @@ class SimulatedBackend:
         legacy_errors: bool = False,
         sse_newline: str | None = None,
         version: str | None = None,
+        max_num_seqs: int | None = None,
+        slots: int | None = 4,
+        model_meta: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown simulator kind {kind!r}; expected one of {KINDS}")
@@ -78,9 +91,14 @@ class SimulatedBackend:
         self.legacy_errors = legacy_errors
         self.sse_newline = sse_newline
         self.version = version
+        self.model_meta = dict(model_meta or {})
+        capacity = {"vllm": max_num_seqs, "llama_cpp_native": slots}.get(kind)
+        if capacity is not None and capacity < 1:
+            raise ValueError("max_num_seqs and slots must be at least 1 (or None for no limit)")
+        self.scheduler = Scheduler(capacity)
         self.faults = Faults()
         self.stats = Stats()
-        self.loaded: dict[str, float] = {}  # ollama: canonical name -> loaded-at (time.time())
+        self.loaded: dict[str, float] = {}  # ollama: canonical name -> expires at (time.time())
         self.created = int(time.time())
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -89,6 +107,13 @@ class SimulatedBackend:
         self._api = self._make_api()
         for name in loaded:
             self._api.preload(name)
+
+    def meta(self, name: str) -> ModelMeta:
+        """:class:`~router.simulate.core.ModelMeta` of ``name`` (``model_meta`` overrides applied)."""
+        override = self.model_meta.get(name)
+        if override is None and name.endswith(":latest"):
+            override = self.model_meta.get(name[: -len(":latest")])
+        return model_meta(name, override)
 
     def _make_api(self) -> Any:
         if self.kind == "ollama":

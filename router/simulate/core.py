@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import math
 import random
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,10 @@ WORDS: tuple[str, ...] = (
 
 #: Bounds of the "natural" answer length, in tokens (= words).
 NATURAL_MIN, NATURAL_MAX = 8, 24
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection while the simulator was still answering."""
 
 
 @dataclass
@@ -286,3 +291,72 @@ def as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- model metadata
+
+_SIZE = re.compile(r"(?<![\w.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
+
+#: Parameter count of a model whose name carries no size (Mistral 7B v0.3's real count, "7.2B").
+DEFAULT_PARAMETER_COUNT = 7_248_023_552
+#: Trained context length of a model unless ``model_meta`` says otherwise (Llama 3.1's).
+DEFAULT_CONTEXT_LENGTH = 131_072
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a server can tell about one model: size and trained context."""
+
+    parameter_count: int
+    parameter_size: str  # as Ollama shows it, e.g. "8.0B"
+    context_length: int  # trained context (n_ctx_train, ``<family>.context_length``)
+    quantization_level: str = "Q4_K_M"
+
+    @property
+    def file_size(self) -> int:
+        """Bytes of the weights: Q4_K_M is about 4.85 bits (0.6 bytes) per parameter."""
+        return int(self.parameter_count * 0.6)
+
+
+def human_number(n: int) -> str:
+    """Ollama's ``format.HumanNumber``: 8030261248 → "8.0B", 494032768 → "494.03M", 8e9 → "8B"."""
+    for unit, scale, decimals in (("B", 1e9, 1), ("M", 1e6, 2)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.{decimals}f}{unit}"
+    return f"{n / 1e3:.0f}K" if n >= 1000 else str(n)
+
+
+def _parse_size(text: str) -> int | None:
+    """Parameters named by a size tag: "8b" → 8e9, "1.5B" → 1.5e9, "135m" → 1.35e8, "8x7b" → 56e9."""
+    found = _SIZE.findall(text)
+    if not found:
+        return None
+    experts, number, unit = found[-1]
+    return int(float(number) * (1e9 if unit.lower() == "b" else 1e6) * int(experts or 1))
+
+
+def model_meta(name: str, override: dict[str, Any] | None = None) -> ModelMeta:
+    """Metadata of model ``name``, derived from its size tag unless ``override`` gives it.
+
+    A size tag in the name (``llama3.1:8b``, ``qwen2.5:1.5b``, ``Llama-2-13b-chat-hf``,
+    ``mixtral:8x7b`` = 8×7 = 56B, not Mixtral's real 46.7B) sets the count, plus 0.4%
+    (at most 49M) because real checkpoints are never round: Ollama then shows "8.0B",
+    "1.5B", "56.0B" as it does for real models. Without a tag: 7.2B. ``override`` keys:
+    ``parameter_size`` ("13B", shown verbatim), ``parameter_count``, ``context_length``,
+    ``quantization_level``.
+    """
+    o = override or {}
+    size = o.get("parameter_size")
+    count = as_int(o.get("parameter_count"))
+    if count is None and size is not None:
+        count = _parse_size(str(size))
+    if count is None:
+        tagged = _parse_size(name.rsplit("/", 1)[-1])
+        count = tagged + min(tagged // 250, 49_000_000) if tagged else DEFAULT_PARAMETER_COUNT
+    return ModelMeta(
+        parameter_count=count,
+        parameter_size=str(size) if size is not None else human_number(count),
+        context_length=as_int(o.get("context_length")) or DEFAULT_CONTEXT_LENGTH,
+        quantization_level=str(o.get("quantization_level") or "Q4_K_M"),
+    )

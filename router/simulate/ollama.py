@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .backend import SimulatedBackend
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5m
+DEFAULT_NUM_CTX = 4096  # Ollama's default context (OLLAMA_CONTEXT_LENGTH) in 0.6-0.12
+KV_BYTES_PER_TOKEN = 131072  # Llama 3 8B: 2 × 32 layers × 8 KV heads × 128 dims × fp16
 _FOREVER = 10 * 365 * 86400.0
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -64,11 +66,6 @@ def keep_alive_seconds(value: Any) -> float:
 def _family(name: str) -> str:
     match = re.match(r"[a-z]+", name.rsplit("/", 1)[-1].lower())
     return match.group(0) if match else "llama"
-
-
-def _parameter_size(name: str) -> str:
-    match = re.search(r"(\d+(?:\.\d+)?)[bB]\b", name.split(":", 1)[-1]) or re.search(r"(\d+(?:\.\d+)?)[bB]\b", name)
-    return f"{match.group(1)}B" if match else "7B"
 
 
 def _ns(seconds: float) -> int:
@@ -160,6 +157,8 @@ class OllamaAPI:
         self.b = backend
         self.v1 = OpenAICompatAPI(backend, OllamaDialect(backend, self))
         self.modified = datetime.now(timezone.utc).astimezone()
+        self.num_ctx: dict[str, int] = {}  # loaded model -> its context (``/api/ps`` context_length)
+        self.ready_at: dict[str, float] = {}  # loaded model -> when its load finishes (time.time())
 
     # ------------------------------------------------------------------ model registry
 
@@ -177,35 +176,48 @@ class OllamaAPI:
         """Mark a model loaded from the start (adding it to the served list if needed)."""
         if self.resolve(name) is None:
             self.b.models.append(name)
-        self.b.loaded[self.resolve(name) or canonical(name)] = time.time() + DEFAULT_KEEP_ALIVE
+        name = self.resolve(name) or canonical(name)
+        self.b.loaded[name] = time.time() + DEFAULT_KEEP_ALIVE
+        self.num_ctx[name] = min(DEFAULT_NUM_CTX, self.b.meta(name).context_length)
 
     def _expire(self) -> None:
         now = time.time()
         for name in [n for n, until in self.b.loaded.items() if until <= now]:
             del self.b.loaded[name]
 
-    def use(self, requested: str, keep_alive: Any) -> float:
-        """Record a use of a model; returns the extra load delay (0 when it was loaded)."""
+    def use(self, requested: str, keep_alive: Any, options: Any = None) -> float:
+        """Record a use of a model; returns the extra load delay (0 when it was loaded).
+
+        A model is (re)loaded when it is not loaded or runs with another context
+        than ``options.num_ctx`` (default 4096, at most the trained context) asks
+        for; it shows in ``/api/ps`` once the load delay has passed.
+        """
         self._expire()
         name = self.resolve(requested) or canonical(requested)
-        extra = 0.0 if name in self.b.loaded else self.b.load_time
+        wanted = as_int(options.get("num_ctx")) if isinstance(options, dict) else None
+        num_ctx = min(wanted or DEFAULT_NUM_CTX, self.b.meta(name).context_length)
+        warm = name in self.b.loaded and self.num_ctx.get(name) == num_ctx
+        extra = 0.0 if warm else self.b.load_time
         seconds = keep_alive_seconds(keep_alive)
         if seconds == 0:
             self.b.loaded.pop(name, None)
         else:
             self.b.loaded[name] = time.time() + seconds
+            self.num_ctx[name] = num_ctx
+            if not warm:
+                self.ready_at[name] = time.time() + extra
         return extra
 
     def _digest(self, name: str) -> str:
         return hashlib.sha256(name.encode()).hexdigest()
 
     def _details(self, name: str) -> dict[str, Any]:
-        family = _family(name)
+        family, meta = _family(name), self.b.meta(name)
         return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
-                "parameter_size": _parameter_size(name), "quantization_level": "Q4_K_M"}
+                "parameter_size": meta.parameter_size, "quantization_level": meta.quantization_level}
 
     def _size(self, name: str) -> int:
-        return int(float(_parameter_size(name)[:-1]) * 0.6e9) + 1024 * (int(self._digest(name)[:4], 16) % 997)
+        return self.b.meta(name).file_size + 1024 * (int(self._digest(name)[:4], 16) % 997)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -258,11 +270,16 @@ class OllamaAPI:
     async def ps(self, request: web.Request) -> web.Response:
         self._expire()
         models = []
-        for name, until in sorted(self.b.loaded.items(), key=lambda kv: -kv[1]):
+        now = time.time()
+        for name, until in sorted(self.b.loaded.items(), key=lambda kv: -kv[1]):  # longest remaining first
+            if self.ready_at.get(name, 0.0) > now:
+                continue  # still loading
             expires = datetime.fromtimestamp(min(until, 4102444800), timezone.utc).astimezone()
-            models.append({"name": name, "model": name, "size": self._size(name), "digest": self._digest(name),
+            num_ctx = self.num_ctx.get(name, DEFAULT_NUM_CTX)
+            size = self._size(name) + num_ctx * KV_BYTES_PER_TOKEN  # weights + KV cache, all in VRAM
+            models.append({"name": name, "model": name, "size": size, "digest": self._digest(name),
                            "details": self._details(name), "expires_at": go_time(expires),
-                           "size_vram": self._size(name), "context_length": 4096})
+                           "size_vram": size, "context_length": num_ctx})
         return self.b.json({"models": models}, content_type=JSON_TYPE)
 
     async def show(self, request: web.Request) -> web.Response:
@@ -275,15 +292,17 @@ class OllamaAPI:
         name = self.resolve(str(requested))
         if name is None:
             return self.err(404, f"model '{requested}' not found")
-        family = _family(name)
+        family, meta = _family(name), self.b.meta(name)
         caps = ["embedding"] if "embed" in name.lower() else ["completion"]
         return self.b.json({
             "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
             "parameters": 'stop                           "<|eot_id|>"',
             "template": "{{ .Prompt }}",
             "details": self._details(name),
-            "model_info": {"general.architecture": family, "general.parameter_count": self._size(name) * 2,
-                           f"{family}.context_length": 131072, f"{family}.embedding_length": self.b.embedding_dim},
+            "model_info": {"general.architecture": family, "general.file_type": 15,
+                           "general.parameter_count": meta.parameter_count, "general.quantization_version": 2,
+                           f"{family}.context_length": meta.context_length,
+                           f"{family}.embedding_length": self.b.embedding_dim},
             "capabilities": caps,
             "modified_at": go_time(self.modified),
         }, content_type=JSON_TYPE)
@@ -317,7 +336,7 @@ class OllamaAPI:
             empty = not prompt
             if body.get("system"):
                 prompt = f"{body['system']}\n{prompt}"
-        extra = self.use(name, body.get("keep_alive"))
+        extra = self.use(name, body.get("keep_alive"), body.get("options"))
         if empty:  # load (or unload with keep_alive 0) only
             await self.b.pause(request, extra)
             return self.b.json(self._load_only(requested, body, key), content_type=JSON_TYPE)
@@ -343,18 +362,18 @@ class OllamaAPI:
                     out["context"] = token_ids(prompt + " " + gen.text)
             return {**out, **self._metrics(gen, extra, started)}
 
-        if body.get("stream", True) is False:
-            interval = self.b.token_interval()
-            await self.b.pause(request, self.b.first_token_delay(extra) + interval * max(gen.completion_tokens - 1, 0))
-            return self.b.json(final(gen.text), content_type=JSON_TYPE)
-
         def events() -> Iterator[tuple[bool, bytes]]:
             for p in gen.pieces:
                 yield True, orjson.dumps(piece(p)) + b"\n"
             yield False, orjson.dumps(final("")) + b"\n"
 
-        return await self.b.stream(request, events(), content_type="application/x-ndjson", extra_delay=extra,
-                                   headers_early=False)
+        async with self.b.scheduler.seat(request, self.b, name, gen, {}):  # no limit: counts running requests
+            if body.get("stream", True) is False:
+                tokens_after_first = self.b.token_interval() * max(gen.completion_tokens - 1, 0)
+                await self.b.pause(request, self.b.first_token_delay(extra) + tokens_after_first)
+                return self.b.json(final(gen.text), content_type=JSON_TYPE)
+            return await self.b.stream(request, events(), content_type="application/x-ndjson", extra_delay=extra,
+                                       headers_early=False)
 
     def _metrics(self, gen: Generation, extra: float, started: float) -> dict[str, int]:
         load = _ns(extra) or 1_200_000
@@ -390,7 +409,7 @@ class OllamaAPI:
             texts = []
         else:
             return self.err(400, "invalid input type")
-        extra = self.use(name, body.get("keep_alive"))
+        extra = self.use(name, body.get("keep_alive"), body.get("options"))
         await self.b.pause(request, self.b.first_token_delay(extra))
         if not texts:
             return self.b.json({"model": requested, "embeddings": []}, content_type=JSON_TYPE)
@@ -416,7 +435,7 @@ class OllamaAPI:
         name = self.resolve(requested)
         if name is None:  # this legacy path reports through the scheduler's wording
             return self.err(404, f'model "{requested}" not found, try pulling it first')
-        extra = self.use(name, body.get("keep_alive"))
+        extra = self.use(name, body.get("keep_alive"), body.get("options"))
         await self.b.pause(request, self.b.first_token_delay(extra))
         prompt = str(body.get("prompt") or "")
         return self.b.json({"embedding": embed(name, prompt, self.b.embedding_dim) if prompt else []},

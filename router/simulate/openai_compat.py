@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from . import load
 from .backend import read_json
 from .core import Generation, as_int, content_text, count_tokens, embed, generate, messages_text
 
@@ -194,6 +195,10 @@ class VLLMDialect(Dialect):
     def add_extra_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/health", self.health)
         router.add_get("/version", self.version)
+        router.add_get("/metrics", self.metrics)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return load.vllm_metrics(self.b)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)  # empty body
@@ -227,8 +232,9 @@ class VLLMDialect(Dialect):
                 "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                 "organization": "*", "group": None, "is_blocking": False,
             }
+            max_len = as_int((self.b.model_meta.get(m) or {}).get("context_length")) or self.b.max_model_len
             return {"id": m, "object": "model", "created": self.b.created, "owned_by": "vllm", "root": m,
-                    "parent": None, "max_model_len": self.b.max_model_len, "permission": [perm]}
+                    "parent": None, "max_model_len": max_len, "permission": [perm]}
 
         return {"object": "list", "data": [card(m) for m in self.b.models]}
 
@@ -308,6 +314,20 @@ class LlamaServerDialect(Dialect):
     def add_extra_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/health", self.health)
         router.add_get("/v1/health", self.health)
+        router.add_get("/slots", self.slots)
+        router.add_get("/metrics", self.metrics)
+        router.add_get("/props", self.props)
+
+    async def slots(self, request: web.Request) -> web.Response:
+        if request.query.get("fail_on_no_slot") and load.llama_idle_slots(self.b) <= 0:
+            return self.error(503, "no slot available")
+        return self.json(load.llama_slots(self.b))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return load.llama_metrics(self.b)
+
+    async def props(self, request: web.Request) -> web.Response:
+        return self.json(load.llama_props(self.b, self.fingerprint))
 
     def not_found(self, request: web.Request) -> web.Response:
         return self.error(404, "File Not Found")
@@ -319,14 +339,17 @@ class LlamaServerDialect(Dialect):
         return (requested or self.b.models[0]), None  # any name is served and echoed
 
     def model_list(self) -> dict[str, Any]:
-        meta = {"vocab_type": 2, "n_vocab": 128256, "n_ctx_train": 131072, "n_embd": 4096,
-                "n_params": 8030261248, "size": 4912898304}
+        def meta(m: str) -> dict[str, Any]:
+            info = self.b.meta(m)
+            return {"vocab_type": 2, "n_vocab": 128256, "n_ctx_train": info.context_length, "n_embd": 4096,
+                    "n_params": info.parameter_count, "size": info.file_size}
+
         models = [{"name": m, "model": m, "modified_at": "", "size": "", "digest": "", "type": "model",
                    "description": "", "tags": [""], "capabilities": ["completion"], "parameters": "",
                    "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""],
                                "parameter_size": "", "quantization_level": ""}} for m in self.b.models]
         data = [{"id": m, "aliases": [], "tags": [], "object": "model", "created": int(time.time()),
-                 "owned_by": "llamacpp", "meta": meta} for m in self.b.models]
+                 "owned_by": "llamacpp", "meta": meta(m)} for m in self.b.models]
         return {"models": models, "object": "list", "data": data}
 
     def chat_id(self) -> str:
@@ -526,14 +549,17 @@ class OpenAICompatAPI:
         include_usage = bool(self.d.honours_include_usage and body.get("stream") and options.get("include_usage"))
         return Ctx(id_, int(time.time()), model, gen, include_usage, self.b.ttft, self.b.token_interval())
 
-    async def _answer(self, request: web.Request, c: Ctx, stream: bool, chunks: Iterator[Chunk], full: dict[str, Any] | None) -> web.StreamResponse:
-        extra = self.d.load_delay(c.model)
-        if stream:
-            events = [(tok, self.d.sse(obj)) for tok, obj in chunks] + [(False, self.d.sse("[DONE]"))]
-            return await self.b.stream(request, events, content_type=self.d.sse_content_type, extra_delay=extra,
-                                       headers_early=self.d.headers_early)
-        await self.b.pause(request, self.b.first_token_delay(extra) + c.interval * max(c.completion - 1, 0))
-        return self.d.json(full)
+    async def _answer(self, request: web.Request, c: Ctx, body: dict[str, Any], chunks: Iterator[Chunk],
+                      full: dict[str, Any] | None) -> web.StreamResponse:
+        stream = full is None
+        async with self.b.scheduler.seat(request, self.b, c.model, c.gen, load.slot_params(body, stream)):
+            extra = self.d.load_delay(c.model)
+            if stream:
+                events = [(tok, self.d.sse(obj)) for tok, obj in chunks] + [(False, self.d.sse("[DONE]"))]
+                return await self.b.stream(request, events, content_type=self.d.sse_content_type, extra_delay=extra,
+                                           headers_early=self.d.headers_early)
+            await self.b.pause(request, self.b.first_token_delay(extra) + c.interval * max(c.completion - 1, 0))
+            return self.d.json(full)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -549,7 +575,7 @@ class OpenAICompatAPI:
                        stop=body.get("stop"))
         c = self._ctx(self.d.chat_id(), model, gen, body)
         stream = bool(body.get("stream"))
-        return await self._answer(request, c, stream, self.d.chat_chunks(c), None if stream else self.d.chat_response(c))
+        return await self._answer(request, c, body, self.d.chat_chunks(c), None if stream else self.d.chat_response(c))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -562,7 +588,7 @@ class OpenAICompatAPI:
                        stop=body.get("stop"))
         c = self._ctx(self.d.cmpl_id(), model, gen, body)
         stream = bool(body.get("stream"))
-        return await self._answer(request, c, stream, self.d.completion_chunks(c),
+        return await self._answer(request, c, body, self.d.completion_chunks(c),
                                   None if stream else self.d.completion_response(c))
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:

@@ -283,7 +283,7 @@ async def test_ollama_embed_list_ps_show(sim):
     assert len(legacy.embedding) == 16
     tags = await client.list()
     assert [m.model for m in tags.models] == [MODEL, "qwen2.5-coder:7b"]
-    assert tags.models[0].details.parameter_size == "8B"
+    assert tags.models[0].details.parameter_size == "8.0B"  # Ollama's HumanNumber of 8030261248
     ps = await client.ps()
     assert [m.model for m in ps.models] == [MODEL]
     await client.chat(model="qwen2.5-coder:7b", messages=MESSAGES)  # first use loads it

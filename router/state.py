@@ -207,12 +207,18 @@ class StateTable:
 
     def model_size(self, d: Deployment, model: str) -> float | None:
         server = self.servers.get(d.api_base)
-        return server.sizes.get(model) if server else None
+        return _by_name(server.sizes, model) if server else None
 
     def context_length(self, d: Deployment, model: str) -> int | None:
         server = self.servers.get(d.api_base)
-        return server.contexts.get(model) if server else None
+        return _by_name(server.contexts, model) if server else None
 
 
 def _loaded(model: str, loaded: frozenset[str]) -> bool:
     return model in loaded or f"{model}:latest" in loaded
+
+
+def _by_name(table: dict[str, Any], model: str) -> Any:
+    """Ollama lists an untagged model as ``name:latest``."""
+    value = table.get(model)
+    return value if value is not None else table.get(f"{model}:latest")

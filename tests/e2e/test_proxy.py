@@ -211,6 +211,11 @@ async def test_master_key_is_required_when_configured(make_stack):
     async with aiohttp.ClientSession() as s:
         async with s.get(stack.url + "/health/liveliness") as r:
             assert r.status == 200 and await r.json() == "I'm alive!"
+        for admin in ("/router/explain?model=native", "/router/stats", "/health"):
+            async with s.get(stack.url + admin) as r:
+                assert r.status == 401, admin
+            async with s.get(stack.url + admin, headers={"Authorization": "Bearer sk-master"}) as r:
+                assert r.status == 200, admin
 
 
 async def test_backend_down_is_a_502_and_hang_is_a_504(stack):

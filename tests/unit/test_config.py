@@ -206,3 +206,15 @@ def test_environment_references_and_quoted_numbers_work_for_every_key(tmp_path, 
     dep = load_config(cfg).deployments[0]
     assert (dep.stream_timeout, dep.rpm, dep.timeout) == (45.0, 60, 12.5)
     assert dep.api_base == "https://example.invalid/v1beta/openai"  # a path is kept as given, no /v1 added
+
+
+def test_explain_cli_prints_the_trace_and_the_decision_without_sending_anything():
+    out = subprocess.run([sys.executable, "-m", "router", "explain", "llama-70b"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "size: 70B is in '> 13B' -> provider vllm" in out.stdout
+    assert "[ROUTER] Model: llama-70b -> Provider: vllm (model size) deployment=vllm/*" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "router", "explain", "-H", "X-Capability: high_throughput", "--json"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and '"route": "capability"' in out.stdout and '"deployment": "llama2-13b-vllm"' in out.stdout
+    out = subprocess.run([sys.executable, "-m", "router", "explain", "-H", "X-Capability: nope"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and "Unknown capability 'nope'" in out.stderr

@@ -183,9 +183,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
     proxy.session = session
-    monitor = Monitor(session, list(config.deployments) + list(config.catchalls.values()), proxy.state.servers,
+    monitor = Monitor(session, list(config.deployments) + list(config.catchalls.values()), proxy.state,
                       interval=config.router.monitor_interval,
-                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000)
+                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
     task = asyncio.create_task(monitor.run())
     yield
     task.cancel()
@@ -199,7 +199,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[CONFIG] = config
     app[STARTED] = time.time()
-    app[PROXY] = Proxy(config, Engine(config), None, StateTable())  # session set at start-up
+    app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
     app.cleanup_ctx.append(_upstream_session)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", _endpoint("chat"))

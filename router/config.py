@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from router.checks import api_root, check_url, get, unknown_keys
 from router.domain import PREFIX_KINDS, WIRE_FORMATS, Deployment, Provider
+from router.health import Policy
 from router.policy import Mappings, load_policy
 from router.routing import strategies
 from router.yamlsource import Issue, Path, Source, load
@@ -53,6 +54,7 @@ class RouterSettings:
     debug_router: bool = False
     max_connections_per_backend: int = 256
     monitor_interval: float = 5.0  # seconds between background probes of each backend server
+    shutdown_grace_period: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,17 @@ class Config:
     master_key: str | None = field(default=None, repr=False)
     request_timeout: float = DEFAULT_TIMEOUT
     warnings: tuple[Issue, ...] = ()
+
+    def health_policy(self) -> Policy:
+        r, m = self.router, self.mappings
+        return Policy(
+            allowed_fails=r.allowed_fails if r.allowed_fails is not None else 3,
+            cooldown_time=r.cooldown_time if r.cooldown_time is not None else 5.0,
+            rate_limit_cooldown=m.rate_limited_fallback_seconds if m.rate_limited_fallback_enabled else None,
+            degrade=m.error_routing_enabled,
+            error_threshold=m.error_threshold,
+            degrade_seconds=m.error_cooldown_seconds,
+        )
 
     def summary(self) -> str:
         m = self.mappings
@@ -98,7 +111,7 @@ _PARAM_IGNORED = {
 _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
-    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval",
+    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -124,11 +137,8 @@ _GENERAL_IGNORED = {
 }
 # Keys we validate now but whose behaviour arrives with later work: one warning each.
 _NOT_YET = {
-    ("router_settings", "allowed_fails"), ("router_settings", "num_retries"), ("router_settings", "cooldown_time"),
-    ("router_settings", "enable_pre_call_checks"), ("router_settings", "redis_host"), ("router_settings", "redis_port"),
-    ("router_settings", "redis_password"), ("router_settings", "redis_url"), ("router_settings", "fallbacks"),
-    ("router_settings", "context_window_fallbacks"), ("litellm_settings", "num_retries"),
-    ("litellm_settings", "context_window_fallbacks"), ("litellm_settings", "fallbacks"),
+    ("router_settings", "redis_host"), ("router_settings", "redis_port"),
+    ("router_settings", "redis_password"), ("router_settings", "redis_url"),
 }
 
 
@@ -162,10 +172,12 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
 def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     path: Path = ("router_settings",)
     rs = get(src, top, "router_settings", (), "map", default={})
+    ls = top.get("litellm_settings") if isinstance(top.get("litellm_settings"), dict) else {}
+    lp: Path = ("litellm_settings",)
     unknown_keys(src, rs, path, _ROUTER_KEYS, _ROUTER_IGNORED)
     for key in rs:
         if ("router_settings", key) in _NOT_YET:
-            src.warn(path + (key,), "accepted but not acted on yet (reliability and shared-state work is pending); ignored")
+            src.warn(path + (key,), "accepted but not acted on yet (shared state through Redis is pending); ignored")
     strategy = get(src, rs, "routing_strategy", path, "str", default="simple-shuffle")
     if strategies.canonical(strategy) is None:
         src.error(path + ("routing_strategy",), f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
@@ -173,7 +185,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     return RouterSettings(
         routing_strategy=strategy,
         allowed_fails=get(src, rs, "allowed_fails", path, "int"),
-        num_retries=get(src, rs, "num_retries", path, "int"),
+        num_retries=get(src, rs, "num_retries", path, "int", default=get(src, ls, "num_retries", lp, "int")),
         timeout=get(src, rs, "timeout", path, "pos"),
         cooldown_time=get(src, rs, "cooldown_time", path, "num"),
         enable_pre_call_checks=get(src, rs, "enable_pre_call_checks", path, "bool", default=False),
@@ -181,8 +193,12 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
         redis_port=get(src, rs, "redis_port", path, "int"),
         redis_password=get(src, rs, "redis_password", path, "secret"),
         redis_url=get(src, rs, "redis_url", path, "secret"),
-        fallbacks=_fallback_map(src, rs.get("fallbacks"), path + ("fallbacks",)),
-        context_window_fallbacks=_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",)),
+        fallbacks=MappingProxyType({**_fallback_map(src, ls.get("fallbacks"), lp + ("fallbacks",)),
+                                    **_fallback_map(src, rs.get("fallbacks"), path + ("fallbacks",))}),
+        context_window_fallbacks=MappingProxyType({
+            **_fallback_map(src, ls.get("context_window_fallbacks"), lp + ("context_window_fallbacks",)),
+            **_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",))}),
+        shutdown_grace_period=get(src, rs, "shutdown_grace_period", path, "num", default=30.0),
         debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
         max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
         monitor_interval=get(src, rs, "monitor_interval", path, "pos", default=5.0),
@@ -373,9 +389,6 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
 
     ls = get(src, top, "litellm_settings", (), "map", default={})
     unknown_keys(src, ls, ("litellm_settings",), _LITELLM_KEYS, _LITELLM_IGNORED)
-    for key in ls:
-        if ("litellm_settings", key) in _NOT_YET:
-            src.warn(("litellm_settings", key), "accepted but not acted on yet (reliability work is pending); ignored")
     gs = get(src, top, "general_settings", (), "map", default={})
     unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
     master_key = get(src, gs, "master_key", ("general_settings",), "secret")

@@ -17,7 +17,8 @@ class RouterError(Exception):
     status = 500
     type = "api_error"
     code: str | None = None
-    retryable = False
+    retryable = False  # may another attempt (another deployment, a retry) succeed?
+    counts = False  # does it count against the deployment's health?
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -86,6 +87,7 @@ class UpstreamError(RouterError):
     type = "api_error"
     code = "upstream_error"
     retryable = True
+    counts = True
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -104,6 +106,20 @@ class UpstreamRateLimited(UpstreamError):
     type = "rate_limit_error"
     code = "rate_limited"
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))} if self.retry_after else {}
+
+
+class UpstreamModelNotFound(ModelNotFound):
+    """A backend does not have the model: another deployment may, but it says nothing
+    about the backend's health (and a client's typo must not cool a backend down)."""
+
+    retryable = True
+
 
 class UpstreamClientError(RouterError):
     """The backend rejected the request as the client's fault (4xx): passed through,
@@ -119,7 +135,26 @@ class UpstreamClientError(RouterError):
         return self.raw if self.raw is not None else super().to_bytes()
 
 
-def upstream_error(status: int, body: bytes, provider: str) -> RouterError:
+class ContextWindowExceeded(UpstreamClientError):
+    """The prompt does not fit the backend's context: ``context_window_fallbacks`` apply."""
+
+    code = "context_length_exceeded"
+
+
+_CONTEXT_WORDS = ("context length", "context window", "maximum context", "context size", "too many tokens",
+                  "exceeds the available context", "prompt is too long")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from inference servers; the configured rest applies
+
+
+def upstream_error(status: int, body: bytes, provider: str, retry_after: str | None = None) -> RouterError:
     """Turn an upstream error response (any of the servers' shapes) into our error.
 
     OpenAI shape ``{"error": {...}}`` is kept as is for 4xx; vLLM's flat
@@ -128,16 +163,18 @@ def upstream_error(status: int, body: bytes, provider: str) -> RouterError:
     """
     message, code, openai_shaped = _extract(body)
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):
-        return ModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
+        return UpstreamModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
     if status == 404:
         return UpstreamError(f"{provider} has no such endpoint (HTTP 404; check api_base): {message}")
     if status in (401, 403):
         # Our credentials, not the client's: a client must not think its own key is wrong.
         return UpstreamError(f"{provider} rejected llm-router's credentials (HTTP {status}; check api_key): {message}")
     if status == 429:
-        return UpstreamRateLimited(f"{provider} is rate limiting: {message}")
+        return UpstreamRateLimited(f"{provider} is rate limiting: {message}", _retry_after(retry_after))
     if status == 408:
         return UpstreamTimeout(f"{provider} timed out: {message}")
+    if 400 <= status < 500 and any(w in message.lower() for w in _CONTEXT_WORDS):
+        return ContextWindowExceeded(message, status=status, code="context_length_exceeded", raw=body if openai_shaped else None)
     if 400 <= status < 500:
         return UpstreamClientError(message or f"{provider} rejected the request", status=status, code=code,
                                    raw=body if openai_shaped else None)

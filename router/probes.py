@@ -12,15 +12,17 @@ counts there).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import aiohttp
 import orjson
 
 from router.domain import Deployment
 from router.routing.rules import parse_size
-from router.state import ServerState
+from router.health import Transition
+from router.state import ServerState, StateTable
 
 PROBE_TIMEOUT = 2.0
 _LISTING = {"ollama": "/api/tags", "openai": "/models"}  # under the deployment's api_base
@@ -172,7 +174,7 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
     """One probe of ``d``'s server: its models with sizes and contexts, and where the
     server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models (Ollama /api/ps)."""
     headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
-    state = ServerState(updated_at=asyncio.get_running_loop().time())
+    state = ServerState(updated_at=time.time())
     try:
         listing = await _get_json(session, d.api_base + _LISTING[d.wire], META_TIMEOUT, headers)
     except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError):
@@ -207,22 +209,33 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
 
 class Monitor:
     """Probes every backend server every ``interval`` seconds, one probe in flight
-    per server, and stores what it learned in ``StateTable.servers``."""
+    per server, and stores what it learned in ``StateTable.servers``. A server
+    that answers ends its deployments' cooldowns early (they go half-open: the
+    next request is a trial)."""
 
-    def __init__(self, session: aiohttp.ClientSession, deployments: Iterable[Deployment], servers: dict[str, Any],
-                 interval: float = MONITOR_INTERVAL, warm_timeout: float = 0.1) -> None:
+    def __init__(self, session: aiohttp.ClientSession, deployments: Iterable[Deployment], state: StateTable,
+                 interval: float = MONITOR_INTERVAL, warm_timeout: float = 0.1,
+                 on_transition: Callable[[Deployment, Transition], None] | None = None) -> None:
         self.session = session
-        self.servers = servers
+        self.state = state
         self.interval = interval
         self.warm_timeout = warm_timeout
+        self.on_transition = on_transition
         self._targets: dict[str, Deployment] = {}
+        self._members: dict[str, list[Deployment]] = {}
         for d in deployments:
             self._targets.setdefault(d.api_base, d)
+            self._members.setdefault(d.api_base, []).append(d)
 
     async def probe_all(self) -> None:
         results = await asyncio.gather(*(probe_state(self.session, d, self.warm_timeout) for d in self._targets.values()))
-        for base, state in zip(self._targets, results):
-            self.servers[base] = state
+        now = time.time()
+        for base, server in zip(self._targets, results):
+            self.state.servers[base] = server
+            for d in self._members[base]:
+                t = self.state[d.id].health.probe(now, server.reachable)
+                if t is not None and self.on_transition is not None:
+                    self.on_transition(d, t)
 
     async def run(self) -> None:
         while True:

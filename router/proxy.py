@@ -1,19 +1,21 @@
 """The hot path: request in → deployment chosen → bytes streamed back.
 
-``Proxy.handle`` parses and checks the body, asks the engine for candidates,
-opens the upstream request, waits for the first chunk, then relays chunks as
-they come: unchanged for OpenAI-compatible backends, translated for Ollama.
-Transport exceptions are turned into ``RouterError``s right where they arise;
-accounting and the one ``[ROUTER]`` log line per request happen in ``finally``.
+``Proxy.handle`` parses and checks the body, asks the engine for candidates and
+tries them in order (``router.upstream`` does one attempt). A failure before
+the first byte reaches the client moves on to the next candidate, then to the
+fallbacks, with retry rounds and backoff inside the request's deadline; a
+client error (4xx) is passed through at once. Every attempt updates the
+deployment's counters and health; the one ``[ROUTER]`` line per request is
+logged in ``finally``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,37 +28,23 @@ from router.domain import Deployment, RequestFacts, RouteDecision
 from router.errors import (
     BadRequest,
     CapacityExceeded,
+    ContextWindowExceeded,
     ModelNotFound,
     RouterError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    upstream_error,
+    UpstreamRateLimited,
 )
-from router.providers import ADAPTERS
+from router.health import Transition
 from router.probes import warm_up
-from router.providers.ollama import Context, error_event
+from router.providers import ADAPTERS
+from router.providers.ollama import Context
 from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
-
-CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
-POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
-ERROR_BODY_LIMIT = 64 * 1024
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
+from router.upstream import Attempt, Call, call
 
 REQUEST_ID = web.RequestKey("request_id", str)
-
-
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
-
-
-def total_tokens(body: bytes) -> int:
-    """``usage.total_tokens`` of a response body, found without decoding it (every
-    server puts usage at the end)."""
-    m = _TOTAL_TOKENS.search(body, max(0, len(body) - 1024))
-    return int(m.group(1)) if m else 0
+RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
+DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
 
 
 def request_id(request: web.Request) -> str:
@@ -122,40 +110,58 @@ def parse_body(endpoint: str, raw: bytes, model_optional: bool = False) -> dict[
     return body
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """The configuration a request runs on, start to finish (a reload swaps in a new one)."""
+
+    config: Config
+    engine: Engine
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What one request did, for the log line (and, later, metrics)."""
+    """What one request did, for its log line and headers."""
 
     status: int = 0
-    ttft: float | None = None
     error: RouterError | None = None
     client_gone: bool = False
-    tokens: int = 0  # tokens used, where the response says (for tpm limits)
+    tried: list[Attempt] = field(default_factory=list)
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.tried[-1] if self.tried else None
 
 
 class Proxy:
     def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession | None, state: StateTable,
                  stats: RoutingStats | None = None) -> None:
-        self.config = config
-        self.engine = engine
+        self.routing = Routing(config, engine)
         self.session = session
         self.state = state
         self.stats = stats or RoutingStats()
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
 
-    def facts(self, request: web.Request, endpoint: str, body: dict[str, Any]) -> RequestFacts:
+    @property
+    def config(self) -> Config:
+        return self.routing.config
+
+    @property
+    def engine(self) -> Engine:
+        return self.routing.engine
+
+    def facts(self, request: web.Request, endpoint: str, body: dict[str, Any], engine: Engine) -> RequestFacts:
         """What the engine may look at: model, stream, batch size, the rule headers."""
         prompt = body.get("prompt")
         batch = max(body.get("n") or 1, len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1)
-        headers = {h: request.headers[h] for h in self.engine.header_names if h in request.headers}
+        headers = {h: request.headers[h] for h in engine.header_names if h in request.headers}
         return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=body.get("stream") is True,
                             batch_size=batch, capability=request.headers.get("x-capability"), headers=headers)
 
-    def decide(self, facts: RequestFacts) -> RouteDecision | None:
+    def decide(self, engine: Engine, facts: RequestFacts) -> RouteDecision | None:
         start = time.perf_counter()
         try:
-            decision = self.engine.decide(facts, self.state)
+            decision = engine.decide(facts, self.state)
         finally:
             elapsed = time.perf_counter() - start
         self.stats.record(elapsed, decision.resolved if decision else None, decision.route if decision else None,
@@ -164,31 +170,29 @@ class Proxy:
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         start = time.monotonic()
+        routing = self.routing  # this request finishes on the configuration it started with
         rid = request_id(request)
         decision: RouteDecision | None = None
-        dep: Deployment | None = None
         outcome = Outcome()
         model = "?"
         try:
             body = parse_body(endpoint, await _read_body(request), model_optional="x-capability" in request.headers)
-            facts = self.facts(request, endpoint, body)
+            facts = self.facts(request, endpoint, body, routing.engine)
             model = facts.model or f"capability:{facts.capability}"
-            decision = self.decide(facts)
+            decision = self.decide(routing.engine, facts)
             if decision is None:
                 raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
-            if self.config.router.debug_router:
+            if routing.config.router.debug_router:
                 for step in decision.trace:
                     self.log.info(f"trace: {step}", request_id=rid, model=model)
-            dep = self._pick(decision)
-            self.state.picked(dep)
             for cold in decision.warm_up:
                 self._warm_up(cold, decision.upstream_name(cold))
-            return await self._forward(request, endpoint, body, decision, dep, outcome)
+            return await self._serve(request, endpoint, body, facts, decision, routing, outcome)
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
             headers = {"x-request-id": rid, **exc.headers()}
-            if decision is not None and dep is not None:
-                headers.update(_route_headers(decision, dep))
+            if decision is not None and outcome.tried:
+                headers.update(_route_headers(decision, outcome.tried))
             return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)
         except asyncio.CancelledError:
             outcome.client_gone = True  # aiohttp cancels the handler when the client disconnects
@@ -199,18 +203,156 @@ class Proxy:
             outcome.error, outcome.status = err, 500
             return web.Response(body=err.to_bytes(), status=500, content_type="application/json", headers={"x-request-id": rid})
         finally:
-            self._log(rid, model, endpoint, decision, dep, outcome, time.monotonic() - start)
+            self._log(rid, model, endpoint, decision, outcome, time.monotonic() - start)
 
-    def _pick(self, decision: RouteDecision) -> Deployment:
-        for dep in decision.candidates:
-            if self.state[dep.id].has_capacity(dep):
-                return dep
-        raise CapacityExceeded(f"All deployments for `{decision.model}` are at their max_parallel_requests; retry shortly.")
+    # -- attempts and fallbacks -----------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, endpoint: str, body: dict[str, Any], facts: RequestFacts,
+                     decision: RouteDecision, routing: Routing, outcome: Outcome) -> web.StreamResponse:
+        """Try the candidates, then the fallbacks, in order; retry rounds with backoff
+        while the deadline allows. Returns the first response that reached the client."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + routing.config.request_timeout
+        plan: list[tuple[Deployment, str]] = [(d, decision.upstream_name(d)) for d in decision.candidates]
+        errors: list[tuple[Deployment, RouterError]] = []
+        failed_providers: set[str] = set()
+        fallbacks_added = False
+        rounds, max_rounds = 0, routing.config.router.num_retries
+        max_rounds = DEFAULT_NUM_RETRIES if max_rounds is None else max_rounds
+        delay = RETRY_BASE_DELAY
+        i = 0
+        while True:
+            if i == len(plan):
+                if not fallbacks_added:
+                    fallbacks_added = True
+                    fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers)
+                    self._trace(routing, fb.trace, request)
+                    plan += [e for e in fb.entries if e not in plan]
+                    if fb.retry_attempts is not None:
+                        max_rounds = max(max_rounds, fb.retry_attempts - 1)
+                    if fb.retry_delay_ms is not None:
+                        delay = fb.retry_delay_ms / 1000
+                    if i < len(plan):
+                        continue
+                if not errors or rounds >= max_rounds:
+                    break
+                pause = delay * (2 ** rounds) * random.uniform(0.5, 1.5)
+                if loop.time() + pause >= deadline:
+                    break
+                rounds += 1
+                await asyncio.sleep(pause)
+                i = 0
+                continue
+            dep, upstream = plan[i]
+            i += 1
+            if not self._ready(dep, first=not outcome.tried and i == 1):
+                continue
+            if loop.time() >= deadline:
+                break
+            if outcome.tried and outcome.tried[-1].deployment is not dep:
+                prev = outcome.tried[-1].deployment
+                self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=request_id(request),
+                                 from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
+            try:
+                return await self._attempt(request, endpoint, body, decision, dep, upstream, deadline, outcome)
+            except RouterError as exc:
+                errors.append((dep, exc))
+                failed_providers.add(dep.provider)
+                if isinstance(exc, ContextWindowExceeded) and not fallbacks_added:
+                    fallbacks_added = True  # only the context window fallbacks apply now
+                    fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers, context_overflow=True)
+                    self._trace(routing, fb.trace, request)
+                    if not fb.entries:
+                        raise
+                    plan[i:] = [e for e in fb.entries if e not in plan[:i]]
+                    max_rounds = 0
+                    continue
+                if not exc.retryable:
+                    raise
+                if loop.time() >= deadline:
+                    break
+        if not errors:
+            raise CapacityExceeded(f"No deployment for `{decision.model}` can take the request now "
+                                   "(at max_parallel_requests, cooling down or unreachable); retry shortly.")
+        raise _aggregate(errors)
+
+    def _ready(self, dep: Deployment, first: bool) -> bool:
+        """May ``dep`` take an attempt now? The decision's first pick was checked by the
+        engine (which may deliberately pick a cooling deployment when all are)."""
+        s = self.state[dep.id]
+        if not s.has_capacity(dep):
+            return False
+        return first or (self.state.available(dep) and not
+                         (self.config.router.enable_pre_call_checks and self.state.server_down(dep)))
+
+    async def _attempt(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
+                       dep: Deployment, upstream: str, deadline: float, outcome: Outcome) -> web.StreamResponse:
+        attempt = Attempt(dep)
+        outcome.tried.append(attempt)
+        self._transition(dep, self.state.picked(dep))
+        url, payload = ADAPTERS[dep.wire].upstream_request(endpoint, body, dep, upstream)
+        stream = endpoint != "embeddings" and body.get("stream") is True
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
+        rid = request_id(request)
+        headers = {"Content-Type": "application/json", "x-request-id": rid}
+        if dep.api_key:
+            headers["Authorization"] = f"Bearer {dep.api_key}"
+        c = Call(request, endpoint, url, payload, headers, {"x-request-id": rid, **_route_headers(decision, outcome.tried)},
+                 stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
+                 lambda msg: self.log.exception(msg, request_id=rid))
+        state = self.state[dep.id]
+        state.started()
+        started = time.monotonic()
+        error: RouterError | None = None
+        try:
+            response = await call(self.session, c, attempt)
+            outcome.status = attempt.status
+            error = attempt.error
+            outcome.error = error
+            outcome.client_gone = attempt.client_gone
+            return response
+        except asyncio.CancelledError:
+            attempt.client_gone = outcome.client_gone = True
+            raise
+        except RouterError as exc:
+            error = attempt.error = exc
+            raise
+        except Exception:
+            error = attempt.error = RouterError("internal error")
+            raise
+        finally:
+            state.finished(f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
+                           stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
+            if error is not None and error.counts:
+                retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
+                self._transition(dep, self.state.failed(dep, f"{error.error_class}: {error.message}",
+                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after))
+            elif error is None and not attempt.client_gone:
+                self._transition(dep, self.state.succeeded(dep))
+                self.state.loaded(dep, upstream)  # it served, so its model is loaded now
+
+    def _transition(self, dep: Deployment, t: Transition | None) -> None:
+        if t is None:
+            return
+        fields: dict[str, Any] = {"deployment": dep.id, "reason": t.reason}
+        if t.until is not None:
+            fields["for_s"] = round(t.until - time.time(), 1)
+        self.log.warning(f"Deployment {dep.id} ({dep.provider}): {t.old.value} -> {t.new.value}", **fields)
+
+    def _trace(self, routing: Routing, lines: list[str], request: web.Request) -> None:
+        if routing.config.router.debug_router:
+            for line in lines:
+                self.log.info(f"trace: {line}", request_id=request_id(request))
+
+    # -- background warm-up ---------------------------------------------------------------------------
 
     def _warm_up(self, dep: Deployment, model: str) -> None:
         """Load ``model`` on ``dep`` in the background (one at a time per deployment)."""
         if dep.id in self._warming or self.session is None:
             return
+
         async def load() -> None:
             try:
                 if await warm_up(self.session, dep, model):
@@ -226,166 +368,30 @@ class Proxy:
             task.cancel()
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
 
-    async def _forward(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
-                       dep: Deployment, outcome: Outcome) -> web.StreamResponse:
-        adapter = ADAPTERS[dep.wire]
-        url, payload = adapter.upstream_request(endpoint, body, dep, decision.upstream_name(dep))
-        stream = endpoint != "embeddings" and body.get("stream") is True
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
-        ctx = Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage)
-        headers = {"Content-Type": "application/json", "x-request-id": request_id(request)}
-        if dep.api_key:
-            headers["Authorization"] = f"Bearer {dep.api_key}"
-        state = self.state[dep.id]
-        state.started()
-        started = time.monotonic()
-        try:
-            if stream:
-                return await self._stream(request, url, payload, headers, endpoint, decision, dep, ctx, outcome)
-            return await self._complete(url, payload, headers, endpoint, decision, dep, ctx, outcome)
-        except asyncio.CancelledError:
-            outcome.client_gone = True
-            raise
-        except RouterError as exc:
-            outcome.error = exc
-            raise
-        except Exception:
-            outcome.error = RouterError("internal error")
-            raise
-        finally:
-            err = outcome.error
-            state.finished(f"{err.error_class}: {err.message}" if err else None, abandoned=outcome.client_gone,
-                           stream=stream, ttft=outcome.ttft, latency=time.monotonic() - started, tokens=outcome.tokens)
-            if err is None and outcome.status == 200:
-                self.state.loaded(dep, decision.upstream_name(dep))  # it served, so its model is loaded now
+    # -- the log line -----------------------------------------------------------------------------------
 
-    async def _complete(self, url: str, payload: bytes, headers: dict[str, str], endpoint: str, decision: RouteDecision,
-                        dep: Deployment, ctx: Context, outcome: Outcome) -> web.Response:
-        timeout = aiohttp.ClientTimeout(total=dep.timeout, sock_connect=min(CONNECT_TIMEOUT, dep.timeout or CONNECT_TIMEOUT))
-        async with _upstream_errors(dep, timeout.total):
-            async with self.session.post(url, data=payload, headers=headers, timeout=timeout) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise upstream_error(resp.status, raw, dep.provider)
-        body = ADAPTERS[dep.wire].response_body(endpoint, raw, ctx, dep.provider)
-        outcome.status = 200
-        outcome.tokens = total_tokens(body)
-        return web.Response(body=body, status=200, content_type="application/json",
-                            headers={"x-request-id": headers["x-request-id"], **_route_headers(decision, dep)})
-
-    async def _stream(self, request: web.Request, url: str, payload: bytes, headers: dict[str, str], endpoint: str,
-                      decision: RouteDecision, dep: Deployment, ctx: Context, outcome: Outcome) -> web.StreamResponse:
-        idle = dep.stream_timeout or dep.timeout
-        # total=None: a stream may run long; sock_read bounds the silence between chunks
-        # (and before the first), connect bounds the wait for a pooled connection.
-        timeout = aiohttp.ClientTimeout(total=None, connect=min(POOL_WAIT, idle or POOL_WAIT),
-                                        sock_connect=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), sock_read=idle)
-        adapter = ADAPTERS[dep.wire]
-        translator = adapter.translator(endpoint, ctx)
-        guard = _upstream_errors(dep, idle)
-        sent = time.monotonic()
-        resp: aiohttp.ClientResponse | None = None
-        complete = False
-        try:
-            # Until the first chunk arrives nothing has reached the client: failures
-            # here become ordinary error responses (and, later, fallbacks).
-            async with guard:
-                resp = await self.session.post(url, data=payload, headers=headers, timeout=timeout)
-                if resp.status >= 400:
-                    raise upstream_error(resp.status, await resp.content.read(ERROR_BODY_LIMIT), dep.provider)
-                if not adapter.is_stream(resp.headers.get("Content-Type", "")):
-                    snippet = (await resp.content.read(200)).decode("utf-8", "replace")
-                    raise UpstreamError(f"{dep.provider} answered a streaming request with "
-                                        f"{resp.headers.get('Content-Type', 'no content type')}: {snippet!r}")
-                chunk = await resp.content.readany()
-            outcome.ttft = time.monotonic() - sent
-            out = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": headers["x-request-id"], **_route_headers(decision, dep)})
-            await out.prepare(request)
-            outcome.status = 200
-            # From here on the client has our 200: every failure must end the stream
-            # with an error event, never a second response or a silent stop.
-            try:
-                end = await self._relay(out, resp, chunk, translator, guard, dep, outcome)
-                complete = outcome.error is None
-            except RouterError as exc:
-                end, outcome.error = error_event(exc.message, exc.type, exc.code), exc
-            except ConnectionResetError:
-                outcome.client_gone = True
-                return out
-            except Exception:
-                self.log.exception("Internal error while relaying a stream", request_id=headers["x-request-id"])
-                outcome.error = RouterError("internal error while relaying the stream")
-                end = error_event(outcome.error.message)
-            try:
-                if end:
-                    await out.write(end)
-                await out.write_eof()
-            except ConnectionResetError:
-                outcome.client_gone = True
-            return out
-        finally:
-            if resp is not None:
-                if complete:
-                    resp.release()
-                else:
-                    resp.close()  # client gone or upstream broken: drop the upstream connection now
-
-    @staticmethod
-    async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: bytes, translator: Any,
-                     guard: _upstream_errors, dep: Deployment, outcome: Outcome) -> bytes:
-        """Copy chunks until the upstream ends; return the bytes that close the stream."""
-        if translator is None:  # OpenAI-compatible: bytes pass through untouched
-            tail = b""
-            events = 0
-            while chunk:
-                await out.write(chunk)
-                tail = (tail + chunk)[-16:]
-                events += chunk.count(b"data:")
-                async with guard:
-                    chunk = await resp.content.readany()
-            outcome.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
-            if b"[DONE]" in tail:
-                return b""
-            outcome.error = UpstreamError(f"{dep.provider} ended the stream before [DONE]")
-            return error_event(outcome.error.message, outcome.error.type, outcome.error.code)
-        while chunk:
-            data = translator.feed(chunk)
-            if data:
-                await out.write(data)
-            if translator.finished:
-                break
-            async with guard:
-                chunk = await resp.content.readany()
-        end = translator.close()
-        if translator.usage:
-            outcome.tokens = translator.usage["total_tokens"]
-        if translator.failed:
-            outcome.error = UpstreamError("Ollama stream failed")
-        return end
-
-    def _log(self, rid: str, model: str, endpoint: str, decision: RouteDecision | None, dep: Deployment | None,
-             outcome: Outcome, elapsed: float) -> None:
-        fields: dict[str, Any] = {"request_id": rid, "endpoint": endpoint, "status": outcome.status or 499,
+    def _log(self, rid: str, model: str, endpoint: str, decision: RouteDecision | None, outcome: Outcome, elapsed: float) -> None:
+        fields: dict[str, Any] = {"request_id": rid, "endpoint": endpoint, "status": 499 if outcome.client_gone else outcome.status or 499,
                                   "latency_ms": round(elapsed * 1000, 1)}
-        if outcome.ttft is not None:
-            fields["ttft_ms"] = round(outcome.ttft * 1000, 1)
-        if outcome.client_gone:
-            fields["status"] = 499
-        if decision is None or dep is None:
-            if isinstance(outcome.error, ModelNotFound):
+        last = outcome.last
+        if last is not None and last.ttft is not None:
+            fields["ttft_ms"] = round(last.ttft * 1000, 1)
+        err = outcome.error
+        if decision is None or last is None:
+            if isinstance(err, ModelNotFound):
                 self.log.warning(f"Model: {model} -> no route (404)", **fields)
             else:
-                err = outcome.error
                 self.log.warning(f"Rejected request for model {model}", error=err.error_class if err else None,
                                  detail=err.message if err else None, **fields)
             return
+        dep = last.deployment
         fields["deployment"] = dep.id
+        if len(outcome.tried) > 1:
+            fields["attempts"] = len(outcome.tried)
+            fields["fallback"] = ",".join(a.deployment.id for a in outcome.tried)
         if decision.matched:
             fields["matched"] = decision.matched
         message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
-        err = outcome.error
         if outcome.client_gone:
             self.log.warning(message, error="ClientDisconnected", **fields)
         elif err is None:
@@ -394,36 +400,23 @@ class Proxy:
             self.log.warning(message, error=err.error_class, detail=err.message, **fields)
 
 
-def _route_headers(decision: RouteDecision, dep: Deployment) -> dict[str, str]:
+def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, str]:
+    dep = tried[-1].deployment
     return {
         "x-router-deployment": dep.id,
         "x-router-provider": dep.provider,
         "x-router-route": decision.route,
-        "x-router-attempts": "1",
+        "x-router-attempts": str(len(tried)),
+        "x-router-fallback": ",".join(a.deployment.id for a in tried),
     }
 
 
-class _upstream_errors:
-    """Translate aiohttp/asyncio failures of one upstream call into RouterErrors."""
-
-    __slots__ = ("dep", "limit")
-
-    def __init__(self, dep: Deployment, limit: float | None) -> None:
-        self.dep, self.limit = dep, limit
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, (RouterError, asyncio.CancelledError)):
-            return False
-        where = f"{self.dep.provider} ({self.dep.api_base})"
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            raise UpstreamTimeout(f"{where} did not answer within {self.limit:g} s" if self.limit else f"{where} timed out") from None
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}") from None
-        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
-            raise UpstreamError(f"{where} dropped the connection mid-response") from None
-        if isinstance(exc, aiohttp.ClientError):
-            raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}") from None
-        return False
+def _aggregate(errors: list[tuple[Deployment, RouterError]]) -> RouterError:
+    """Every attempt failed: the last error's status and type, with every attempt named."""
+    last = errors[-1][1]
+    if len(errors) == 1:
+        return last
+    detail = "; ".join(f"{d.id}: {e.message}" for d, e in errors)
+    err = RouterError(f"All {len(errors)} attempts failed: {detail}", status=last.status, code=last.code)
+    err.type = last.type
+    return err

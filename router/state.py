@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.domain import Deployment
+from router.health import Health, Policy, Transition
 
 WINDOW = 100  # latency / TTFT samples kept per deployment
 OUTCOMES = 50  # recent successes/failures kept per deployment for the success rate
@@ -44,6 +45,7 @@ class DeploymentState:
     ttft: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # streaming time to first token
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # non-streaming total latency
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
+    health: Health = field(default_factory=Health)
 
     def has_capacity(self, deployment: Deployment) -> bool:
         limit = deployment.max_parallel_requests
@@ -86,6 +88,7 @@ class DeploymentState:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            **self.health.snapshot(time.time()),
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,
@@ -121,10 +124,11 @@ class StateTable:
 
     ROUND_ROBIN_RESET_S = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, policy: Policy | None = None) -> None:
         self._states: dict[str, DeploymentState] = {}
         self.servers: dict[str, ServerState] = {}
         self._rr_reset_at = time.time()
+        self.policy = policy or Policy()
 
     def __getitem__(self, deployment_id: str) -> DeploymentState:
         state = self._states.get(deployment_id)
@@ -134,13 +138,21 @@ class StateTable:
 
     # -- writes (synchronous, by the proxy) ---------------------------------------------
 
-    def picked(self, deployment: Deployment) -> None:
+    def picked(self, deployment: Deployment) -> Transition | None:
         now = time.time()
         if now - self._rr_reset_at >= self.ROUND_ROBIN_RESET_S:  # the seed's periodic counter reset
             for s in self._states.values():
                 s.picks = 0
             self._rr_reset_at = now
-        self[deployment.id].picked(now)
+        state = self[deployment.id]
+        state.picked(now)
+        return state.health.picked(now)
+
+    def failed(self, d: Deployment, reason: str, rate_limited: bool = False, retry_after: float | None = None) -> Transition | None:
+        return self[d.id].health.failed(time.time(), self.policy, reason, rate_limited, retry_after)
+
+    def succeeded(self, d: Deployment) -> Transition | None:
+        return self[d.id].health.succeeded(time.time())
 
     def loaded(self, d: Deployment, model: str) -> None:
         """``model`` is now loaded on ``d``'s server (we just loaded it or it just served)."""
@@ -149,6 +161,20 @@ class StateTable:
             server.loaded = server.loaded | {model}
 
     # -- reads (the view strategies get) ---------------------------------------------------
+
+    def available(self, d: Deployment) -> bool:
+        return self[d.id].health.available(time.time())
+
+    def degraded(self, d: Deployment) -> bool:
+        return self[d.id].health.degraded(time.time())
+
+    def last_failure_at(self, d: Deployment) -> float:
+        return self[d.id].health.last_failure_at or 0.0
+
+    def server_down(self, d: Deployment) -> bool:
+        """The last background probe could not reach ``d``'s server."""
+        server = self.servers.get(d.api_base)
+        return server is not None and server.updated_at > 0 and not server.reachable
 
     def in_flight(self, d: Deployment) -> int:
         return self[d.id].in_flight

@@ -55,7 +55,7 @@ def stack_config(tmp_path: Path, b: dict[str, SimulatedBackend], extra_router: s
         router_settings:
           model_group_alias:
             general_chat: [llama3.1-ollama]
-          {extra_router}
+          {extra_router if "num_retries" in extra_router else "num_retries: 0" + chr(10) + "          " + extra_router}
         general_settings: {{{extra_general}}}
         """))
     (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(f"""

@@ -68,6 +68,17 @@ class NoCapableDeployment(RouterError):
 
 
 @dataclass(slots=True)
+class FallbackPlan:
+    """Deployments to try after the decision's own, with the upstream name for each,
+    and the chain's retry settings (None: router_settings.num_retries applies)."""
+
+    entries: list[tuple[Deployment, str]]
+    retry_attempts: int | None = None
+    retry_delay_ms: int | None = None
+    trace: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Resolution:
     route: str
     group: str  # what strategy memo and per-group strategy choice key on
@@ -126,13 +137,14 @@ class Engine:
         res = self._resolve(facts, capability, view, trace)
         if res is None:
             return None
-        candidates = self._within_limits(res.candidates, view, trace)
+        candidates = self._healthy(self._within_limits(res.candidates, view, trace), view, trace)
         name = res.strategy or self._applicable.get(res.group) or self.default_strategy
         strategy = self._strategies[name]
         ranked = strategy.order(res.group, candidates, view, self._rng, facts) if len(candidates) > 1 else [(d, None) for d in candidates]
         ordered = [d for d, _ in ranked]
         if len(candidates) > 1:
             trace.append(f"strategy {name}: " + ", ".join(f"{d.id}={s}" if s is not None else d.id for d, s in ranked))
+            self._demote_degraded(ordered, view, trace)
         route = res.route
         if self._apply_metadata(facts, res, ordered, trace):
             route = "metadata"
@@ -308,6 +320,85 @@ class Engine:
         tail = [on(fallback)] if fallback and fallback != provider else []
         return _Resolution(route, dep.id, [dep], model, matched, tail=tail)
 
+    # -- fallbacks (step 6) ---------------------------------------------------------------------
+
+    def fallbacks(self, decision: RouteDecision, facts: RequestFacts, view: StateTable,
+                  failed_providers: set[str], context_overflow: bool = False) -> FallbackPlan:
+        """Where to go once the decision's own candidates failed: LiteLLM's
+        ``fallbacks`` (or ``context_window_fallbacks`` after a context overflow) for the
+        model group, then the policy's ``fallback_chains`` — the chain named like the
+        capability / group / alias, else ``default``. Steps whose condition does not
+        hold are skipped; a provider step uses the requested model's deployment on
+        that provider, or the provider's catch-all when the model was routed by name
+        (pattern, size, default, exact_matches). Computed only after a failure."""
+        trace: list[str] = []
+        entries: list[tuple[Deployment, str]] = []
+        group = facts.model or decision.matched
+        table = self.config.router.context_window_fallbacks if context_overflow else self.config.router.fallbacks
+        for name in table.get(group, ()) if group else ():
+            res = self._exact(name, []) or self._pattern(name, [])
+            if res is None:
+                trace.append(f"fallback: {name!r} (from {'context_window_fallbacks' if context_overflow else 'fallbacks'}) routes nowhere")
+                continue
+            for d in res.candidates + res.tail:
+                entries.append((d, res.upstream if d.is_dynamic and res.upstream else d.upstream_model))
+            trace.append(f"fallback: {group!r} -> {name!r} ({', '.join(d.id for d in res.candidates)})")
+        if context_overflow:
+            return FallbackPlan(entries, trace=trace)
+        chains = self.config.mappings.fallback_chains
+        chain = next((chains[n] for n in (decision.matched, group) if n and n in chains), None) or chains.get("default")
+        if chain is None:
+            return FallbackPlan(entries, trace=trace)
+        size = self._request_size(decision, view)
+        for step in chain.steps:
+            if not self._step_holds(step.condition, size, failed_providers, view):
+                trace.append(f"chain {chain.name}: {step.rank} {step.provider} skipped ({step.condition} does not hold)")
+                continue
+            found = self._on_step(step.provider, step.preferred_model, decision)
+            if not found:
+                trace.append(f"chain {chain.name}: {step.rank} {step.provider} has no deployment of this model")
+            entries += found
+        trace.append(f"chain {chain.name}: " + (", ".join(d.id for d, _ in entries) or "nothing to try"))
+        return FallbackPlan(entries, chain.retry_attempts, chain.retry_delay_ms, trace)
+
+    def _request_size(self, decision: RouteDecision, view: StateTable) -> float | None:
+        if decision.upstream_model:
+            size = size_from_name(decision.upstream_model)
+            if size is not None:
+                return size
+        return self.model_size(decision.candidates[0], view) if decision.candidates else None
+
+    def _step_holds(self, cond: Condition, size: float | None, failed: set[str], view: StateTable) -> bool:
+        if cond.subject == "always":
+            return True
+        if cond.subject == "unavailable":
+            provider = cond.value
+            deps = [d for d in self.config.deployments if d.provider == provider]
+            return provider in failed or not any(view.available(d) and not view.server_down(d) for d in deps)
+        if cond.subject == "model_size":
+            return size is not None and _compare(size, cond.op, cond.value)
+        return False
+
+    def _on_step(self, provider: str, preferred: str | None, decision: RouteDecision) -> list[tuple[Deployment, str]]:
+        cfg = self.config
+        if preferred:
+            deps = [d for d in cfg.groups.get(preferred, ()) if d.provider == provider]
+            configured = self._by_upstream.get((provider, preferred))
+            if configured and configured not in deps:
+                deps.append(configured)
+            return [(d, d.upstream_model) for d in deps] or [(cfg.catchalls[provider], preferred)]
+        same = [d for d in decision.candidates if d.provider == provider and not d.is_dynamic]
+        if same:
+            return [(d, d.upstream_model) for d in same]
+        name = decision.upstream_model or (decision.candidates[0].upstream_model if decision.candidates else None)
+        if name:
+            configured = self._by_upstream.get((provider, name))
+            if configured is not None:
+                return [(configured, configured.upstream_model)]
+            if decision.upstream_model:  # routed by name: the provider may serve that name too
+                return [(cfg.catchalls[provider], decision.upstream_model)]
+        return []
+
     # -- filters and adjustments -------------------------------------------------------------
 
     def _within_limits(self, candidates: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
@@ -327,6 +418,36 @@ class Engine:
             retry = 60 - int(time.time()) % 60
             raise RateLimited("Every deployment for this model is at its rpm/tpm limit for this minute.", retry)
         return kept
+
+    def _healthy(self, candidates: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
+        """Drop deployments cooling down (or whose half-open trial is under way) and, with
+        ``enable_pre_call_checks``, those whose server the last probe could not reach.
+        If that leaves nothing, keep the one that failed longest ago rather than
+        blacking out the whole group."""
+        pre_call = self.config.router.enable_pre_call_checks
+        kept = []
+        for d in candidates:
+            if not view.available(d):
+                trace.append(f"health: {d.id} is cooling down")
+            elif pre_call and view.server_down(d):
+                trace.append(f"health: {d.id} skipped, its server was unreachable at the last probe")
+            else:
+                kept.append(d)
+        if kept or not candidates:
+            return kept
+        least = min(candidates, key=view.last_failure_at)
+        trace.append(f"health: every candidate is unavailable; trying the least recently failed, {least.id}")
+        return [least]
+
+    def _demote_degraded(self, ordered: list[Deployment], view: StateTable, trace: list[str]) -> None:
+        """A degraded deployment keeps half its share: picked first, it gives way to the
+        next healthy candidate half of the time."""
+        if view.degraded(ordered[0]) and self._rng.random() < 0.5:
+            healthy = next((d for d in ordered[1:] if not view.degraded(d)), None)
+            if healthy is not None:
+                ordered.remove(healthy)
+                ordered.insert(0, healthy)
+                trace.append(f"health: {ordered[1].id} is degraded; {healthy.id} goes first this time")
 
     def _apply_metadata(self, facts: RequestFacts, res: _Resolution, ordered: list[Deployment], trace: list[str]) -> bool:
         """The first matching request_metadata_routing rule moves that provider's

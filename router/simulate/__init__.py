@@ -12,7 +12,13 @@ and counters for reliability tests::
     await b.stop()
 
 Faults can also be set over HTTP (``POST /__sim/faults``) and counters read
-with ``GET /__sim/stats``.
+with ``GET /__sim/stats``. Hooks (see :class:`Faults`): ``status`` /
+``status_count`` with ``retry_after``, ``hang`` / ``hang_count``,
+``first_byte_delay``, ``garbage`` / ``garbage_count`` (200 with a proxy's
+HTML page or a broken stream line), and inside streams ``drop_after_chunks`` /
+``drop_count`` and ``hang_after_chunks`` / ``hang_after_count``; ``paths``
+limits them all. ``await b.pause_listening()`` / ``await b.resume_listening()``
+play a killed and restarted server on the same port.
 
 Load and model metadata are exposed as the real servers do: vLLM ``GET /metrics``
 (``max_num_seqs``), llama-server ``GET /slots``, ``/metrics`` and ``/props``

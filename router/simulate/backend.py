@@ -21,6 +21,7 @@ KINDS: tuple[str, ...] = ("ollama", "vllm", "llama_cpp_python", "llama_cpp_nativ
 
 _REQ_GONE = web.RequestKey("sim_client_gone", bool)
 _REQ_DROPPED = web.RequestKey("sim_dropped", bool)
+_REQ_CUT = web.RequestKey("sim_cut", bool)
 _REQ_BODY: web.RequestKey[Any] = web.RequestKey("sim_body", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +58,10 @@ class SimulatedBackend:
 
     ``ttft`` and ``tokens_per_s`` may be changed on a running backend; the
     next request (and the next token of a running stream) uses the new values.
+
+    Faults: :attr:`faults` (see :class:`~router.simulate.core.Faults`), plus
+    :meth:`pause_listening` / :meth:`resume_listening` to play a killed and
+    restarted server (connections refused in between, same port after).
     """
 
     def __init__(
@@ -101,6 +106,8 @@ class SimulatedBackend:
         self.loaded: dict[str, float] = {}  # ollama: canonical name -> expires at (time.time())
         self.created = int(time.time())
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._inflight: dict[int, web.Request] = {}  # id(request) -> open request (not /__sim/*)
         self._stopping = False
         self.host = "127.0.0.1"
         self.port = 0
@@ -149,16 +156,69 @@ class SimulatedBackend:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        self._runner = runner
+        self._runner, self._site = runner, site
         self.host = host
         self.port = runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Stop serving (open requests are cut off, not counted as disconnects)."""
         self._stopping = True
+        self._site = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the server accepts connections (started and not paused)."""
+        return self._site is not None
+
+    async def pause_listening(self) -> None:
+        """Play a killed server: close the listening socket and cut every open connection.
+
+        New connections to :attr:`port` are refused until :meth:`resume_listening`.
+        Every open connection is aborted, idle keep-alive ones included (so a
+        client's connection pool cannot reach the "dead" server) and in-flight
+        requests and streams, which the client sees end abruptly (reset / server
+        disconnected). Those requests count in ``stats.cut``, not in
+        ``stats.disconnects``. Returns once their handlers have finished (at most
+        about a second). The application state (faults, stats, loaded models) is kept.
+        """
+        if self._runner is None:
+            raise RuntimeError("the simulated backend is not started")
+        if self._site is None:
+            return
+        site, self._site = self._site, None
+        await site.stop()  # closes the listening socket; accepted connections stay open
+        for request in self._inflight.values():
+            if not request.get(_REQ_CUT):
+                request[_REQ_CUT] = True
+                self.stats.cut += 1
+        server = self._runner.server
+        for handler in server.connections if server is not None else []:
+            transport = handler.transport
+            if transport is not None:
+                transport.abort()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while self._inflight and loop.time() < deadline:  # aborted transports cancel their handlers
+            await asyncio.sleep(0.005)
+
+    async def resume_listening(self) -> None:
+        """Play the restarted server: listen again on the same host and port.
+
+        The port is re-bound with SO_REUSEADDR (asyncio's default on POSIX, which
+        aiohttp keeps), so connections of the previous "life" lingering in
+        TIME_WAIT do not block it. Raises ``OSError`` if another process took the
+        port in the meantime.
+        """
+        if self._runner is None:
+            raise RuntimeError("the simulated backend is not started")
+        if self._site is not None:
+            return
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self._site = site
 
     async def __aenter__(self) -> SimulatedBackend:
         if self._runner is None:
@@ -221,7 +281,9 @@ class SimulatedBackend:
         Starlette does); otherwise with the first event (as Go and llama-server do).
         """
         resp = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
-        drop_at = self.faults.take_drop() if self.faults.applies_to(request.path) else None
+        faulty = self.faults.applies_to(request.path)
+        drop_at = self.faults.take_drop() if faulty else None
+        hang_at = self.faults.take_hang_after() if faulty else None
         sent = 0
         tokens = 0
         try:
@@ -235,6 +297,9 @@ class SimulatedBackend:
                     tokens += 1
                 if drop_at is not None and sent >= drop_at:
                     raise _Drop
+                if hang_at is not None and sent >= hang_at:
+                    hang_at = None
+                    await self._stall(request)
                 if not resp.prepared:
                     await resp.prepare(request)
                 await resp.write(data)
@@ -243,6 +308,33 @@ class SimulatedBackend:
             await self._drop(request, resp)
         except ConnectionResetError:  # includes ClientGone and aiohttp's ClientConnectionResetError
             request[_REQ_GONE] = True
+        return resp
+
+    async def _stall(self, request: web.Request) -> None:
+        """The ``hang_after_chunks`` fault: send nothing while it stays set (or until the client leaves)."""
+        self.stats.hangs += 1
+        while self.faults.hang_after_chunks is not None and self.faults.applies_to(request.path):
+            await self.pause(request, 0.02)
+
+    async def _garbage(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """The ``garbage`` fault: 200 with what a misconfigured reverse proxy sends instead of the API's answer."""
+        self.stats.garbage += 1
+        path = request.path
+        ndjson = self.kind == "ollama" and path.startswith("/api/")  # Ollama's native API streams NDJSON
+        if not isinstance(body, dict):
+            streaming = False
+        elif ndjson and path in ("/api/chat", "/api/generate"):
+            streaming = body.get("stream", True) is not False  # Ollama streams unless told not to
+        else:
+            streaming = bool(body.get("stream"))
+        if not streaming:
+            return web.Response(body=GARBAGE_HTML, headers={"Content-Type": "text/html", "Server": "nginx"})
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson" if ndjson else "text/event-stream", "Server": "nginx"})
+        resp.force_close()  # the proxy closes the connection after the broken stream
+        await resp.prepare(request)
+        await resp.write(GARBAGE_NDJSON if ndjson else GARBAGE_SSE)
+        await resp.write_eof()
         return resp
 
     async def _drop(self, request: web.Request, resp: web.StreamResponse) -> None:
@@ -272,18 +364,26 @@ class SimulatedBackend:
         stats.open += 1
         stats.last_path = path
         stats.last_headers = dict(request.headers)
+        self._inflight[id(request)] = request
         try:
             body = await read_json(request)
             if isinstance(body, dict):
                 stats.last_body = body
-            if self.faults.applies_to(path):
-                if self.faults.first_byte_delay > 0:
-                    await self.pause(request, self.faults.first_byte_delay)
-                while self.faults.hang and self.faults.applies_to(path):
-                    await self.pause(request, 0.02)
-                status = self.faults.take_status()
+            faults = self.faults
+            if faults.applies_to(path):
+                if faults.first_byte_delay > 0:
+                    await self.pause(request, faults.first_byte_delay)
+                if faults.take_hang():
+                    stats.hangs += 1
+                    while faults.hang and faults.applies_to(path):
+                        await self.pause(request, 0.02)
+                status = faults.take_status()
                 if status is not None:
-                    return self._api.error_response(request, status, f"simulated failure (HTTP {status})")
+                    resp = self._api.error_response(request, status, f"simulated failure (HTTP {status})")
+                    resp.headers.update(faults.retry_after_header())
+                    return resp
+                if faults.take_garbage():
+                    return await self._garbage(request, body)
             return await handler(request)
         except ConnectionResetError:
             request[_REQ_GONE] = True
@@ -293,6 +393,9 @@ class SimulatedBackend:
             raise
         finally:
             stats.open -= 1
+            self._inflight.pop(id(request), None)
+            if request.get(_REQ_CUT):
+                request[_REQ_GONE] = False
             if request.get(_REQ_GONE) and not request.get(_REQ_DROPPED) and not self._stopping:
                 stats.disconnects += 1
                 stats.disconnected.set()
@@ -346,6 +449,12 @@ def body_is_invalid(request: web.Request) -> bool:
 
 
 _INVALID = object()
+
+#: What the ``garbage`` fault answers: a reverse proxy's error page (served with status 200) ...
+GARBAGE_HTML = b"<html><body>502 Bad Gateway</body></html>"
+#: ... or, to a streaming request, one broken event (SSE) or line (Ollama's NDJSON).
+GARBAGE_SSE = b"data: {not json\n\n"
+GARBAGE_NDJSON = b"{not json\n"
 
 
 async def run_simulators(

@@ -44,18 +44,45 @@ class Faults:
     ``POST /__sim/faults`` (JSON object of the same names; ``{"clear": true}``
     resets). Faults apply to every path except ``/__sim/*``, or only to paths
     starting with one of ``paths`` when that is set.
+
+    Per request, the middleware applies them in this order: ``first_byte_delay``,
+    ``hang``, ``status`` (with ``retry_after``), ``garbage``; the stream faults
+    ``drop_after_chunks`` and ``hang_after_chunks`` act inside streamed answers.
+    A ``*_count`` limits its fault to the next K requests it applies to (``None``
+    = every request until cleared). Connection refusal is not a fault field but
+    :meth:`SimulatedBackend.pause_listening` / ``resume_listening``.
     """
 
     #: Answer with this HTTP status (in the server's own error-body shape).
     status: int | None = None
     #: How many requests ``status`` applies to; ``None`` means every request.
     status_count: int | None = None
-    #: Accept requests and never answer while this stays true.
+    #: Seconds sent as a ``Retry-After`` header with an injected ``status`` (any
+    #: status; whole seconds as real servers send, rounded up: 1.2 → "2").
+    retry_after: float | None = None
+    #: Accept requests and never answer while this stays true (the request is
+    #: released, and answered normally, once ``hang`` is false or cleared).
     hang: bool = False
+    #: How many requests ``hang`` catches; ``None`` = every request. Caught
+    #: requests stay held while ``hang`` is true, later ones pass.
+    hang_count: int | None = None
     #: Abort the connection after this many streamed chunks (no final chunk, no [DONE]).
     drop_after_chunks: int | None = None
     #: How many streamed responses ``drop_after_chunks`` applies to; ``None`` = all.
     drop_count: int | None = None
+    #: Stall a streamed response after this many chunks: keep the connection open,
+    #: send nothing more while this stays set, then resume where it stopped (the
+    #: rest of the stream) once it is cleared. Non-streaming answers are unaffected.
+    hang_after_chunks: int | None = None
+    #: How many streamed responses ``hang_after_chunks`` applies to; ``None`` = all.
+    hang_after_count: int | None = None
+    #: Answer 200 with a body that is not the API's: a reverse proxy's HTML error
+    #: page (``text/html``) for a non-streaming request; for a streaming one the
+    #: stream's content type and a single broken line (SSE ``data: {not json``,
+    #: Ollama NDJSON ``{not json``), then the end of the response.
+    garbage: bool = False
+    #: How many requests ``garbage`` applies to; ``None`` = every request.
+    garbage_count: int | None = None
     #: Seconds to wait before the first byte of the response.
     first_byte_delay: float = 0.0
     #: Path prefixes the faults apply to; ``None`` = all non-``/__sim`` paths.
@@ -82,6 +109,45 @@ class Faults:
             return None
         self.status_count -= 1
         return self.status
+
+    def take_hang(self) -> bool:
+        """Consume one armed ``hang``; whether this request is to be held."""
+        if not self.hang:
+            return False
+        if self.hang_count is None:
+            return True
+        if self.hang_count <= 0:
+            return False
+        self.hang_count -= 1
+        return True
+
+    def take_garbage(self) -> bool:
+        """Consume one armed ``garbage`` answer."""
+        if not self.garbage:
+            return False
+        if self.garbage_count is None:
+            return True
+        if self.garbage_count <= 0:
+            return False
+        self.garbage_count -= 1
+        return True
+
+    def take_hang_after(self) -> int | None:
+        """Consume one armed stream stall; returns the chunk count to stall after."""
+        if self.hang_after_chunks is None:
+            return None
+        if self.hang_after_count is None:
+            return self.hang_after_chunks
+        if self.hang_after_count <= 0:
+            return None
+        self.hang_after_count -= 1
+        return self.hang_after_chunks
+
+    def retry_after_header(self) -> dict[str, str]:
+        """``{"Retry-After": "<whole seconds>"}`` when ``retry_after`` is set, else ``{}``."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(0, math.ceil(self.retry_after)))}
 
     def take_drop(self) -> int | None:
         """Consume one armed connection drop; returns the chunk count to drop after."""
@@ -128,6 +194,12 @@ class Stats:
     disconnects: int = 0
     #: Streams the ``drop_after_chunks`` fault cut off.
     drops: int = 0
+    #: Requests held by ``hang`` or stalled by ``hang_after_chunks`` (counted when the hold starts).
+    hangs: int = 0
+    #: Answers replaced by the ``garbage`` fault.
+    garbage: int = 0
+    #: Open requests cut off by :meth:`SimulatedBackend.pause_listening` (not counted as disconnects).
+    cut: int = 0
     #: Set when a client disconnect is observed (await it in tests).
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     #: The last JSON object received as a request body.
@@ -139,7 +211,7 @@ class Stats:
     def reset(self) -> None:
         """Zero every counter and re-arm :attr:`disconnected`."""
         self.requests.clear()
-        self.disconnects = self.drops = 0
+        self.disconnects = self.drops = self.hangs = self.garbage = self.cut = 0
         self.disconnected = asyncio.Event()
         self.last_body = self.last_path = None
         self.last_headers = {}
@@ -157,6 +229,9 @@ class Stats:
             "open": self.open,
             "disconnects": self.disconnects,
             "drops": self.drops,
+            "hangs": self.hangs,
+            "garbage": self.garbage,
+            "cut": self.cut,
             "last_path": self.last_path,
             "last_body": self.last_body,
         }

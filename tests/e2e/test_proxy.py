@@ -236,7 +236,7 @@ async def test_backend_500_is_a_502_and_its_4xx_passes_through(stack):
     vllm.faults.status, vllm.faults.status_count = 500, 1
     with pytest.raises(openai.APIStatusError) as info:
         await client(stack).chat.completions.create(model="llama2-13b-vllm", messages=HI)
-    assert info.value.status_code == 502
+    assert info.value.status_code == 502 and info.value.response.headers["x-router-attempts"] == "1"
     vllm.faults.status, vllm.faults.status_count = 400, 1
     with pytest.raises(openai.BadRequestError):
         await client(stack).chat.completions.create(model="llama2-13b-vllm", messages=HI, stream=True)

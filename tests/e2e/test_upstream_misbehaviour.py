@@ -61,6 +61,7 @@ model_list:
   - model_name: olla
     litellm_params: {{model: ollama_chat/m, api_base: "{backend.url}", timeout: 5}}
     model_info: {{id: olla-1}}
+router_settings: {{num_retries: 0}}  # one attempt each: these tests look at what one bad answer does
 """)
     runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
     yield backend, url, runner

@@ -1,0 +1,204 @@
+"""One attempt at one deployment: open the upstream request, wait for the first
+chunk, then relay the bytes to the client.
+
+``call(...)`` returns the client's response, or raises a ``RouterError`` while
+nothing has reached the client yet — the point of no return is the first
+chunk, so the caller may still fall back. After that, every failure ends the
+stream with an OpenAI-style error event. aiohttp and asyncio exceptions are
+turned into ``RouterError``s here, where they arise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import aiohttp
+from aiohttp import web
+
+from router.domain import Deployment
+from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
+from router.providers import ADAPTERS
+from router.providers.ollama import Context, StreamTranslator, error_event
+
+CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
+POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
+ERROR_BODY_LIMIT = 64 * 1024
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+
+
+def total_tokens(body: bytes) -> int:
+    """``usage.total_tokens`` of a response body, found without decoding it (every
+    server puts usage at the end)."""
+    m = _TOTAL_TOKENS.search(body, max(0, len(body) - 1024))
+    return int(m.group(1)) if m else 0
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one attempt did: for the log line, the state table and the caller."""
+
+    deployment: Deployment
+    status: int = 0  # 200 once the client has our response headers
+    ttft: float | None = None
+    error: RouterError | None = None  # for a stream: what ended it early, after the 200
+    client_gone: bool = False
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Everything one attempt needs, built by the proxy."""
+
+    request: web.Request
+    endpoint: str
+    url: str
+    payload: bytes
+    headers: dict[str, str]  # upstream request headers
+    response_headers: dict[str, str]  # x-request-id and x-router-* for the client
+    stream: bool
+    ctx: Context
+    deadline: float  # loop time by which the answer (or, streaming, the first chunk) must be there
+    log_exception: Callable[[str], None]
+
+
+async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web.StreamResponse:
+    dep = attempt.deployment
+    remaining = c.deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise UpstreamTimeout("the request's deadline passed before this attempt")
+    if c.stream:
+        return await _stream(session, c, attempt, remaining)
+    limit = min(dep.timeout or remaining, remaining)
+    timeout = aiohttp.ClientTimeout(total=limit, sock_connect=min(CONNECT_TIMEOUT, limit))
+    async with UpstreamErrors(dep, limit):
+        async with session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise upstream_error(resp.status, raw, dep.provider, resp.headers.get("Retry-After"))
+    body = ADAPTERS[dep.wire].response_body(c.endpoint, raw, c.ctx, dep.provider)
+    attempt.status, attempt.tokens = 200, total_tokens(body)
+    return web.Response(body=body, status=200, content_type="application/json", headers=c.response_headers)
+
+
+async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, remaining: float) -> web.StreamResponse:
+    dep = attempt.deployment
+    idle = dep.stream_timeout or dep.timeout
+    # total=None: a stream may run long; sock_read bounds the silence between chunks
+    # (and before the first), connect bounds the wait for a pooled connection, and
+    # the request's deadline bounds the time to the first chunk.
+    timeout = aiohttp.ClientTimeout(total=None, connect=min(POOL_WAIT, idle or POOL_WAIT),
+                                    sock_connect=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), sock_read=idle)
+    adapter = ADAPTERS[dep.wire]
+    translator = adapter.translator(c.endpoint, c.ctx)
+    guard = UpstreamErrors(dep, min(idle or remaining, remaining))
+    sent = time.monotonic()
+    resp: aiohttp.ClientResponse | None = None
+    complete = False
+    try:
+        async with guard:
+            async with asyncio.timeout(remaining):
+                resp = await session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout)
+                if resp.status >= 400:
+                    raise upstream_error(resp.status, await resp.content.read(ERROR_BODY_LIMIT), dep.provider,
+                                         resp.headers.get("Retry-After"))
+                if not adapter.is_stream(resp.headers.get("Content-Type", "")):
+                    snippet = (await resp.content.read(200)).decode("utf-8", "replace")
+                    raise UpstreamError(f"{dep.provider} answered a streaming request with "
+                                        f"{resp.headers.get('Content-Type', 'no content type')}: {snippet!r}")
+                chunk = await resp.content.readany()
+        attempt.ttft = time.monotonic() - sent
+        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **c.response_headers})
+        await out.prepare(c.request)
+        attempt.status = 200
+        # From here on the client has our 200: every failure must end the stream
+        # with an error event, never a second response or a silent stop.
+        guard.limit = idle
+        try:
+            end = await _relay(out, resp, chunk, translator, guard, attempt)
+            complete = attempt.error is None
+        except RouterError as exc:
+            end, attempt.error = error_event(exc.message, exc.type, exc.code), exc
+        except ConnectionResetError:
+            attempt.client_gone = True
+            return out
+        except Exception:
+            c.log_exception("Internal error while relaying a stream")
+            attempt.error = RouterError("internal error while relaying the stream")
+            end = error_event(attempt.error.message)
+        try:
+            if end:
+                await out.write(end)
+            await out.write_eof()
+        except ConnectionResetError:
+            attempt.client_gone = True
+        return out
+    finally:
+        if resp is not None:
+            if complete:
+                resp.release()
+            else:
+                resp.close()  # client gone or upstream broken: drop the upstream connection now
+
+
+async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: bytes, translator: StreamTranslator | None,
+                 guard: UpstreamErrors, attempt: Attempt) -> bytes:
+    """Copy chunks until the upstream ends; return the bytes that close the stream."""
+    if translator is None:  # OpenAI-compatible: bytes pass through untouched
+        tail = b""
+        events = 0
+        while chunk:
+            await out.write(chunk)
+            tail = (tail + chunk)[-16:]
+            events += chunk.count(b"data:")
+            async with guard:
+                chunk = await resp.content.readany()
+        attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
+        if b"[DONE]" in tail:
+            return b""
+        attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")
+        return error_event(attempt.error.message, attempt.error.type, attempt.error.code)
+    while chunk:
+        data = translator.feed(chunk)
+        if data:
+            await out.write(data)
+        if translator.finished:
+            break
+        async with guard:
+            chunk = await resp.content.readany()
+    end = translator.close()
+    if translator.usage:
+        attempt.tokens = translator.usage["total_tokens"]
+    if translator.failed:
+        attempt.error = UpstreamError("Ollama stream failed")
+    return end
+
+
+class UpstreamErrors:
+    """Translate aiohttp/asyncio failures of one upstream call into RouterErrors."""
+
+    __slots__ = ("dep", "limit")
+
+    def __init__(self, dep: Deployment, limit: float | None) -> None:
+        self.dep, self.limit = dep, limit
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (RouterError, asyncio.CancelledError)):
+            return False
+        where = f"{self.dep.provider} ({self.dep.api_base})"
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            raise UpstreamTimeout(f"{where} did not answer within {self.limit:g} s" if self.limit else f"{where} timed out") from None
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}") from None
+        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+            raise UpstreamError(f"{where} dropped the connection mid-response") from None
+        if isinstance(exc, aiohttp.ClientError):
+            raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}") from None
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -86,7 +87,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router.app import RUNNER_OPTIONS, create_app
+    from router.app import RUNNER_OPTIONS, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)
     config = load_or_exit(args)
@@ -99,9 +100,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}",
                                config=config.file, mappings=config.mappings_file, summary=config.summary())
 
+    async def handle_sighup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_config(app)))
+
+    async def farewell(_: web.Application) -> None:
+        log.get("SERVER").info("Shutting down: no new connections; in-flight requests get up to "
+                               f"{config.router.shutdown_grace_period:g} s")
+
     app.on_startup.append(announce)
+    app.on_startup.append(handle_sighup)
+    app.on_shutdown.append(farewell)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=10, **RUNNER_OPTIONS)
+        web.run_app(app, host=args.host, port=args.port, print=None,
+                    shutdown_timeout=config.router.shutdown_grace_period, **RUNNER_OPTIONS)
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

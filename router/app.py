@@ -13,16 +13,16 @@ import orjson
 from aiohttp import web
 
 from router import __version__, log
-from router.config import Config
+from router.config import Config, ConfigError, load_config
 from router.errors import AuthenticationError, BadRequest, NotFound, RouterError
 from router.domain import RequestFacts
 from router.probes import Monitor, check_all
-from router.proxy import Proxy, request_id
+from router.proxy import Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.state import StateTable
 
-CONFIG = web.AppKey("config", Config)
 PROXY = web.AppKey("proxy", Proxy)
+MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
 
 MAX_BODY = 32 * 1024 * 1024
@@ -55,7 +55,7 @@ def _presented_key(request: web.Request) -> str:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Auth, OpenAI-shaped errors for everything (404s, 405s, bugs), and x-request-id."""
     rid = request_id(request)
-    config = request.app[CONFIG]
+    config = request.app[PROXY].config
     if config.master_key and request.path not in OPEN_PATHS:
         if not hmac.compare_digest(_presented_key(request).encode(), config.master_key.encode()):
             log.get("ROUTER").warning("Rejected request: missing or wrong API key", request_id=rid, path=request.path, status=401)
@@ -90,7 +90,7 @@ def _endpoint(name: str) -> Handler:
 
 def _model_entries(app: web.Application) -> list[dict[str, Any]]:
     """Every name a client can ask for by name: model groups, aliases, exact matches."""
-    config = app[CONFIG]
+    config = app[PROXY].config
     seen: dict[str, str] = {}
     for name, deps in config.groups.items():
         seen[name] = deps[0].provider
@@ -119,14 +119,14 @@ async def liveliness(request: web.Request) -> web.Response:
 
 
 async def readiness(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[PROXY].config
     return _json({"status": "healthy", "version": __version__, "deployments": len(config.deployments),
                   "uptime_s": round(time.time() - request.app[STARTED], 1)})
 
 
 async def health(request: web.Request) -> web.Response:
     """Per-deployment status: a live probe of every backend server plus our counters."""
-    config = request.app[CONFIG]
+    config = request.app[PROXY].config
     proxy = request.app[PROXY]
     deployments = list(config.deployments) + [d for d in config.catchalls.values()]
     rows = await check_all(proxy.session, deployments)
@@ -174,7 +174,7 @@ async def router_stats(request: web.Request) -> web.Response:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+    config = app[PROXY].config
     # No global cap, a cap per backend server: one stuck backend can hold at most its
     # own connections and never starve the others (aiohttp's default is 100 in total).
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=config.router.max_connections_per_backend,
@@ -183,22 +183,64 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
     proxy.session = session
-    monitor = Monitor(session, list(config.deployments) + list(config.catchalls.values()), proxy.state,
-                      interval=config.router.monitor_interval,
-                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
-    task = asyncio.create_task(monitor.run())
+    _start_monitor(app)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await _stop_monitor(app)
     await proxy.close()
     await session.close()
 
 
+def _start_monitor(app: web.Application) -> None:
+    proxy = app[PROXY]
+    config = proxy.config
+    monitor = Monitor(proxy.session, list(config.deployments) + list(config.catchalls.values()), proxy.state,
+                      interval=config.router.monitor_interval,
+                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
+    app[MONITOR]["task"] = asyncio.create_task(monitor.run())
+
+
+async def _stop_monitor(app: web.Application) -> None:
+    task = app[MONITOR].pop("task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def reload_config(app: web.Application) -> tuple[bool, str]:
+    """Load both files again and switch to them atomically. An invalid configuration
+    is refused and the old one keeps serving; requests in flight finish on the
+    configuration they started with; runtime state of unchanged deployments is kept."""
+    proxy = app[PROXY]
+    old = proxy.config
+    logger = log.get("CONFIG")
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, load_config, old.file, old.mappings_file)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            logger.error(f"Reload refused: {issue}")
+        return False, "\n".join(map(str, exc.issues))
+    proxy.routing = Routing(new, Engine(new))
+    proxy.state.policy = new.health_policy()
+    await _stop_monitor(app)
+    _start_monitor(app)
+    for w in new.warnings:
+        logger.warning(str(w))
+    logger.info("Configuration reloaded", config=new.file, summary=new.summary())
+    return True, new.summary()
+
+
+async def reload(request: web.Request) -> web.Response:
+    ok, detail = await reload_config(request.app)
+    if not ok:
+        raise BadRequest(f"The new configuration is invalid; the old one keeps serving.\n{detail}", code="invalid_config")
+    return _json({"status": "reloaded", "summary": detail})
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
-    app[CONFIG] = config
     app[STARTED] = time.time()
+    app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
     app.cleanup_ctx.append(_upstream_session)
     for prefix in ("/v1", ""):
@@ -213,4 +255,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/router/explain", explain)
     app.router.add_get("/router/stats", router_stats)
+    app.router.add_post("/router/reload", reload)
     return app

@@ -151,7 +151,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     for step in decision.trace:
         print(f"  {step}")
-    first = decision.candidates[0]
+    first = (decision.candidates or decision.last_resort)[0]
     print(f"[ROUTER] Model: {decision.model} -> Provider: {first.provider} ({ROUTE_LABELS[decision.route]}) "
           f"deployment={first.id} model={decision.upstream_name(first)!r}")
     if len(decision.candidates) > 1:

@@ -115,6 +115,7 @@ class RouteDecision:
     scores: tuple[tuple[str, float | None], ...] = ()
     warm_up: tuple[Deployment, ...] = ()
     resolved: str = ""  # the resolution step (exact, pattern, ...) even when metadata or warmth then decided
+    last_resort: tuple[Deployment, ...] = ()  # every candidate was unavailable: try after the fallbacks
 
     def upstream_name(self, deployment: Deployment) -> str:
         return self.upstream_model if deployment.is_dynamic and self.upstream_model else deployment.upstream_model
@@ -133,5 +134,6 @@ class RouteDecision:
             ],
             "scores": {dep_id: score for dep_id, score in self.scores},
             "warm_up": [d.id for d in self.warm_up],
+            "last_resort": [d.id for d in self.last_resort],
             "trace": list(self.trace),
         }

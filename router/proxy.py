@@ -164,8 +164,9 @@ class Proxy:
             decision = engine.decide(facts, self.state)
         finally:
             elapsed = time.perf_counter() - start
+        first = (decision.candidates or decision.last_resort or (None,))[0] if decision else None
         self.stats.record(elapsed, decision.resolved if decision else None, decision.route if decision else None,
-                          decision.candidates[0].provider if decision else None)
+                          first.provider if first else None)
         return decision
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -228,6 +229,7 @@ class Proxy:
                     fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers)
                     self._trace(routing, fb.trace, request)
                     plan += [e for e in fb.entries if e not in plan]
+                    plan += [e for e in ((d, decision.upstream_name(d)) for d in decision.last_resort) if e not in plan]
                     if fb.retry_attempts is not None:
                         max_rounds = max(max_rounds, fb.retry_attempts - 1)
                     if fb.retry_delay_ms is not None:
@@ -245,7 +247,8 @@ class Proxy:
                 continue
             dep, upstream = plan[i]
             i += 1
-            if not self._ready(dep, first=not outcome.tried and i == 1):
+            if not self._ready(dep, first=not outcome.tried and i == 1 and bool(decision.candidates),
+                               last_resort=dep in decision.last_resort):
                 continue
             if loop.time() >= deadline:
                 break
@@ -276,14 +279,13 @@ class Proxy:
                                    "(at max_parallel_requests, cooling down or unreachable); retry shortly.")
         raise _aggregate(errors)
 
-    def _ready(self, dep: Deployment, first: bool) -> bool:
-        """May ``dep`` take an attempt now? The decision's first pick was checked by the
-        engine (which may deliberately pick a cooling deployment when all are)."""
-        s = self.state[dep.id]
-        if not s.has_capacity(dep):
+    def _ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
+        """May ``dep`` take an attempt now? The decision's first pick was just checked by
+        the engine; a last resort is tried even though it is cooling down."""
+        if not self.state[dep.id].has_capacity(dep):
             return False
-        return first or (self.state.available(dep) and not
-                         (self.config.router.enable_pre_call_checks and self.state.server_down(dep)))
+        return first or last_resort or (self.state.available(dep) and not
+                                        (self.config.router.enable_pre_call_checks and self.state.server_down(dep)))
 
     async def _attempt(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
                        dep: Deployment, upstream: str, deadline: float, outcome: Outcome) -> web.StreamResponse:

@@ -137,7 +137,14 @@ class Engine:
         res = self._resolve(facts, capability, view, trace)
         if res is None:
             return None
-        candidates = self._healthy(self._within_limits(res.candidates, view, trace), view, trace)
+        limited = self._within_limits(res.candidates, view, trace)
+        candidates = self._healthy(limited, view, trace)
+        last_resort: list[Deployment] = []
+        if not candidates and limited:
+            # Not a 503 when every candidate is out: fallbacks first, then the one that
+            # failed longest ago (LiteLLM's cooldowns black out whole groups).
+            last_resort = [min(limited, key=view.last_failure_at)]
+            trace.append(f"health: every candidate is unavailable; fallbacks first, then the least recently failed, {last_resort[0].id}")
         name = res.strategy or self._applicable.get(res.group) or self.default_strategy
         strategy = self._strategies[name]
         ranked = strategy.order(res.group, candidates, view, self._rng, facts) if len(candidates) > 1 else [(d, None) for d in candidates]
@@ -146,14 +153,14 @@ class Engine:
             trace.append(f"strategy {name}: " + ", ".join(f"{d.id}={s}" if s is not None else d.id for d, s in ranked))
             self._demote_degraded(ordered, view, trace)
         route = res.route
-        if self._apply_metadata(facts, res, ordered, trace):
+        if ordered and self._apply_metadata(facts, res, ordered, trace):
             route = "metadata"
-        warm_up = self._apply_warmth(res, ordered, view, trace)
+        warm_up = self._apply_warmth(res, ordered, view, trace) if ordered else []
         if warm_up:
             route = "warm"
         ordered += [d for d in res.tail if d not in ordered]
         return RouteDecision(
-            model=facts.model or ordered[0].model_name,
+            model=facts.model or (ordered or last_resort or res.candidates)[0].model_name,
             route=route,
             candidates=tuple(ordered),
             upstream_model=res.upstream,
@@ -163,6 +170,7 @@ class Engine:
             scores=tuple((d.id, s) for d, s in ranked),
             warm_up=tuple(warm_up),
             resolved=res.route,
+            last_resort=tuple(last_resort),
         )
 
     def _resolve(self, facts: RequestFacts, capability: Capability | None, view: StateTable, trace: list[str]) -> _Resolution | None:
@@ -366,7 +374,8 @@ class Engine:
             size = size_from_name(decision.upstream_model)
             if size is not None:
                 return size
-        return self.model_size(decision.candidates[0], view) if decision.candidates else None
+        first = (decision.candidates or decision.last_resort or (None,))[0]
+        return self.model_size(first, view) if first is not None else None
 
     def _step_holds(self, cond: Condition, size: float | None, failed: set[str], view: StateTable) -> bool:
         if cond.subject == "always":
@@ -387,10 +396,11 @@ class Engine:
             if configured and configured not in deps:
                 deps.append(configured)
             return [(d, d.upstream_model) for d in deps] or [(cfg.catchalls[provider], preferred)]
-        same = [d for d in decision.candidates if d.provider == provider and not d.is_dynamic]
+        known = decision.candidates + decision.last_resort
+        same = [d for d in known if d.provider == provider and not d.is_dynamic]
         if same:
             return [(d, d.upstream_model) for d in same]
-        name = decision.upstream_model or (decision.candidates[0].upstream_model if decision.candidates else None)
+        name = decision.upstream_model or (known[0].upstream_model if known else None)
         if name:
             configured = self._by_upstream.get((provider, name))
             if configured is not None:
@@ -421,9 +431,7 @@ class Engine:
 
     def _healthy(self, candidates: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
         """Drop deployments cooling down (or whose half-open trial is under way) and, with
-        ``enable_pre_call_checks``, those whose server the last probe could not reach.
-        If that leaves nothing, keep the one that failed longest ago rather than
-        blacking out the whole group."""
+        ``enable_pre_call_checks``, those whose server the last probe could not reach."""
         pre_call = self.config.router.enable_pre_call_checks
         kept = []
         for d in candidates:
@@ -433,11 +441,7 @@ class Engine:
                 trace.append(f"health: {d.id} skipped, its server was unreachable at the last probe")
             else:
                 kept.append(d)
-        if kept or not candidates:
-            return kept
-        least = min(candidates, key=view.last_failure_at)
-        trace.append(f"health: every candidate is unavailable; trying the least recently failed, {least.id}")
-        return [least]
+        return kept
 
     def _demote_degraded(self, ordered: list[Deployment], view: StateTable, trace: list[str]) -> None:
         """A degraded deployment keeps half its share: picked first, it gives way to the

@@ -338,7 +338,8 @@ class Engine:
         capability / group / alias, else ``default``. Steps whose condition does not
         hold are skipped; a provider step uses the requested model's deployment on
         that provider, or the provider's catch-all when the model was routed by name
-        (pattern, size, default, exact_matches). Computed only after a failure."""
+        (pattern, size, default, exact_matches), or any of its deployments for a capability
+        request (a task, not a model). Computed only after a failure."""
         trace: list[str] = []
         entries: list[tuple[Deployment, str]] = []
         group = facts.model or decision.matched
@@ -407,6 +408,8 @@ class Engine:
                 return [(configured, configured.upstream_model)]
             if decision.upstream_model:  # routed by name: the provider may serve that name too
                 return [(cfg.catchalls[provider], decision.upstream_model)]
+        if decision.resolved == "capability":  # a task, not a model: any deployment of the provider will do
+            return [(d, d.upstream_model) for d in cfg.deployments if d.provider == provider and not d.is_dynamic]
         return []
 
     # -- filters and adjustments -------------------------------------------------------------

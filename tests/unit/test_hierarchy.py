@@ -176,3 +176,30 @@ def test_deployment_over_its_rpm_is_skipped_and_all_over_is_a_429(tmp_path):
     with pytest.raises(RateLimited) as info:
         decide(eng, "m", view)
     assert 1 <= int(info.value.headers()["Retry-After"]) <= 60
+
+
+# -- fallback chains -------------------------------------------------------------------------------
+
+def test_litellm_fallbacks_then_the_default_chain(engine):
+    d = decide(engine, "llama2-13b-vllm")
+    plan = engine.fallbacks(d, RequestFacts(model="llama2-13b-vllm"), StateTable(), {"vllm"})
+    ids_ = [dep.id for dep, _ in plan.entries]
+    assert ids_[0] == "llama3.1-ollama"  # router_settings.fallbacks: llama2-13b-vllm -> llama3.1-ollama
+    # default chain: vllm (model_size >= 13B holds) -> the same deployment; ollama and llama_cpp_python have no 13B
+    assert "llama2-13b-vllm" in ids_
+    assert any("chain default: secondary ollama has no deployment of this model" in t for t in plan.trace)
+
+
+def test_chain_condition_model_size_and_pattern_routed_names_reach_other_providers(engine):
+    d = decide(engine, "mistral:7b")  # pattern -> ollama
+    plan = engine.fallbacks(d, RequestFacts(model="mistral:7b"), StateTable(), {"ollama"})
+    assert [(dep.id, name) for dep, name in plan.entries] == [("ollama/*", "mistral:7b"), ("llama_cpp_python/*", "mistral:7b")]
+    assert any("primary vllm skipped (model_size >= \"13B\" does not hold)" in t for t in plan.trace)
+
+
+def test_code_generation_chain_with_preferred_model_and_unavailable_condition(engine):
+    d = decide(engine, capability="code_generation")
+    plan = engine.fallbacks(d, RequestFacts(model=None, capability="code_generation"), StateTable(), set())
+    assert [dep.id for dep, _ in plan.entries] == ["qwen-coder"]  # ollama is available: secondary skipped
+    plan = engine.fallbacks(d, RequestFacts(model=None, capability="code_generation"), StateTable(), {"ollama"})
+    assert [dep.id for dep, _ in plan.entries] == ["qwen-coder", "llama-cpp-python", "llama3.1-llamacpp"]

@@ -161,11 +161,18 @@ class SimulatedBackend:
         self.port = runner.addresses[0][1]
 
     async def stop(self) -> None:
-        """Stop serving (open requests are cut off, not counted as disconnects)."""
+        """Stop serving (open requests are cut off at once, not counted as disconnects).
+
+        Held requests (``hang``, ``hang_after_chunks``) are cut too, so stopping
+        never waits for aiohttp's graceful-shutdown timeout.
+        """
         self._stopping = True
-        self._site = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            if self._site is not None:
+                site, self._site = self._site, None
+                await _close_site(site)
+            await self._cut_connections(runner)
             await runner.cleanup()
 
     @property
@@ -189,13 +196,25 @@ class SimulatedBackend:
         if self._site is None:
             return
         site, self._site = self._site, None
-        await site.stop()  # closes the listening socket; accepted connections stay open
+        await _close_site(site)  # accepted connections stay open: cut below
         for request in self._inflight.values():
             if not request.get(_REQ_CUT):
                 request[_REQ_CUT] = True
                 self.stats.cut += 1
-        server = self._runner.server
-        for handler in server.connections if server is not None else []:
+        await self._cut_connections(self._runner)
+
+    async def _cut_connections(self, runner: web.AppRunner) -> None:
+        """Abort every accepted connection and wait (up to about a second) for the open requests to end.
+
+        Call it after :func:`_close_site`: connections accepted just before then
+        register with the server within a loop turn or two, so none escapes.
+        """
+        server = runner.server
+        if server is None:
+            return
+        for _ in range(4):
+            await asyncio.sleep(0)
+        for handler in server.connections:
             transport = handler.transport
             if transport is not None:
                 transport.abort()
@@ -421,6 +440,24 @@ class SimulatedBackend:
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self.stats.reset()
         return self.json(self.stats.as_dict())
+
+
+async def _close_site(site: web.TCPSite) -> None:
+    """Stop a site's listening socket(s) without leaking connections that were being accepted.
+
+    Closing an ``asyncio.Server`` while an accepted connection still waits for its
+    transport makes CPython 3.11 drop that socket unclosed (``Server._attach``
+    asserts the server is open; the error is swallowed). So stop accepting first,
+    let the accepts under way finish, then close.
+    """
+    server = getattr(site, "_server", None)  # the asyncio.Server (aiohttp keeps it there)
+    if server is not None:
+        loop = asyncio.get_running_loop()
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+        for _ in range(4):
+            await asyncio.sleep(0)
+    await site.stop()
 
 
 def _client_gone(request: web.Request) -> bool:

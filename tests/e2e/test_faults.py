@@ -180,3 +180,35 @@ async def test_retries_with_backoff_recover_from_a_transient_error(tmp_path):
         f.pair[1].faults.status, f.pair[1].faults.status_count = 500, 1
         headers = await f.chat("pair")
         assert headers["x-router-attempts"] == "3"  # both failed once; the retry round succeeded
+
+
+async def test_garbage_body_from_the_primary_falls_back(tmp_path):
+    async with Faulty(tmp_path) as f:
+        f.primary.faults.garbage = True  # a 200 HTML page from a misconfigured reverse proxy
+        headers = await f.chat()
+        assert (headers["x-router-deployment"], headers["x-router-attempts"]) == ("backup-1", "2")
+        assert "not a JSON object" in f.health("primary-1")["last_failure_reason"]
+
+
+async def test_hang_mid_stream_ends_with_a_timeout_event_after_the_idle_limit(tmp_path):
+    async with Faulty(tmp_path) as f:
+        f.primary.faults.hang_after_chunks = 2  # primary's timeout (and so its idle limit) is 1 s
+        start = time.monotonic()
+        with pytest.raises(openai.APIError) as info:
+            await f.chat(stream=True)
+        assert 1.0 <= time.monotonic() - start < 2.5
+        assert info.value.code == "upstream_timeout" and chats(f.backup) == 0
+
+
+async def test_killed_backend_cools_down_and_the_probe_brings_it_back_after_restart(tmp_path):
+    async with Faulty(tmp_path, cooldown_time=60, monitor_interval=0.1) as f:
+        await f.primary.pause_listening()  # the process is gone: connections are refused
+        for _ in range(2):
+            assert (await f.chat())["x-router-deployment"] == "backup-1"
+        assert f.health("primary-1")["state"] == "cooldown"
+        await f.primary.resume_listening()  # restarted on the same port
+        while f.health("primary-1")["state"] != "half_open":  # the monitor reaches it well before 60 s
+            await asyncio.sleep(0.02)
+        assert (await f.chat())["x-router-deployment"] == "primary-1"
+        assert f.health("primary-1")["state"] == "healthy"
+        assert "probe reached the backend" in f.log.getvalue()

@@ -212,3 +212,61 @@ async def test_killed_backend_cools_down_and_the_probe_brings_it_back_after_rest
         assert (await f.chat())["x-router-deployment"] == "primary-1"
         assert f.health("primary-1")["state"] == "healthy"
         assert "probe reached the backend" in f.log.getvalue()
+
+
+async def test_pre_call_checks_skip_a_backend_the_probe_found_down_without_trying_it(tmp_path):
+    async with Faulty(tmp_path, enable_pre_call_checks="true", monitor_interval=0.05) as f:
+        await f.primary.pause_listening()
+        state = f.runner.app[PROXY].state
+        base = f.primary.base_url + "/v1"
+        while not (base in state.servers and not state.servers[base].reachable):
+            await asyncio.sleep(0.02)
+        headers = await f.chat()
+        assert (headers["x-router-deployment"], headers["x-router-attempts"]) == ("backup-1", "1")  # no attempt at primary
+        assert f.health("primary-1")["failures"] == 0
+
+
+async def test_context_overflow_goes_to_context_window_fallbacks_and_other_400s_do_not(tmp_path):
+    from aiohttp import web
+
+    async def too_long(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": {"message": "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens.",
+                                            "type": "BadRequestError", "param": None, "code": 400}}, status=400)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    small = web.Application()
+    small.router.add_post("/v1/chat/completions", too_long)
+    small.router.add_get("/v1/models", models)
+    runner = web.AppRunner(small)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    small_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    big = SimulatedBackend("vllm", ["m"])
+    await big.start()
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: small, litellm_params: {{model: hosted_vllm/m, api_base: "{small_url}/v1"}}}}
+  - {{model_name: big, litellm_params: {{model: hosted_vllm/m, api_base: "{big.base_url}/v1"}}}}
+  - {{model_name: other, litellm_params: {{model: hosted_vllm/m, api_base: "{small_url}/v1"}}}}
+router_settings:
+  context_window_fallbacks: [{{small: [big]}}]
+  fallbacks: [{{other: [big]}}]
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    proxy_runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    try:
+        raw = await client.chat.completions.with_raw_response.create(model="small", messages=HI)
+        assert raw.headers["x-router-fallback"] == "small@vllm,big@vllm"
+        with pytest.raises(openai.BadRequestError) as info:  # plain fallbacks do not apply to a client error
+            await client.chat.completions.create(model="other", messages=HI)
+        assert "maximum context length" in info.value.message and chats(big) == 1  # passed through as the backend sent it
+    finally:
+        await client.close()
+        await proxy_runner.cleanup()
+        await runner.cleanup()
+        await big.stop()

@@ -10,14 +10,12 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
-import ollama
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 
 from router.simulate import Faults, SimulatedBackend, generate
 from router.simulate.core import messages_text
@@ -33,41 +31,6 @@ PROBES = {
 }
 
 
-class Sim:
-    """Backends and clients of one test, closed afterwards."""
-
-    def __init__(self) -> None:
-        self.backends: list[SimulatedBackend] = []
-        self.clients: list = []
-
-    async def backend(self, kind: str, **kw) -> SimulatedBackend:
-        b = SimulatedBackend(kind, [MODEL], **kw)
-        await b.start()
-        self.backends.append(b)
-        return b
-
-    def openai(self, b: SimulatedBackend, **kw) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="x", max_retries=0, **kw)
-        self.clients.append(client)
-        return client
-
-    def ollama(self, b: SimulatedBackend) -> ollama.AsyncClient:
-        client = ollama.AsyncClient(host=b.base_url)
-        self.clients.append(client)
-        return client
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for b in self.backends:
-            await b.stop()
-
-
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[Sim]:
-    s = Sim()
-    yield s
-    await s.close()
 
 
 async def raw(b: SimulatedBackend, method: str, path: str, **kw) -> tuple[int, dict, bytes]:

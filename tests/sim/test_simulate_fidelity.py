@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
@@ -12,7 +11,6 @@ import ollama
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 
 from router.simulate import Faults, SimulatedBackend, generate, run_simulators
 
@@ -24,41 +22,7 @@ MODEL = "llama3.1:8b"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about routers"}]
 
 
-class Sim:
-    """Starts backends and official clients for one test, and closes them all afterwards."""
-
-    def __init__(self) -> None:
-        self.backends: list[SimulatedBackend] = []
-        self.clients: list = []
-
-    async def backend(self, kind: str, models: list[str] | None = None, **kw) -> SimulatedBackend:
-        b = SimulatedBackend(kind=kind, models=models or [MODEL, "qwen2.5-coder:7b"], **kw)
-        await b.start()
-        self.backends.append(b)
-        return b
-
-    def openai(self, b: SimulatedBackend, **kw) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="x", max_retries=0, **kw)
-        self.clients.append(client)
-        return client
-
-    def ollama(self, b: SimulatedBackend, **kw) -> ollama.AsyncClient:
-        client = ollama.AsyncClient(host=b.base_url, **kw)
-        self.clients.append(client)
-        return client
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for b in self.backends:
-            await b.stop()
-
-
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[Sim]:
-    s = Sim()
-    yield s
-    await s.close()
+DEFAULT_MODELS = [MODEL, "qwen2.5-coder:7b"]  # what the shared ``sim`` fixture starts backends with
 
 
 async def raw(b: SimulatedBackend, method: str, path: str, **kw) -> tuple[int, dict, bytes]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import aiohttp
-import ollama
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.simulate import SimulatedBackend
@@ -21,41 +19,6 @@ MODEL = "llama3.1:8b"
 MESSAGES = [{"role": "user", "content": "Tell me about routers"}]
 
 
-class Sim:
-    """Backends and clients of one test, closed afterwards."""
-
-    def __init__(self) -> None:
-        self.backends: list[SimulatedBackend] = []
-        self.clients: list = []
-
-    async def backend(self, kind: str, models: list[str] | None = None, **kw) -> SimulatedBackend:
-        b = SimulatedBackend(kind, models or [MODEL], **kw)
-        await b.start()
-        self.backends.append(b)
-        return b
-
-    def openai(self, b: SimulatedBackend, **kw) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="x", max_retries=0, **kw)
-        self.clients.append(client)
-        return client
-
-    def ollama(self, b: SimulatedBackend) -> ollama.AsyncClient:
-        client = ollama.AsyncClient(host=b.base_url)
-        self.clients.append(client)
-        return client
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for b in self.backends:
-            await b.stop()
-
-
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[Sim]:
-    s = Sim()
-    yield s
-    await s.close()
 
 
 async def raw(b: SimulatedBackend, path: str) -> tuple[int, dict, bytes]:

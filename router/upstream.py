@@ -29,6 +29,7 @@ POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled conne
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
 
 
 def total_tokens(body: bytes) -> int:
@@ -149,11 +150,24 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
                  guard: UpstreamErrors, attempt: Attempt) -> bytes:
     """Copy chunks until the upstream ends; return the bytes that close the stream."""
     if translator is None:  # OpenAI-compatible: bytes pass through untouched
+        # Only two cheap byte scans per chunk: was a finish_reason sent, and is this
+        # the end? A stream that says [DONE] without ever giving a finish_reason was
+        # cut short (llama-cpp-python does that when a second request interrupts it):
+        # the client gets an error event instead of a silently truncated answer.
         tail = b""
         events = 0
+        finished = False
         while chunk:
+            window = tail + chunk
+            finished = finished or _FINISHED.search(window) is not None
+            done = window.find(b"data: [DONE]")
+            if done >= 0 and not finished:
+                await out.write(chunk[: max(0, done - len(tail))])
+                attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream without a finish_reason "
+                                              "(cut short, e.g. by a concurrent request)")
+                return error_event(attempt.error.message, attempt.error.type, "stream_truncated")
             await out.write(chunk)
-            tail = (tail + chunk)[-16:]
+            tail = window[-40:]
             events += chunk.count(b"data:")
             async with guard:
                 chunk = await resp.content.readany()

@@ -157,3 +157,22 @@ async def test_control_characters_in_a_model_name_are_rejected(scripted):
     _, url, _ = scripted
     status, body, _ = await post(url, chat("x\n[ROUTER] Model: gpt-4 -> Provider: ollama (exact match)"))
     assert status == 400 and orjson.loads(body)["error"]["param"] == "model"
+
+
+async def test_a_stream_cut_short_before_any_finish_reason_ends_with_an_error_not_done(scripted):
+    backend, url, _ = scripted
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")  # what llama-cpp-python does when a second request interrupts it
+        await resp.write_eof()
+        return resp
+
+    backend.reply = cut_short
+    status, body, _ = await post(url, chat("compat", stream=True))
+    events = [e[6:] for e in body.decode().split("\n\n") if e.startswith("data: ")]
+    assert status == 200 and orjson.loads(events[0])["choices"][0]["delta"]["content"] == "Hel"
+    assert orjson.loads(events[-1])["error"]["code"] == "stream_truncated" and "[DONE]" not in events

@@ -24,6 +24,10 @@ from router.yamlsource import Issue, Path, Source, load
 
 DEFAULT_CONFIG = "config/litellm-unified.yaml"
 DEFAULT_TIMEOUT = 600.0  # LiteLLM's default request timeout, seconds
+# Servers that handle one request at a time: llama-cpp-python even cuts a running
+# stream short when a second request arrives (interrupt_requests). The router queues
+# for them instead. Set max_parallel_requests to override.
+SERIAL_KINDS = {"llama_cpp_python": 1}
 
 
 class ConfigError(Exception):
@@ -55,6 +59,7 @@ class RouterSettings:
     max_connections_per_backend: int = 256
     monitor_interval: float = 5.0  # seconds between background probes of each backend server
     shutdown_grace_period: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    queue_timeout: float = 30.0  # seconds a request waits for a deployment at max_parallel_requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +116,7 @@ _PARAM_IGNORED = {
 _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
-    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period",
+    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period", "queue_timeout",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -199,6 +204,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
             **_fallback_map(src, ls.get("context_window_fallbacks"), lp + ("context_window_fallbacks",)),
             **_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",))}),
         shutdown_grace_period=get(src, rs, "shutdown_grace_period", path, "num", default=30.0),
+        queue_timeout=get(src, rs, "queue_timeout", path, "num", default=30.0),
         debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
         max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
         monitor_interval=get(src, rs, "monitor_interval", path, "pos", default=5.0),
@@ -300,7 +306,8 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 timeout=get(src, params, "timeout", pp, "pos", default=default_timeout),
                 stream_timeout=get(src, params, "stream_timeout", pp, "pos"),
                 max_tokens=get(src, params, "max_tokens", pp, "int"),
-                max_parallel_requests=get(src, params, "max_parallel_requests", pp, "int"),
+                max_parallel_requests=get(src, params, "max_parallel_requests", pp, "int",
+                                          default=SERIAL_KINDS.get(kind)),
                 model_info=MappingProxyType(dict(info)),
                 is_dynamic=wildcard is not None and "*" in upstream,
                 wildcard=wildcard,
@@ -410,7 +417,8 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
 
     catchalls = {
         p.name: Deployment(id=f"{p.name}/*", model_name="*", provider=p.name, kind=p.kind, upstream_model="",
-                           api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True)
+                           api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True,
+                           max_parallel_requests=SERIAL_KINDS.get(p.kind))
         for p in mappings.providers.values()
     }
     aliases = _aliases(src, top, frozen_groups, by_id)

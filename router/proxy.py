@@ -221,8 +221,16 @@ class Proxy:
         rounds, max_rounds = 0, routing.config.router.num_retries
         max_rounds = DEFAULT_NUM_RETRIES if max_rounds is None else max_rounds
         delay = RETRY_BASE_DELAY
+        full: list[Deployment] = []  # candidates skipped only because they were at max_parallel_requests
         i = 0
         while True:
+            if i == len(plan) and full and not errors:
+                # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
+                if not await self._wait_for_slot(full, min(deadline - loop.time(), routing.config.router.queue_timeout)):
+                    break
+                full.clear()
+                i = 0
+                continue
             if i == len(plan):
                 if not fallbacks_added:
                     fallbacks_added = True
@@ -247,6 +255,9 @@ class Proxy:
                 continue
             dep, upstream = plan[i]
             i += 1
+            if not self.state[dep.id].has_capacity(dep):
+                full.append(dep)
+                continue
             if not self._ready(dep, first=not outcome.tried and i == 1 and bool(decision.candidates),
                                last_resort=dep in decision.last_resort):
                 continue
@@ -276,16 +287,27 @@ class Proxy:
                     break
         if not errors:
             raise CapacityExceeded(f"No deployment for `{decision.model}` can take the request now "
-                                   "(at max_parallel_requests, cooling down or unreachable); retry shortly.")
+                                   f"(busy at max_parallel_requests for {routing.config.router.queue_timeout:g} s, "
+                                   "cooling down or unreachable); retry shortly.")
         raise _aggregate(errors)
 
     def _ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
-        """May ``dep`` take an attempt now? The decision's first pick was just checked by
-        the engine; a last resort is tried even though it is cooling down."""
-        if not self.state[dep.id].has_capacity(dep):
-            return False
+        """May ``dep`` take an attempt now (capacity aside)? The decision's first pick was
+        just checked by the engine; a last resort is tried even though it is cooling down."""
         return first or last_resort or (self.state.available(dep) and not
                                         (self.config.router.enable_pre_call_checks and self.state.server_down(dep)))
+
+    async def _wait_for_slot(self, deployments: list[Deployment], timeout: float) -> bool:
+        """Wait until one of ``deployments`` finishes a request; False on timeout."""
+        if timeout <= 0:
+            return False
+        waits = [asyncio.ensure_future(self.state[d.id].slot_freed().wait()) for d in deployments]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return bool(done)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _attempt(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
                        dep: Deployment, upstream: str, deadline: float, outcome: Outcome) -> web.StreamResponse:

@@ -10,6 +10,7 @@ server URLs.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class DeploymentState:
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # non-streaming total latency
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
     health: Health = field(default_factory=Health)
+    freed: asyncio.Event | None = None  # set when a request ends, for requests waiting for a slot
 
     def has_capacity(self, deployment: Deployment) -> bool:
         limit = deployment.max_parallel_requests
@@ -60,6 +62,9 @@ class DeploymentState:
         """One request ended: ``error`` None is a success; ``abandoned`` (the client
         went away) counts neither way."""
         self.in_flight -= 1
+        if self.freed is not None:
+            self.freed.set()
+            self.freed = None
         if abandoned:
             return
         now = time.time()
@@ -75,6 +80,12 @@ class DeploymentState:
         else:
             self.failures += 1
             self.last_error, self.last_error_at = error, now
+
+    def slot_freed(self) -> asyncio.Event:
+        """An event set the next time one of this deployment's requests ends."""
+        if self.freed is None:
+            self.freed = asyncio.Event()
+        return self.freed
 
     def picked(self, now: float) -> None:
         self.picks += 1

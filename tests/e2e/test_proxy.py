@@ -283,21 +283,26 @@ async def test_health_reports_every_deployment_with_a_live_probe(stack):
     assert "sk-upstream-vllm" not in orjson.dumps(health).decode()
 
 
-async def test_max_parallel_requests_caps_a_deployment_and_the_excess_gets_a_429(make_stack, backends):
+async def test_max_parallel_requests_queues_the_excess_then_429s_after_queue_timeout(make_stack, backends):
     base = backends["llama_cpp_native"].base_url
-    stack = await make_stack(extra_models=f'- {{model_name: capped, litellm_params: {{model: openai/tiny.gguf, api_base: "{base}/v1", max_parallel_requests: 1}}, model_info: {{id: capped-1}}}}')
+    stack = await make_stack(extra_router="queue_timeout: 0.3",
+                             extra_models=f'- {{model_name: capped, litellm_params: {{model: openai/tiny.gguf, api_base: "{base}/v1", max_parallel_requests: 1}}, model_info: {{id: capped-1}}}}')
     sim = backends["llama_cpp_native"]
+    sim.faults.paths = ("/v1/chat/completions",)
     sim.faults.hang = True
     c = client(stack)
     first = asyncio.create_task(c.chat.completions.create(model="capped", messages=HI))
     while sim.stats.open == 0:  # wait until the first request is in flight at the backend
         await asyncio.sleep(0.01)
-    with pytest.raises(openai.RateLimitError) as info:
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(openai.RateLimitError) as info:  # queued for queue_timeout, then told to retry
         await c.chat.completions.create(model="capped", messages=HI)
+    assert asyncio.get_running_loop().time() - start >= 0.3
     assert info.value.body["code"] == "max_parallel_requests" and info.value.response.headers["retry-after"] == "1"
-    sim.faults.clear()  # the hung request now completes
-    assert (await first).choices
-    assert (await c.chat.completions.create(model="capped", messages=HI)).choices  # capacity is back
+    second = asyncio.create_task(c.chat.completions.create(model="capped", messages=HI))
+    sim.faults.clear()  # the hung request completes; the queued one gets the slot
+    assert (await first).choices and (await second).choices
+    assert sim.stats.requests["/v1/chat/completions"] == 2  # never two at once: the queued one waited
 
 
 async def test_an_oversized_body_is_a_413_logged_once(stack):

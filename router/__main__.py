@@ -54,6 +54,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--endpoint", choices=("chat", "completions", "embeddings"), default="chat")
     ex.add_argument("--json", action="store_true", help="print the decision as JSON")
 
+    probe = sub.add_parser("health-probe", help="ask a running router for its backends' health; exit 0 all up, 1 some down, 2 unreachable")
+    probe.add_argument("--url", default=os.environ.get("LLM_ROUTER_URL", f"http://127.0.0.1:{os.environ.get('LLM_ROUTER_PORT', '4000')}"),
+                       help="the router (env LLM_ROUTER_URL; default http://127.0.0.1:4000)")
+    probe.add_argument("--key", default=os.environ.get("LLM_ROUTER_MASTER_KEY"), help="master key (env LLM_ROUTER_MASTER_KEY)")
+    probe.add_argument("--deployment", action="append", default=[], help="only these deployment ids (repeatable)")
+    probe.add_argument("--timeout", type=float, default=10.0)
+    probe.add_argument("--json", action="store_true", help="print the router's /health JSON")
+
     sim = sub.add_parser("simulate", help="start simulated backends on every api_base of the config")
     _config_args(sim)
     sim.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token (default 0.05)")
@@ -161,6 +169,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health_probe(args: argparse.Namespace) -> int:
+    import aiohttp
+    import orjson
+
+    async def fetch() -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as s:
+            async with s.get(args.url.rstrip("/") + "/health", headers=headers) as r:
+                return r.status, await r.read()
+
+    try:
+        status, raw = asyncio.run(fetch())
+        data = orjson.loads(raw)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+        print(f"UNREACHABLE {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    if status != 200:
+        print(f"ERROR {args.url}/health answered HTTP {status}: {raw[:200].decode('utf-8', 'replace')}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(raw.decode())
+    rows = [(True, r) for r in data.get("healthy_endpoints", [])] + [(False, r) for r in data.get("unhealthy_endpoints", [])]
+    if args.deployment:
+        rows = [(ok, r) for ok, r in rows if r.get("id") in args.deployment]
+        missing = set(args.deployment) - {r.get("id") for _, r in rows}
+        if missing:
+            print(f"UNKNOWN deployment(s): {', '.join(sorted(missing))}", file=sys.stderr)
+            return 2
+    down = 0
+    for ok, r in sorted(rows, key=lambda x: x[1].get("id", "")):
+        up = ok and r.get("state") != "cooldown"
+        down += not up
+        if not args.json:
+            detail = r.get("error") or r.get("last_failure_reason") or ""
+            print(f"{'UP  ' if up else 'DOWN'} {r.get('id')} provider={r.get('provider')} state={r.get('state')} "
+                  f"api_base={r.get('api_base')}{' error=' + repr(detail) if detail and not up else ''}")
+    return 1 if down else 0
+
+
 def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
     """One simulated server per api_base: (kind, host, port, model names it serves)."""
     servers: dict[tuple[str, int], tuple[str, list[str]]] = {}
@@ -198,7 +245,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate, "explain": cmd_explain}
+    commands = {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate, "explain": cmd_explain,
+                "health-probe": cmd_health_probe}
     return commands[args.command](args)
 
 

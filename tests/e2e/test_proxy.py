@@ -312,3 +312,21 @@ async def test_an_oversized_body_is_a_413_logged_once(stack):
             assert (await r.json())["error"]["code"] == "request_too_large"
             rid = r.headers["x-request-id"]
     assert sum(rid in line for line in stack.log_lines()) == 1
+
+
+async def test_health_probe_script_reports_up_and_down(stack):
+    import subprocess
+    import sys
+
+    async def probe(*args: str) -> subprocess.CompletedProcess:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+            [sys.executable, "-m", "router", "health-probe", "--url", stack.url, *args], capture_output=True, text=True, timeout=30))
+
+    ok = await probe()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "UP   llama-cpp-native provider=llama_cpp_native" in ok.stdout
+    await stack.backends["llama_cpp_native"].stop()
+    down = await probe()
+    assert down.returncode == 1 and "DOWN llama-cpp-native provider=llama_cpp_native" in down.stdout
+    only_up = await probe("--deployment", "llama3.1-ollama")
+    assert only_up.returncode == 0 and only_up.stdout.count("\n") == 1

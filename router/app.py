@@ -16,7 +16,7 @@ from router import __version__, log
 from router.config import Config, ConfigError, load_config
 from router.errors import AuthenticationError, BadRequest, NotFound, RouterError
 from router.domain import RequestFacts
-from router.probes import Monitor, check_all
+from router.probes import Monitor, health_rows
 from router.proxy import Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.state import StateTable
@@ -128,10 +128,8 @@ async def health(request: web.Request) -> web.Response:
     """Per-deployment status: a live probe of every backend server plus our counters."""
     config = request.app[PROXY].config
     proxy = request.app[PROXY]
-    deployments = list(config.deployments) + [d for d in config.catchalls.values()]
-    rows = await check_all(proxy.session, deployments)
-    for row in rows:
-        row.update(proxy.state[row["id"]].snapshot())
+    await request.app[MONITOR]["monitor"].probe_all()  # a fresh round (or the one under way)
+    rows = health_rows(list(config.deployments) + list(config.catchalls.values()), proxy.state)
     healthy = [r for r in rows if r["healthy"]]
     unhealthy = [r for r in rows if not r["healthy"]]
     return _json({"healthy_count": len(healthy), "unhealthy_count": len(unhealthy),
@@ -196,6 +194,7 @@ def _start_monitor(app: web.Application) -> None:
     monitor = Monitor(proxy.session, list(config.deployments) + list(config.catchalls.values()), proxy.state,
                       interval=config.router.monitor_interval,
                       warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
+    app[MONITOR]["monitor"] = monitor
     app[MONITOR]["task"] = asyncio.create_task(monitor.run())
 
 

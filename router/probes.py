@@ -1,19 +1,19 @@
-"""Health checks against the backends themselves.
+"""Probes of the backends themselves: the background monitor, ``/health``, warm-up.
 
-``check_all`` asks every distinct backend server once, concurrently, with a
-short timeout, using a cheap listing endpoint (Ollama ``/api/tags``, OpenAI
-``/v1/models``) instead of a real completion as LiteLLM's ``/health`` does (a
-paid generation per deployment; parallel checks that overwhelm Ollama). A
-deployment is healthy when its server answers and lists its model (llama.cpp
-servers serve whatever model they loaded under any name, so only the answer
-counts there).
+The ``Monitor`` asks every distinct backend server, concurrently, with short
+timeouts, for a cheap listing (Ollama ``/api/tags``, OpenAI ``/v1/models``) and
+its load and warmth — never a completion, as LiteLLM's ``/health`` does (a paid
+generation per deployment; parallel checks that overwhelm Ollama). ``/health``
+runs a fresh round and reports it: a deployment is healthy when its server
+answers, lists its model (llama.cpp servers serve their one model under any
+name, so only the answer counts there) and it is not cooling down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import aiohttp
@@ -24,72 +24,35 @@ from router.routing.rules import parse_size
 from router.health import Transition
 from router.state import ServerState, StateTable
 
-PROBE_TIMEOUT = 2.0
 _LISTING = {"ollama": "/api/tags", "openai": "/models"}  # under the deployment's api_base
-_ANY_NAME = {"llama_cpp_python", "llama_cpp_native"}
+_ANY_NAME = {"llama_cpp_python", "llama_cpp_native"}  # serve their one model under any name
+# llama-cpp-python's /v1/models takes the model lock, and with its default
+# interrupt_requests any request that does so cuts a running stream short. While
+# we have a request in flight there, a probe only checks that the server answers
+# (FastAPI's 404 for /health does not touch the model) and keeps the last listing.
+_LOCKING_LISTING = {"llama_cpp_python"}
+
+MONITOR_INTERVAL = 5.0  # seconds between probes of one backend server
+META_TIMEOUT = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
-    reachable: bool
-    models: frozenset[str] = frozenset()
-    error: str | None = None
-    latency_ms: float | None = None
-
-
-async def probe_server(session: aiohttp.ClientSession, api_base: str, wire: str, api_key: str | None = None) -> ServerStatus:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        async with session.get(api_base + _LISTING[wire], headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as resp:
-            raw = await resp.read()
-            latency = round((loop.time() - start) * 1000, 1)
-            if resp.status != 200:
-                return ServerStatus(False, error=f"HTTP {resp.status} from {_LISTING[wire]}", latency_ms=latency)
-    except asyncio.TimeoutError:
-        return ServerStatus(False, error=f"no answer within {PROBE_TIMEOUT:g} s")
-    except aiohttp.ClientError as exc:
-        return ServerStatus(False, error=f"{type(exc).__name__}: {exc}")
-    return ServerStatus(True, _model_names(raw, wire), latency_ms=latency)
-
-
-def _model_names(raw: bytes, wire: str) -> frozenset[str]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return frozenset()
-    items = data.get("models" if wire == "ollama" else "data") if isinstance(data, dict) else None
-    names: set[str] = set()
-    for item in items or []:
-        if isinstance(item, dict):
-            for key in ("name", "model", "id"):
-                if isinstance(item.get(key), str):
-                    names.add(item[key])
-    return frozenset(names)
-
-
-def _serves(status: ServerStatus, dep: Deployment) -> bool:
-    if dep.is_dynamic or dep.kind in _ANY_NAME:
+def serves(server: ServerState, d: Deployment) -> bool:
+    """Does the server's last listing include ``d``'s model?"""
+    if d.is_dynamic or d.kind in _ANY_NAME:
         return True
-    name = dep.upstream_model
+    name = d.upstream_model
     # Ollama lists "llama3.1:8b" and, for untagged pulls, "name:latest".
-    return name in status.models or f"{name}:latest" in status.models
+    return name in server.models or f"{name}:latest" in server.models
 
 
-async def check_all(session: aiohttp.ClientSession, deployments: Iterable[Deployment]) -> list[dict[str, Any]]:
-    """One probe per (api_base, wire); one result row per deployment."""
-    deployments = list(deployments)
-    servers: dict[tuple[str, str], Deployment] = {}
-    for d in deployments:
-        servers.setdefault((d.api_base, d.wire), d)
-    results = await asyncio.gather(*(probe_server(session, base, wire, d.api_key) for (base, wire), d in servers.items()))
-    by_server = dict(zip(servers, results))
+def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[dict[str, Any]]:
+    """``/health``: per deployment, what the last probe of its server found, plus its
+    health state and counters."""
     rows = []
     for d in deployments:
-        status = by_server[(d.api_base, d.wire)]
-        healthy = status.reachable and _serves(status, d)
-        error = status.error if not status.reachable else None if healthy else f"server does not list model {d.upstream_model!r}"
+        server = state.servers.get(d.api_base) or ServerState()
+        healthy = server.reachable and serves(server, d) and state.available(d)
+        error = server.error if not server.reachable else None if serves(server, d) else f"server does not list model {d.upstream_model!r}"
         rows.append({
             "id": d.id,
             "model_name": d.model_name,
@@ -98,17 +61,10 @@ async def check_all(session: aiohttp.ClientSession, deployments: Iterable[Deploy
             "api_base": d.api_base,
             "healthy": healthy,
             "error": error,
-            "probe_latency_ms": status.latency_ms,
+            "probe_latency_ms": server.latency_ms,
+            **state[d.id].snapshot(),
         })
     return rows
-
-
-# ---------------------------------------------------------------------------
-# Background monitor: what each backend says about its models, load and warmth
-# ---------------------------------------------------------------------------
-
-MONITOR_INTERVAL = 5.0  # seconds between probes of one backend server
-META_TIMEOUT = 2.0
 
 
 def parse_prometheus_sum(text: str, metric: str) -> float | None:
@@ -163,6 +119,14 @@ def _root(api_base: str) -> str:
     return api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {META_TIMEOUT:g} s"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status} from the model listing"
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def _get_json(session: aiohttp.ClientSession, url: str, timeout: float, headers: dict[str, str]) -> Any:
     async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
         if resp.status != 200:
@@ -170,15 +134,32 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout: float, he
         return orjson.loads(await resp.read())
 
 
-async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float) -> ServerState:
+async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float,
+                      busy: bool = False, previous: ServerState | None = None) -> ServerState:
     """One probe of ``d``'s server: its models with sizes and contexts, and where the
-    server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models (Ollama /api/ps)."""
+    server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models
+    (Ollama /api/ps). ``busy``: we have requests in flight there (see _LOCKING_LISTING)."""
     headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
     state = ServerState(updated_at=time.time())
+    start = time.monotonic()
+    if busy and d.kind in _LOCKING_LISTING:
+        try:
+            async with session.get(_root(d.api_base) + "/health", headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=META_TIMEOUT)) as resp:
+                await resp.read()
+                state.reachable = resp.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            state.error = _describe(exc)
+        state.latency_ms = round((time.monotonic() - start) * 1000, 1)
+        if previous is not None:
+            state.models, state.sizes, state.contexts = previous.models, previous.sizes, previous.contexts
+        return state
     try:
         listing = await _get_json(session, d.api_base + _LISTING[d.wire], META_TIMEOUT, headers)
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError):
+    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        state.error = _describe(exc)
         return state
+    state.latency_ms = round((time.monotonic() - start) * 1000, 1)
     names, state.sizes, state.contexts = parse_listing(listing, d.wire)
     state.models, state.reachable = frozenset(names), True
     try:
@@ -223,12 +204,27 @@ class Monitor:
         self.on_transition = on_transition
         self._targets: dict[str, Deployment] = {}
         self._members: dict[str, list[Deployment]] = {}
+        self._round: asyncio.Future[None] | None = None
         for d in deployments:
             self._targets.setdefault(d.api_base, d)
             self._members.setdefault(d.api_base, []).append(d)
 
     async def probe_all(self) -> None:
-        results = await asyncio.gather(*(probe_state(self.session, d, self.warm_timeout) for d in self._targets.values()))
+        """One fresh round over every server, after the one under way if any (never
+        two at once: ``/health`` asks for rounds too)."""
+        if self._round is not None and not self._round.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._round)
+        if self._round is None or self._round.done():
+            self._round = asyncio.ensure_future(self._probe_all())
+        await asyncio.shield(self._round)
+
+    async def _probe_all(self) -> None:
+        results = await asyncio.gather(*(
+            probe_state(self.session, d, self.warm_timeout,
+                        busy=any(self.state[m.id].in_flight for m in self._members[base]),
+                        previous=self.state.servers.get(base))
+            for base, d in self._targets.items()))
         now = time.time()
         for base, server in zip(self._targets, results):
             self.state.servers[base] = server

@@ -126,6 +126,8 @@ class ServerState:
     running: int | None = None  # requests it is working on (vLLM /metrics, llama.cpp /slots)
     waiting: int | None = None  # requests it has queued
     slots: int | None = None  # llama.cpp parallel slots
+    error: str | None = None  # why the server could not be reached
+    latency_ms: float | None = None  # how long the probe took
     sizes: dict[str, float] = field(default_factory=dict)  # model -> billions of parameters
     contexts: dict[str, int] = field(default_factory=dict)  # model -> context length
 

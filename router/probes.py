@@ -27,10 +27,11 @@ from router.state import ServerState, StateTable
 _LISTING = {"ollama": "/api/tags", "openai": "/models"}  # under the deployment's api_base
 _ANY_NAME = {"llama_cpp_python", "llama_cpp_native"}  # serve their one model under any name
 # llama-cpp-python's /v1/models takes the model lock, and with its default
-# interrupt_requests any request that does so cuts a running stream short. While
-# we have a request in flight there, a probe only checks that the server answers
-# (FastAPI's 404 for /health does not touch the model) and keeps the last listing.
-_LOCKING_LISTING = {"llama_cpp_python"}
+# interrupt_requests any request that does so cuts a running stream short — ours
+# or another client's. Its listing tells nothing we need (it serves its one model
+# under any name), so its probe only checks that the server answers: FastAPI's 404
+# for /health does not touch the model.
+_LIVENESS_ONLY = {"llama_cpp_python"}
 
 MONITOR_INTERVAL = 5.0  # seconds between probes of one backend server
 META_TIMEOUT = 2.0
@@ -134,15 +135,14 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout: float, he
         return orjson.loads(await resp.read())
 
 
-async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float,
-                      busy: bool = False, previous: ServerState | None = None) -> ServerState:
+async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float) -> ServerState:
     """One probe of ``d``'s server: its models with sizes and contexts, and where the
     server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models
-    (Ollama /api/ps). ``busy``: we have requests in flight there (see _LOCKING_LISTING)."""
+    (Ollama /api/ps); for llama-cpp-python only whether it answers (_LIVENESS_ONLY)."""
     headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
     state = ServerState(updated_at=time.time())
     start = time.monotonic()
-    if busy and d.kind in _LOCKING_LISTING:
+    if d.kind in _LIVENESS_ONLY:
         try:
             async with session.get(_root(d.api_base) + "/health", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=META_TIMEOUT)) as resp:
@@ -151,8 +151,6 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             state.error = _describe(exc)
         state.latency_ms = round((time.monotonic() - start) * 1000, 1)
-        if previous is not None:
-            state.models, state.sizes, state.contexts = previous.models, previous.sizes, previous.contexts
         return state
     try:
         listing = await _get_json(session, d.api_base + _LISTING[d.wire], META_TIMEOUT, headers)
@@ -220,11 +218,7 @@ class Monitor:
         await asyncio.shield(self._round)
 
     async def _probe_all(self) -> None:
-        results = await asyncio.gather(*(
-            probe_state(self.session, d, self.warm_timeout,
-                        busy=any(self.state[m.id].in_flight for m in self._members[base]),
-                        previous=self.state.servers.get(base))
-            for base, d in self._targets.items()))
+        results = await asyncio.gather(*(probe_state(self.session, d, self.warm_timeout) for d in self._targets.values()))
         now = time.time()
         for base, server in zip(self._targets, results):
             self.state.servers[base] = server

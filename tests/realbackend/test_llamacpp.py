@@ -128,7 +128,7 @@ async def test_health_and_warmth_probes_and_the_health_probe_script(tmp_path, ll
         while server.base_url + "/v1" not in state.servers:
             await asyncio.sleep(0.05)
         seen = state.servers[server.base_url + "/v1"]
-        assert seen.reachable and seen.models  # the real /v1/models listing (llama-cpp-python names the model by its path)
+        assert seen.reachable  # llama-cpp-python: liveness only (its /v1/models would interrupt streams)
         d = runner.app[PROXY].config.by_id["llama-0"]
         assert state.is_warm(d, "tiny") is True  # a running llama.cpp server holds its model
         up = await loop.run_in_executor(None, probe)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import time
+from urllib.parse import urlsplit
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -19,6 +20,8 @@ from router.domain import RequestFacts
 from router.probes import Monitor, health_rows
 from router.proxy import Proxy, Routing, request_id
 from router.routing.engine import Engine
+from router.cache import Cache, LocalCache, RedisCache
+from router.shared import RedisShare, redis_url
 from router.state import StateTable
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -181,17 +184,49 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
     proxy.session = session
+    url = redis_url(config.router)
+    if url:
+        share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
+        await share.start()
+        proxy.state.share = share
+        log.get("SHARED").info("Sharing state through Redis", redis=_redact(url), prefix=config.router.redis_key_prefix)
+    proxy.cache = make_cache(config)
     _start_monitor(app)
     yield
     await _stop_monitor(app)
     await proxy.close()
+    if proxy.state.share is not None:
+        await proxy.state.share.stop()
+        proxy.state.share = None
     await session.close()
+
+
+def make_cache(config: Config) -> Cache | None:
+    c = config.cache
+    if not c.enabled:
+        return None
+    if c.type == "redis" and c.url:
+        return RedisCache(c.url, c.password, c.namespace, c.ttl, c.max_entry_bytes)
+    return LocalCache(c.ttl, c.max_bytes, c.max_entry_bytes)
+
+
+def _all_deployments(config: Config) -> list[Any]:
+    return list(config.deployments) + list(config.catchalls.values())
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
 
 
 def _start_monitor(app: web.Application) -> None:
     proxy = app[PROXY]
     config = proxy.config
-    monitor = Monitor(proxy.session, list(config.deployments) + list(config.catchalls.values()), proxy.state,
+    monitor = Monitor(proxy.session, _all_deployments(config), proxy.state,
                       interval=config.router.monitor_interval,
                       warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
     app[MONITOR]["monitor"] = monitor
@@ -221,6 +256,12 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
         return False, "\n".join(map(str, exc.issues))
     proxy.routing = Routing(new, Engine(new))
     proxy.state.policy = new.health_policy()
+    if proxy.state.share is not None:
+        proxy.state.share.ids = sorted({d.id for d in _all_deployments(new)})
+    if new.cache != old.cache:
+        if proxy.cache is not None:
+            await proxy.cache.close()
+        proxy.cache = make_cache(new)
     await _stop_monitor(app)
     _start_monitor(app)
     for w in new.warnings:

@@ -60,6 +60,21 @@ class RouterSettings:
     monitor_interval: float = 5.0  # seconds between background probes of each backend server
     shutdown_grace_period: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
     queue_timeout: float = 30.0  # seconds a request waits for a deployment at max_parallel_requests
+    redis_key_prefix: str = "llm-router:"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """``litellm_settings.cache`` / ``cache_params``."""
+
+    enabled: bool = False
+    type: str = "local"  # local | redis
+    url: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    namespace: str = "llm-router:"
+    ttl: float = 600.0
+    max_bytes: int = 64 * 1024 * 1024  # local LRU budget
+    max_entry_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,7 @@ class Config:
     router: RouterSettings
     mappings: Mappings
     master_key: str | None = field(default=None, repr=False)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     request_timeout: float = DEFAULT_TIMEOUT
     warnings: tuple[Issue, ...] = ()
 
@@ -116,7 +132,7 @@ _PARAM_IGNORED = {
 _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
-    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period", "queue_timeout",
+    "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period", "queue_timeout", "redis_key_prefix",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -124,10 +140,10 @@ _ROUTER_IGNORED = {
     "enable_tag_filtering", "disable_cooldowns", "optional_pre_call_checks", "retry_after", "stream_timeout",
     "default_litellm_params", "set_verbose", "debug_level", "client_ttl", "polling_interval",
 }
-_LITELLM_KEYS = {"request_timeout", "num_retries", "context_window_fallbacks", "fallbacks"}
+_LITELLM_KEYS = {"request_timeout", "num_retries", "context_window_fallbacks", "fallbacks", "cache", "cache_params"}
 _LITELLM_IGNORED = {
     "drop_params", "set_verbose", "json_logs", "callbacks", "success_callback", "failure_callback",
-    "service_callback", "cache", "cache_params", "default_fallbacks", "content_policy_fallbacks",
+    "service_callback", "default_fallbacks", "content_policy_fallbacks",
     "telemetry", "turn_off_message_logging", "redact_user_api_key_info", "modify_params", "max_budget",
     "budget_duration", "enable_json_schema_validation", "default_team_settings", "force_ipv4",
 }
@@ -141,10 +157,7 @@ _GENERAL_IGNORED = {
     "infer_model_from_keys", "user_header_name", "disable_reset_budget",
 }
 # Keys we validate now but whose behaviour arrives with later work: one warning each.
-_NOT_YET = {
-    ("router_settings", "redis_host"), ("router_settings", "redis_port"),
-    ("router_settings", "redis_password"), ("router_settings", "redis_url"),
-}
+_NOT_YET: set[tuple[str, str]] = set()  # keys validated but not acted on yet: one warning each
 
 
 def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str, ...]]:
@@ -174,6 +187,38 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
     return MappingProxyType(out)
 
 
+_CACHE_KEYS = {"type", "host", "port", "password", "url", "redis_url", "namespace", "ttl", "max_bytes", "max_entry_bytes"}
+_CACHE_IGNORED = {"supported_call_types", "mode", "s3_bucket_name", "s3_region_name", "similarity_threshold",
+                  "qdrant_collection_name", "redis_semantic_cache_embedding_model", "disk_cache_dir", "default_in_memory_ttl"}
+
+
+def _cache_settings(src: Source, ls: Mapping[str, Any], router: RouterSettings) -> CacheSettings:
+    lp: Path = ("litellm_settings",)
+    enabled = get(src, ls, "cache", lp, "bool", default=False)
+    cp = get(src, ls, "cache_params", lp, "map", default={})
+    path = lp + ("cache_params",)
+    unknown_keys(src, cp, path, _CACHE_KEYS, _CACHE_IGNORED)
+    kind = get(src, cp, "type", path, "str", default="local")
+    if kind not in ("local", "redis"):
+        src.error(path + ("type",), f"unsupported cache type {kind!r} (supported: local, redis)")
+    url = get(src, cp, "url", path, "secret") or get(src, cp, "redis_url", path, "secret")
+    host = get(src, cp, "host", path, "str")
+    if url is None and host is not None:
+        url = f"redis://{host}:{get(src, cp, 'port', path, 'int', default=6379)}"
+    if url is None and kind == "redis":
+        url = router.redis_url or (f"redis://{router.redis_host}:{router.redis_port or 6379}" if router.redis_host else None)
+        if url is None and enabled:
+            src.error(path, "cache type redis needs host/url here or redis_host/redis_url in router_settings")
+    return CacheSettings(
+        enabled=bool(enabled), type=kind, url=url,
+        password=get(src, cp, "password", path, "secret") or router.redis_password,
+        namespace=get(src, cp, "namespace", path, "str", default=router.redis_key_prefix),
+        ttl=get(src, cp, "ttl", path, "pos", default=600.0),
+        max_bytes=int(get(src, cp, "max_bytes", path, "pos", default=64 * 1024 * 1024)),
+        max_entry_bytes=int(get(src, cp, "max_entry_bytes", path, "pos", default=1024 * 1024)),
+    )
+
+
 def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     path: Path = ("router_settings",)
     rs = get(src, top, "router_settings", (), "map", default={})
@@ -182,7 +227,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     unknown_keys(src, rs, path, _ROUTER_KEYS, _ROUTER_IGNORED)
     for key in rs:
         if ("router_settings", key) in _NOT_YET:
-            src.warn(path + (key,), "accepted but not acted on yet (shared state through Redis is pending); ignored")
+            src.warn(path + (key,), "accepted but not acted on yet; ignored")
     strategy = get(src, rs, "routing_strategy", path, "str", default="simple-shuffle")
     if strategies.canonical(strategy) is None:
         src.error(path + ("routing_strategy",), f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
@@ -205,6 +250,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
             **_fallback_map(src, rs.get("context_window_fallbacks"), path + ("context_window_fallbacks",))}),
         shutdown_grace_period=get(src, rs, "shutdown_grace_period", path, "num", default=30.0),
         queue_timeout=get(src, rs, "queue_timeout", path, "num", default=30.0),
+        redis_key_prefix=get(src, rs, "redis_key_prefix", path, "str", default="llm-router:"),
         debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
         max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
         monitor_interval=get(src, rs, "monitor_interval", path, "pos", default=5.0),
@@ -402,6 +448,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
 
     router = _router_settings(src, top)
+    cache = _cache_settings(src, ls, router)
     request_timeout = router.timeout or get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
     deployments = _deployments(src, top, mappings.providers, request_timeout)
 
@@ -448,6 +495,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         router=router,
         mappings=mappings,
         master_key=master_key,
+        cache=cache,
         request_timeout=request_timeout,
         warnings=warnings,
     )

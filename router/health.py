@@ -109,13 +109,14 @@ class Health:
         return t
 
     def failed(self, now: float, policy: Policy, reason: str, rate_limited: bool = False,
-               retry_after: float | None = None) -> Transition | None:
+               retry_after: float | None = None, others: int = 0) -> Transition | None:
+        """``others``: failures other router instances saw this minute (shared state)."""
         self.refresh(now)
         self.trial_in_flight = False
         self.failures.append(now)
         self.last_failure_at, self.last_reason = now, reason
         old = self.state
-        recent = sum(1 for t in self.failures if now - t <= FAIL_WINDOW_S)
+        recent = sum(1 for t in self.failures if now - t <= FAIL_WINDOW_S) + others
         cool_for: float | None = None
         if rate_limited:
             cool_for = retry_after if retry_after is not None else (policy.rate_limit_cooldown or policy.cooldown_time)
@@ -141,6 +142,18 @@ class Health:
                     return Transition(old, State.DEGRADED, f"{errors} errors in {policy.degrade_seconds:g} s "
                                       f"(error_threshold {policy.error_threshold}); routing weight halved", self.degraded_until)
         return None
+
+    def cooled_elsewhere(self, now: float, until: float, reason: str) -> Transition | None:
+        """Another router instance cooled this deployment down until ``until``."""
+        self.refresh(now)
+        if until <= now or (self.state is State.COOLDOWN and self.cooldown_until >= until):
+            return None
+        self.cooldown_until = max(self.cooldown_until, until)
+        self.last_reason = reason
+        if self.state is State.COOLDOWN:
+            return None
+        old, self.state = self.state, State.COOLDOWN
+        return Transition(old, State.COOLDOWN, f"cooled down by another instance: {reason}", until)
 
     def probe(self, now: float, reachable: bool) -> Transition | None:
         """The background probe reached (or not) the server. Reaching it ends a

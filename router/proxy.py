@@ -40,7 +40,8 @@ from router.providers.ollama import Context
 from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
-from router.upstream import Attempt, Call, call
+from router.cache import Cache, Entry, cache_control, cache_key
+from router.upstream import SSE_HEADERS, Attempt, Call, call
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
@@ -126,6 +127,8 @@ class Outcome:
     error: RouterError | None = None
     client_gone: bool = False
     tried: list[Attempt] = field(default_factory=list)
+    cache: str | None = None  # x-router-cache: hit | miss | skip (None: no cache configured)
+    capture: bool = False  # keep the response for the cache
 
     @property
     def last(self) -> Attempt | None:
@@ -141,6 +144,8 @@ class Proxy:
         self.stats = stats or RoutingStats()
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
+        self._background: set[asyncio.Task[None]] = set()  # cache writes under way
+        self.cache: Cache | None = None  # set at start-up when litellm_settings.cache is on
 
     @property
     def config(self) -> Config:
@@ -188,7 +193,21 @@ class Proxy:
                     self.log.info(f"trace: {step}", request_id=rid, model=model)
             for cold in decision.warm_up:
                 self._warm_up(cold, decision.upstream_name(cold))
-            return await self._serve(request, endpoint, body, facts, decision, routing, outcome)
+            read, write = cache_control(request.headers, body)  # also drops LiteLLM's "cache" field
+            cache = self.cache if routing.config.cache.enabled else None
+            key = cache_key(decision.model, endpoint, facts.stream, body) if cache is not None and (read or write) else None
+            if key is not None and read:
+                entry = await cache.get(key)
+                if entry is not None:
+                    outcome.cache, outcome.status = "hit", 200
+                    return await self._from_cache(request, entry, facts.stream, rid)
+                self.stats.cache_misses += 1
+            outcome.cache = None if cache is None else "miss" if key is not None and read else "skip"
+            outcome.capture = write and key is not None
+            response = await self._serve(request, endpoint, body, facts, decision, routing, outcome)
+            if write and key is not None:
+                self._store(cache, key, response, outcome)
+            return response
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
             headers = {"x-request-id": rid, **exc.headers()}
@@ -323,11 +342,15 @@ class Proxy:
         headers = {"Content-Type": "application/json", "x-request-id": rid}
         if dep.api_key:
             headers["Authorization"] = f"Bearer {dep.api_key}"
-        c = Call(request, endpoint, url, payload, headers, {"x-request-id": rid, **_route_headers(decision, outcome.tried)},
+        response_headers = {"x-request-id": rid, **_route_headers(decision, outcome.tried)}
+        if outcome.cache is not None:
+            response_headers["x-router-cache"] = outcome.cache
+        if outcome.capture and stream:
+            attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
+        c = Call(request, endpoint, url, payload, headers, response_headers,
                  stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
                  lambda msg: self.log.exception(msg, request_id=rid))
-        state = self.state[dep.id]
-        state.started()
+        self.state.started(dep)
         started = time.monotonic()
         error: RouterError | None = None
         try:
@@ -347,8 +370,8 @@ class Proxy:
             error = attempt.error = RouterError("internal error")
             raise
         finally:
-            state.finished(f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
-                           stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
+            self.state.finished(dep, f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
+                                stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
             if error is not None and error.counts:
                 retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
                 self._transition(dep, self.state.failed(dep, f"{error.error_class}: {error.message}",
@@ -370,6 +393,33 @@ class Proxy:
             for line in lines:
                 self.log.info(f"trace: {line}", request_id=request_id(request))
 
+    # -- response cache ---------------------------------------------------------------------------------
+
+    async def _from_cache(self, request: web.Request, entry: Entry, stream: bool, rid: str) -> web.StreamResponse:
+        self.stats.cache_hits += 1
+        headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
+        if not stream:
+            return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
+        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        await out.prepare(request)
+        await out.write(entry.body)
+        await out.write_eof()
+        return out
+
+    def _store(self, cache: Cache, key: str, response: web.StreamResponse, outcome: Outcome) -> None:
+        """Keep a complete, successful answer (in the background: never delays the client)."""
+        last = outcome.last
+        if outcome.error is not None or outcome.client_gone or outcome.status != 200 or last is None:
+            return
+        body = last.capture if isinstance(response, web.StreamResponse) and not isinstance(response, web.Response) \
+            else response.body
+        if not isinstance(body, (bytes, bytearray)) or not body:
+            return
+        headers = {k: v for k, v in response.headers.items() if k.startswith("x-router-") and k != "x-router-cache"}
+        task = asyncio.create_task(cache.set(key, Entry(bytes(body), headers)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- background warm-up ---------------------------------------------------------------------------
 
     def _warm_up(self, dep: Deployment, model: str) -> None:
@@ -390,7 +440,9 @@ class Proxy:
     async def close(self) -> None:
         for task in list(self._warming.values()):
             task.cancel()
-        await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        await asyncio.gather(*self._warming.values(), *self._background, return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.close()
 
     # -- the log line -----------------------------------------------------------------------------------
 
@@ -400,6 +452,11 @@ class Proxy:
         last = outcome.last
         if last is not None and last.ttft is not None:
             fields["ttft_ms"] = round(last.ttft * 1000, 1)
+        if outcome.cache is not None:
+            fields["cache"] = outcome.cache
+        if outcome.cache == "hit":
+            self.log.info(f"Model: {model} -> cache hit", **fields)
+            return
         err = outcome.error
         if decision is None or last is None:
             if isinstance(err, ModelNotFound):

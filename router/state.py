@@ -48,6 +48,11 @@ class DeploymentState:
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
     health: Health = field(default_factory=Health)
     freed: asyncio.Event | None = None  # set when a request ends, for requests waiting for a slot
+    # what other router instances report, when state is shared (router.shared)
+    remote_in_flight: int = 0
+    remote_fails: int = 0
+    shared_ttft: deque[float] | None = None
+    shared_latency: deque[float] | None = None
 
     def has_capacity(self, deployment: Deployment) -> bool:
         limit = deployment.max_parallel_requests
@@ -142,6 +147,7 @@ class StateTable:
         self.servers: dict[str, ServerState] = {}
         self._rr_reset_at = time.time()
         self.policy = policy or Policy()
+        self.share: Any = None  # router.shared.RedisShare when instances share state
 
     def __getitem__(self, deployment_id: str) -> DeploymentState:
         state = self._states.get(deployment_id)
@@ -153,7 +159,9 @@ class StateTable:
 
     def picked(self, deployment: Deployment) -> Transition | None:
         now = time.time()
-        if now - self._rr_reset_at >= self.ROUND_ROBIN_RESET_S:  # the seed's periodic counter reset
+        if self.share is not None:
+            self.share.picked(deployment.id)  # shared counters reset by key expiry instead
+        elif now - self._rr_reset_at >= self.ROUND_ROBIN_RESET_S:  # the seed's periodic counter reset
             for s in self._states.values():
                 s.picks = 0
             self._rr_reset_at = now
@@ -161,8 +169,23 @@ class StateTable:
         state.picked(now)
         return state.health.picked(now)
 
+    def started(self, d: Deployment) -> None:
+        self[d.id].started()
+
+    def finished(self, d: Deployment, error: str | None, abandoned: bool = False, *, stream: bool = False,
+                 ttft: float | None = None, latency: float | None = None, tokens: int = 0) -> None:
+        self[d.id].finished(error, abandoned, stream=stream, ttft=ttft, latency=latency, tokens=tokens)
+        if self.share is not None and not abandoned and error is None:
+            self.share.finished(d.id, tokens, ttft if stream else None, None if stream else latency)
+
     def failed(self, d: Deployment, reason: str, rate_limited: bool = False, retry_after: float | None = None) -> Transition | None:
-        return self[d.id].health.failed(time.time(), self.policy, reason, rate_limited, retry_after)
+        s = self[d.id]
+        t = s.health.failed(time.time(), self.policy, reason, rate_limited, retry_after, others=s.remote_fails)
+        if self.share is not None:
+            self.share.failed(d.id)
+            if t is not None and t.until is not None and t.new.value == "cooldown":
+                self.share.cooled(d.id, t.until, reason)
+        return t
 
     def succeeded(self, d: Deployment) -> Transition | None:
         return self[d.id].health.succeeded(time.time())
@@ -190,7 +213,8 @@ class StateTable:
         return server is not None and server.updated_at > 0 and not server.reachable
 
     def in_flight(self, d: Deployment) -> int:
-        return self[d.id].in_flight
+        s = self[d.id]
+        return s.in_flight + s.remote_in_flight
 
     def picks(self, d: Deployment) -> int:
         return self[d.id].picks
@@ -207,20 +231,24 @@ class StateTable:
         limits = [x for x in (d.max_parallel_requests, server.slots if server else None) if x]
         return min(limits) if limits else None
 
+    def _window(self, d: Deployment, kind: str) -> deque[float]:
+        """The shared window when instances share state (it includes ours), else ours."""
+        s = self[d.id]
+        shared = s.shared_ttft if kind == "ttft" else s.shared_latency
+        return shared if shared else (s.ttft if kind == "ttft" else s.latency)
+
     def ttft_p95(self, d: Deployment) -> float | None:
-        return p95(self[d.id].ttft)
+        return p95(self._window(d, "ttft"))
 
     def latency_p95(self, d: Deployment) -> float | None:
-        return p95(self[d.id].latency)
+        return p95(self._window(d, "latency"))
 
     def mean_latency(self, d: Deployment) -> float | None:
-        s = self[d.id]
-        samples = s.latency or s.ttft
+        samples = self._window(d, "latency") or self._window(d, "ttft")
         return sum(samples) / len(samples) if samples else None
 
     def samples(self, d: Deployment) -> int:
-        s = self[d.id]
-        return len(s.ttft) + len(s.latency)
+        return len(self._window(d, "ttft")) + len(self._window(d, "latency"))
 
     def success_rate(self, d: Deployment) -> float | None:
         outcomes = self[d.id].outcomes

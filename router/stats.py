@@ -25,6 +25,8 @@ class RoutingStats:
     by_provider: Counter[str] = field(default_factory=Counter)
     decision_us_sum: float = 0.0
     decision_us_buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_US) + 1))
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def record(self, seconds: float, resolved: str | None, route: str | None, provider: str | None) -> None:
         us = seconds * 1e6
@@ -59,4 +61,7 @@ class RoutingStats:
             "by_route": dict(self.by_route),
             "adjusted_by": dict(self.adjusted),
             "provider_distribution": {p: round(n / total, 4) for p, n in self.by_provider.items()},
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_hit_rate": round(self.cache_hits / (self.cache_hits + self.cache_misses), 4) if self.cache_hits + self.cache_misses else None,
         }

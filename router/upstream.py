@@ -49,6 +49,15 @@ class Attempt:
     error: RouterError | None = None  # for a stream: what ended it early, after the 200
     client_gone: bool = False
     tokens: int = 0
+    capture: bytearray | None = None  # what the client got, kept for the response cache (bounded)
+    capture_limit: int = 0
+
+    def captured(self, data: bytes) -> None:
+        if self.capture is not None:
+            if len(self.capture) + len(data) > self.capture_limit:
+                self.capture = None  # too big to cache: stop keeping it
+            else:
+                self.capture += data
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,7 @@ async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, rem
         try:
             if end:
                 await out.write(end)
+                attempt.captured(end)
             await out.write_eof()
         except ConnectionResetError:
             attempt.client_gone = True
@@ -167,6 +177,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
                                               "(cut short, e.g. by a concurrent request)")
                 return error_event(attempt.error.message, attempt.error.type, "stream_truncated")
             await out.write(chunk)
+            attempt.captured(chunk)
             tail = window[-40:]
             events += chunk.count(b"data:")
             async with guard:
@@ -180,6 +191,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
         data = translator.feed(chunk)
         if data:
             await out.write(data)
+            attempt.captured(data)
         if translator.finished:
             break
         async with guard:

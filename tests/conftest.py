@@ -17,6 +17,21 @@ from router.config import Config, load_config
 from router.simulate import SimulatedBackend
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_copy(dest: Path, ports: dict[int, int]) -> Path:
+    """The shipped config files in ``dest``, backend ports replaced, and without the
+    shared Redis state (tests that want Redis configure their own key prefix)."""
+    for name in ("litellm-unified.yaml", "model-mappings.yaml"):
+        text = (ROOT / "config" / name).read_text()
+        for old, new in ports.items():
+            text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        text = text.replace("  redis_host: 127.0.0.1\n", "").replace("  redis_port: 6379\n", "")
+        (dest / name).write_text(text)
+    return dest / "litellm-unified.yaml"
+
+
 @dataclass
 class Stack:
     """Running simulators + a running proxy, and the proxy's captured log."""

@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import shipped_copy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,16 +28,6 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def shipped_config_on(tmp_path: Path, ports: dict[int, int]) -> Path:
-    """The shipped config files with the backend ports replaced by free ones."""
-    for name in ("litellm-unified.yaml", "model-mappings.yaml"):
-        text = (ROOT / "config" / name).read_text()
-        for old, new in ports.items():
-            text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
-        (tmp_path / name).write_text(text)
-    return tmp_path / "litellm-unified.yaml"
 
 
 async def wait_until_up(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, deadline_s: float = 20) -> None:
@@ -72,7 +64,7 @@ def processes():
 
 async def test_seed_test_routing_loop_through_the_real_cli(tmp_path, processes):
     ollama, vllm, lcp, native, proxy = free_ports(5)
-    cfg = shipped_config_on(tmp_path, {11434: ollama, 8001: vllm, 8000: lcp, 8080: native})
+    cfg = shipped_copy(tmp_path, {11434: ollama, 8001: vllm, 8000: lcp, 8080: native})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("JOURNAL_STREAM", None)
     sim = subprocess.Popen([sys.executable, "-m", "router", "simulate", "--config", str(cfg), "--ttft", "0", "--tokens-per-s", "0"],

@@ -12,7 +12,7 @@ import pytest
 from router.app import PROXY
 from router.config import load_config
 from router.simulate import SimulatedBackend
-from tests.conftest import start_proxy
+from tests.conftest import shipped_copy, start_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "Hi"}]
@@ -32,12 +32,7 @@ async def start_shipped(tmp_path, loaded: bool):
             for kind, models in MODELS.items()}
     for sim in sims.values():
         await sim.start()
-    for name in ("litellm-unified.yaml", "model-mappings.yaml"):
-        text = (ROOT / "config" / name).read_text()
-        for kind, port in SHIPPED_PORTS.items():
-            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{sims[kind].port}")
-        (tmp_path / name).write_text(text)
-    config = load_config(str(tmp_path / "litellm-unified.yaml"))
+    config = load_config(str(shipped_copy(tmp_path, {port: sims[kind].port for kind, port in SHIPPED_PORTS.items()})))
     runner, url = await start_proxy(config)
     servers = runner.app[PROXY].state.servers
     while len(servers) < len({d.api_base for d in config.deployments}):  # the monitor's first round

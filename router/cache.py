@@ -1,0 +1,161 @@
+"""The response cache (``litellm_settings.cache: true``), local or in Redis.
+
+The key is a SHA-256 of the model group, the endpoint, whether it streams, and
+the request fields that change the answer (messages, prompt, temperature,
+max_tokens, tools, …) serialised with sorted keys — so two bodies that differ
+only in key order or in fields that do not matter (``user``, ``metadata``) share
+an entry. Only complete, successful answers are stored: a streamed answer once
+it ended properly, never a partial one, and never one over ``max_entry_bytes``.
+
+Per request: ``Cache-Control: no-cache`` (or LiteLLM's body field
+``cache: {"no-cache": true}``) skips the lookup; ``no-store`` skips storing.
+The response says ``x-router-cache: hit | miss | skip``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router import log
+
+# Request fields that can change the answer.
+RELEVANT = (
+    "messages", "prompt", "input", "suffix", "temperature", "top_p", "top_k", "min_p", "max_tokens",
+    "max_completion_tokens", "n", "stop", "seed", "tools", "tool_choice", "functions", "function_call",
+    "response_format", "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "echo", "best_of", "encoding_format", "dimensions", "stream_options", "options", "format",
+)
+
+
+def cache_key(group: str, endpoint: str, stream: bool, body: dict[str, Any]) -> str:
+    relevant = {k: body[k] for k in RELEVANT if k in body}
+    raw = orjson.dumps([group, endpoint, stream, relevant], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    body: bytes
+    headers: dict[str, str]  # x-router-* of the response that was stored
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.headers) + b"\n" + self.body
+
+    @staticmethod
+    def decode(raw: bytes) -> Entry:
+        head, _, body = raw.partition(b"\n")
+        return Entry(body, orjson.loads(head))
+
+
+class Cache(Protocol):
+    ttl: float
+    max_entry_bytes: int
+
+    async def get(self, key: str) -> Entry | None: ...
+    async def set(self, key: str, entry: Entry) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LocalCache:
+    """An LRU bounded by a byte budget; entries also expire after ``ttl``."""
+
+    def __init__(self, ttl: float, max_bytes: int, max_entry_bytes: int) -> None:
+        self.ttl, self.max_bytes, self.max_entry_bytes = ttl, max_bytes, max_entry_bytes
+        self._entries: OrderedDict[str, tuple[float, Entry, int]] = OrderedDict()
+        self.bytes = 0
+
+    async def get(self, key: str) -> Entry | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires, entry, _ = item
+        if expires < time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    async def set(self, key: str, entry: Entry) -> None:
+        size = len(entry.body) + 256
+        if size > self.max_entry_bytes or size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (time.monotonic() + self.ttl, entry, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, _, size = self._entries.pop(key)
+        self.bytes -= size
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+class RedisCache:
+    """Entries under ``{namespace}cache:{key}`` with the TTL; a Redis failure is a miss
+    (logged once), never a failed request."""
+
+    def __init__(self, url: str, password: str | None, namespace: str, ttl: float, max_entry_bytes: int) -> None:
+        self.ttl, self.max_entry_bytes, self.namespace = ttl, max_entry_bytes, namespace
+        self.client = aioredis.from_url(url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._ok = True
+        self.log = log.get("CACHE")
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._ok:
+            self.log.warning("Redis cache unavailable: requests go to the backends", error=f"{type(exc).__name__}: {exc}")
+        self._ok = False
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            raw = await self.client.get(self.namespace + "cache:" + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if not self._ok:
+            self.log.info("Redis cache is back")
+            self._ok = True
+        return Entry.decode(raw) if raw else None
+
+    async def set(self, key: str, entry: Entry) -> None:
+        raw = entry.encode()
+        if len(raw) > self.max_entry_bytes:
+            return
+        try:
+            await self.client.set(self.namespace + "cache:" + key, raw, px=int(self.ttl * 1000))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def cache_control(headers: Any, body: dict[str, Any]) -> tuple[bool, bool]:
+    """(may read, may store) for this request. Pops LiteLLM's ``cache`` body field,
+    which must not reach the backend."""
+    read = write = True
+    for part in headers.get("Cache-Control", "").lower().split(","):
+        part = part.strip()
+        if part == "no-cache":
+            read = False
+        elif part == "no-store":
+            write = False
+    field = body.pop("cache", None)
+    if isinstance(field, dict):
+        if field.get("no-cache"):
+            read = False
+        if field.get("no-store"):
+            write = False
+    return read, write

@@ -415,7 +415,7 @@ class Proxy:
             else response.body
         if not isinstance(body, (bytes, bytearray)) or not body:
             return
-        headers = {k: v for k, v in response.headers.items() if k.startswith("x-router-") and k != "x-router-cache"}
+        headers = {str(k): v for k, v in response.headers.items() if k.startswith("x-router-") and k != "x-router-cache"}
         task = asyncio.create_task(cache.set(key, Entry(bytes(body), headers)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

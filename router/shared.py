@@ -59,6 +59,7 @@ class RedisShare:
         self.log = log.get("SHARED")
         self.client: aioredis.Redis | None = None
         self.healthy: bool | None = None
+        self.rounds = 0  # completed sync rounds (flush + refresh)
         self._picks: Counter[str] = Counter()
         self._tokens: Counter[str] = Counter()
         self._fails: Counter[str] = Counter()
@@ -131,6 +132,7 @@ class RedisShare:
                 await self._flush()
                 await self._refresh()
                 self._up()
+                self.rounds += 1
                 backoff = self.interval
             except (RedisError, OSError) as exc:
                 self._down(exc)
@@ -151,8 +153,8 @@ class RedisShare:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._apply_event(message["data"])
-            except (RedisError, OSError) as exc:
-                self._down(exc)
+            except (RedisError, OSError):
+                pass  # the sync loop reports Redis's health; polling covers what pub/sub misses
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 

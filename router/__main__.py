@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     _config_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=int(os.environ.get("LLM_ROUTER_PORT", "4000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("LLM_ROUTER_WORKERS", "1")),
+                       help="worker processes on the port (env LLM_ROUTER_WORKERS; default 1)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     _log_args(serve)
 
     check = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
@@ -99,13 +102,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log.configure(args.log_format, args.log_level)
     config = load_or_exit(args)
+    if args.workers > 1 and not args.worker:
+        from router.shared import redis_url
+        from router.workers import supervise
+
+        if not redis_url(config.router):
+            log.get("SERVER").warning(f"{args.workers} workers without Redis: each keeps its own cooldowns, counters and "
+                                      "statistics; set router_settings.redis_host (or redis_url) to share them")
+        return supervise(sys.argv[1:], args.workers, config.router.shutdown_grace_period)
     logger = log.get("CONFIG")
-    for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
-        logger.warning(str(w))
+    if not args.worker or os.environ.get("LLM_ROUTER_WORKER") == "1":
+        for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
+            logger.warning(str(w))
     app = create_app(config)
 
     async def announce(_: web.Application) -> None:
-        log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}",
+        worker = os.environ.get("LLM_ROUTER_WORKER") if args.worker else None
+        log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}"
+                               + (f" (worker {worker})" if worker else ""),
                                config=config.file, mappings=config.mappings_file, summary=config.summary())
 
     async def handle_sighup(app: web.Application) -> None:
@@ -120,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.on_startup.append(handle_sighup)
     app.on_shutdown.append(farewell)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None,
+        web.run_app(app, host=args.host, port=args.port, print=None, reuse_port=args.worker or None,
                     shutdown_timeout=config.router.shutdown_grace_period, **RUNNER_OPTIONS)
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

@@ -1,0 +1,68 @@
+"""``llm-router serve --workers N``: N worker processes on one port, supervised.
+
+Each worker is an ordinary ``llm-router serve`` that binds with SO_REUSEPORT, so
+the kernel spreads connections over them. The parent only supervises: it
+restarts a worker that dies (at most once a second per slot), forwards SIGHUP
+(reload) to all, and on SIGTERM/SIGINT forwards it, waits for the workers to
+drain (``shutdown_grace_period``) and exits 0. Workers share state only through
+Redis (``router_settings.redis_host``/``redis_url``); without it each keeps its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from router import log
+
+RESTART_MIN_INTERVAL = 1.0
+
+
+def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
+    logger = log.get("SERVER")
+    cmd = [sys.executable, "-m", "router", *argv, "--worker"]
+    procs: list[subprocess.Popen | None] = [None] * workers
+    started_at = [0.0] * workers
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1)}
+        procs[slot] = subprocess.Popen(cmd, env=env)
+        started_at[slot] = time.monotonic()
+        logger.info(f"worker {slot + 1} started", pid=procs[slot].pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for slot in range(workers):
+        spawn(slot)
+    while not stopping:
+        for slot, p in enumerate(procs):
+            if p is not None and p.poll() is not None and not stopping:
+                logger.warning(f"worker {slot + 1} exited with {p.returncode}; restarting", pid=p.pid)
+                if time.monotonic() - started_at[slot] < RESTART_MIN_INTERVAL:
+                    time.sleep(RESTART_MIN_INTERVAL)  # a crash loop must not spin the supervisor
+                spawn(slot)
+        time.sleep(0.2)
+    deadline = time.monotonic() + grace + 5
+    for p in procs:
+        if p is None:
+            continue
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    logger.info("all workers stopped")
+    return 0

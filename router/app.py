@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import __version__, log
 from router.config import Config, ConfigError, load_config
@@ -21,6 +22,7 @@ from router.probes import Monitor, health_rows
 from router.proxy import Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
+from router.metrics import STATES
 from router.shared import RedisShare, redis_url
 from router.state import StateTable
 
@@ -33,7 +35,7 @@ MAX_BODY = 32 * 1024 * 1024
 # the client disconnects, so an abandoned stream closes its upstream at once.
 RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True, "access_log": None}
 # Paths that never need the master key (load balancers and systemd probe these).
-OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness"})
+OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -170,6 +172,18 @@ async def explain(request: web.Request) -> web.Response:
     return _json(decision.explain())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; the deployment state gauges are brought up to date first
+    (a cooldown ends by time, not by an event)."""
+    proxy = request.app[PROXY]
+    now = time.time()
+    for d in _all_deployments(proxy.config):
+        current = proxy.state[d.id].health.current(now).value
+        for name in STATES:
+            proxy.metrics.state.labels(d.id, name).set(1 if name == current else 0)
+    return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def router_stats(request: web.Request) -> web.Response:
     return _json(request.app[PROXY].stats.snapshot())
 
@@ -295,5 +309,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/router/explain", explain)
     app.router.add_get("/router/stats", router_stats)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/router/reload", reload)
     return app

@@ -41,6 +41,8 @@ from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
 from router.cache import Cache, Entry, cache_control, cache_key
+from router.metrics import STATES, Metrics, model_group
+from router.routing.strategies.shuffle import shuffle_weights
 from router.upstream import SSE_HEADERS, Attempt, Call, call
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -142,6 +144,7 @@ class Proxy:
         self.session = session
         self.state = state
         self.stats = stats or RoutingStats()
+        self.metrics = Metrics()
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
         self._background: set[asyncio.Task[None]] = set()  # cache writes under way
@@ -172,6 +175,7 @@ class Proxy:
         first = (decision.candidates or decision.last_resort or (None,))[0] if decision else None
         self.stats.record(elapsed, decision.resolved if decision else None, decision.route if decision else None,
                           first.provider if first else None)
+        self.metrics.decided(elapsed, decision)
         return decision
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -286,6 +290,7 @@ class Proxy:
                 prev = outcome.tried[-1].deployment
                 self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=request_id(request),
                                  from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
+                self.metrics.fallbacks.labels(prev.provider, dep.provider).inc()
             try:
                 return await self._attempt(request, endpoint, body, decision, dep, upstream, deadline, outcome)
             except RouterError as exc:
@@ -351,6 +356,8 @@ class Proxy:
                  stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
                  lambda msg: self.log.exception(msg, request_id=rid))
         self.state.started(dep)
+        in_flight = self.metrics.in_flight.labels(dep.id)
+        in_flight.inc()
         started = time.monotonic()
         error: RouterError | None = None
         try:
@@ -370,6 +377,13 @@ class Proxy:
             error = attempt.error = RouterError("internal error")
             raise
         finally:
+            in_flight.dec()
+            if error is not None:
+                self.metrics.upstream_errors.labels(dep.id, error.error_class).inc()
+            if attempt.prompt_tokens:
+                self.metrics.tokens.labels(dep.id, "in").inc(attempt.prompt_tokens)
+            if attempt.tokens - attempt.prompt_tokens > 0:
+                self.metrics.tokens.labels(dep.id, "out").inc(attempt.tokens - attempt.prompt_tokens)
             self.state.finished(dep, f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
                                 stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
             if error is not None and error.counts:
@@ -383,6 +397,8 @@ class Proxy:
     def _transition(self, dep: Deployment, t: Transition | None) -> None:
         if t is None:
             return
+        for name in STATES:
+            self.metrics.state.labels(dep.id, name).set(1 if name == t.new.value else 0)
         fields: dict[str, Any] = {"deployment": dep.id, "reason": t.reason}
         if t.until is not None:
             fields["for_s"] = round(t.until - time.time(), 1)
@@ -454,6 +470,7 @@ class Proxy:
             fields["ttft_ms"] = round(last.ttft * 1000, 1)
         if outcome.cache is not None:
             fields["cache"] = outcome.cache
+            self.metrics.cache.labels(outcome.cache).inc()
         if outcome.cache == "hit":
             self.log.info(f"Model: {model} -> cache hit", **fields)
             return
@@ -467,6 +484,11 @@ class Proxy:
             return
         dep = last.deployment
         fields["deployment"] = dep.id
+        group = model_group(decision, dep)
+        self.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
+        if fields["status"] == 200 and len(decision.candidates) > 1:
+            weights = shuffle_weights(decision.candidates) if decision.strategy == "simple-shuffle" else None
+            self.metrics.split(group, dep, decision.candidates, weights)
         if len(outcome.tried) > 1:
             fields["attempts"] = len(outcome.tried)
             fields["fallback"] = ",".join(a.deployment.id for a in outcome.tried)

@@ -29,14 +29,16 @@ POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled conne
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
 
 
-def total_tokens(body: bytes) -> int:
-    """``usage.total_tokens`` of a response body, found without decoding it (every
-    server puts usage at the end)."""
-    m = _TOTAL_TOKENS.search(body, max(0, len(body) - 1024))
-    return int(m.group(1)) if m else 0
+def usage_tokens(body: bytes) -> tuple[int, int]:
+    """(total, prompt) tokens from a response body's ``usage``, found without decoding
+    it (every server puts usage at the end)."""
+    start = max(0, len(body) - 1024)
+    total, prompt = _TOTAL_TOKENS.search(body, start), _PROMPT_TOKENS.search(body, start)
+    return (int(total.group(1)) if total else 0), (int(prompt.group(1)) if prompt else 0)
 
 
 @dataclass(slots=True)
@@ -48,7 +50,8 @@ class Attempt:
     ttft: float | None = None
     error: RouterError | None = None  # for a stream: what ended it early, after the 200
     client_gone: bool = False
-    tokens: int = 0
+    tokens: int = 0  # total, where known (streams from OpenAI-compatible servers: an estimate of the output)
+    prompt_tokens: int = 0
     capture: bytearray | None = None  # what the client got, kept for the response cache (bounded)
     capture_limit: int = 0
 
@@ -91,7 +94,8 @@ async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web
             if resp.status >= 400:
                 raise upstream_error(resp.status, raw, dep.provider, resp.headers.get("Retry-After"))
     body = ADAPTERS[dep.wire].response_body(c.endpoint, raw, c.ctx, dep.provider)
-    attempt.status, attempt.tokens = 200, total_tokens(body)
+    attempt.status = 200
+    attempt.tokens, attempt.prompt_tokens = usage_tokens(body)
     return web.Response(body=body, status=200, content_type="application/json", headers=c.response_headers)
 
 
@@ -198,7 +202,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
             chunk = await resp.content.readany()
     end = translator.close()
     if translator.usage:
-        attempt.tokens = translator.usage["total_tokens"]
+        attempt.tokens, attempt.prompt_tokens = translator.usage["total_tokens"], translator.usage["prompt_tokens"]
     if translator.failed:
         attempt.error = UpstreamError("Ollama stream failed")
     return end

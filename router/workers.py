@@ -11,11 +11,15 @@ Redis (``router_settings.redis_host``/``redis_url``); without it each keeps its 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Sequence
+
+from prometheus_client import multiprocess
 
 from router import log
 
@@ -25,12 +29,15 @@ RESTART_MIN_INTERVAL = 1.0
 def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
     logger = log.get("SERVER")
     cmd = [sys.executable, "-m", "router", *argv, "--worker"]
+    # /metrics aggregates all workers (prometheus_client multiprocess mode).
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="llm-router-metrics-")
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     procs: list[subprocess.Popen | None] = [None] * workers
     started_at = [0.0] * workers
     stopping = False
 
     def spawn(slot: int) -> None:
-        env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1)}
+        env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         procs[slot] = subprocess.Popen(cmd, env=env)
         started_at[slot] = time.monotonic()
         logger.info(f"worker {slot + 1} started", pid=procs[slot].pid)
@@ -51,6 +58,7 @@ def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
         for slot, p in enumerate(procs):
             if p is not None and p.poll() is not None and not stopping:
                 logger.warning(f"worker {slot + 1} exited with {p.returncode}; restarting", pid=p.pid)
+                multiprocess.mark_process_dead(p.pid, metrics_dir)
                 if time.monotonic() - started_at[slot] < RESTART_MIN_INTERVAL:
                     time.sleep(RESTART_MIN_INTERVAL)  # a crash loop must not spin the supervisor
                 spawn(slot)
@@ -64,5 +72,7 @@ def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    if own_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     logger.info("all workers stopped")
     return 0

@@ -48,6 +48,11 @@ async def test_two_workers_serve_one_port_a_dead_one_is_restarted_and_sigterm_st
             for _ in range(20):  # every request still served (the kernel spreads them over the live workers)
                 async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY) as r:
                     assert r.status == 200
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:  # whichever worker answers counts them all
+                text = await r.text()
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("llm_router_requests_total{"))
+            assert total == 40
         serve.send_signal(signal.SIGTERM)
         assert await asyncio.get_running_loop().run_in_executor(None, serve.wait, 30) == 0
         for pid in (pids[1], new_pid):

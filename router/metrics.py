@@ -1,0 +1,117 @@
+"""Prometheus metrics (``GET /metrics``), through ``prometheus_client``.
+
+One ``Metrics`` per app, on its own registry. With ``--workers N`` the supervisor
+sets ``PROMETHEUS_MULTIPROC_DIR`` and every worker writes there; whichever worker
+answers ``/metrics`` aggregates all of them (prometheus_client multiprocess mode).
+
+Labels stay bounded: ``model_group`` is the configured name (group, alias,
+capability) or, for name-based routes, the rule that matched (e.g.
+``pattern:^meta-llama/.*``) — never a raw client string.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter as Tally
+from collections import defaultdict
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+from router.domain import Deployment, RouteDecision
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+DECISION_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
+STATES = ("healthy", "degraded", "cooldown", "half_open")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llm_router_requests", "Requests answered, by model group, deployment, route and status.",
+                                ["model_group", "deployment", "provider", "route", "status"], registry=r)
+        self.duration = Histogram("llm_router_request_duration_seconds", "Time from request to the last byte.",
+                                  ["model_group", "deployment", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llm_router_ttft_seconds", "Time to the first streamed byte, per deployment.",
+                              ["deployment"], buckets=LATENCY_BUCKETS, registry=r)
+        self.decision = Histogram("llm_router_routing_decision_seconds", "Time Engine.decide takes.",
+                                  buckets=DECISION_BUCKETS, registry=r)
+        self.matches = Counter("llm_router_route_matches", "Routing decisions by the step that resolved the model "
+                               "(exact, id, alias, pattern, wildcard, capability, size, default, none).", ["route"], registry=r)
+        self.adjusted = Counter("llm_router_route_adjustments", "Picks moved by request metadata or warm-first routing.",
+                                ["by"], registry=r)
+        self.fallbacks = Counter("llm_router_fallbacks", "Fallbacks triggered, by provider.", ["from_provider", "to_provider"],
+                                 registry=r)
+        self.in_flight = Gauge("llm_router_in_flight", "Requests in flight to each deployment.", ["deployment"],
+                               multiprocess_mode="livesum", registry=r)
+        self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
+                           ["deployment", "state"], multiprocess_mode="livemax", registry=r)
+        self.cache = Counter("llm_router_cache", "Response cache lookups by result.", ["result"], registry=r)
+        self.upstream_errors = Counter("llm_router_upstream_errors", "Failed attempts by deployment and error class.",
+                                       ["deployment", "error_class"], registry=r)
+        self.tokens = Counter("llm_router_tokens", "Tokens by deployment and direction, where usage is known.",
+                              ["deployment", "direction"], registry=r)
+        self.effectiveness = Gauge("llm_router_load_balance_effectiveness",
+                                   "1 - total variation distance between a group's recent traffic split and its target "
+                                   "split (weights, else even): 1 = exactly on target.", ["model_group"],
+                                   multiprocess_mode="livemax", registry=r)
+        self._split: dict[str, Tally[str]] = defaultdict(Tally)
+
+    # -- recording (synchronous; cheap) ------------------------------------------------------
+
+    def decided(self, seconds: float, decision: RouteDecision | None) -> None:
+        self.decision.observe(seconds)
+        if decision is None:
+            self.matches.labels("none").inc()
+            return
+        self.matches.labels(decision.resolved or decision.route).inc()
+        if decision.route != decision.resolved and decision.route in ("metadata", "warm"):
+            self.adjusted.labels(decision.route).inc()
+
+    def answered(self, group: str, decision: RouteDecision, dep: Deployment, status: int, seconds: float,
+                 ttft: float | None) -> None:
+        code = str(status)
+        self.requests.labels(group, dep.id, dep.provider, decision.route, code).inc()
+        self.duration.labels(group, dep.id, decision.route, code).observe(seconds)
+        if ttft is not None:
+            self.ttft.labels(dep.id).observe(ttft)
+
+    def split(self, group: str, dep: Deployment, candidates: Iterable[Deployment], weights: list[float] | None) -> None:
+        """Track a group's traffic split against its target (last ~1,000 picks)."""
+        tally = self._split[group]
+        tally[dep.id] += 1
+        total = sum(tally.values())
+        if total > 1000:
+            for k in tally:
+                tally[k] //= 2
+            total = sum(tally.values())
+        ids = [d.id for d in candidates]
+        if not ids or total == 0:
+            return
+        target = weights if weights and len(weights) == len(ids) and sum(weights) > 0 else [1.0] * len(ids)
+        norm = sum(target)
+        distance = 0.5 * sum(abs(tally[i] / total - w / norm) for i, w in zip(ids, target))
+        self.effectiveness.labels(group).set(round(1 - distance, 4))
+
+    def render(self) -> bytes:
+        path = multiprocess_dir()
+        if path:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=path)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def model_group(decision: RouteDecision, dep: Deployment) -> str:
+    """A bounded label: configured names as they are, name-based routes by their rule."""
+    if decision.resolved in ("exact", "id", "alias", "capability"):
+        return decision.model
+    if decision.resolved == "wildcard":
+        return f"wildcard:{decision.matched}"
+    return f"{decision.resolved}:{decision.matched or dep.id}"

@@ -1,0 +1,77 @@
+"""GET /metrics: the Prometheus exposition, parsed with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+async def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url + "/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples, name: str, **labels) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and all((k, lv) in ls for k, lv in labels.items()))
+
+
+async def test_metrics_count_requests_routes_ttft_tokens_decisions_and_states(stack):
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    try:
+        await client.chat.completions.create(model="llama2-13b-vllm", messages=HI, max_tokens=3)
+        async for _ in await client.chat.completions.create(model="llama2-13b-vllm", messages=HI, max_tokens=3, stream=True):
+            pass
+        await client.chat.completions.create(model="meta-llama/Llama-2-7b-chat-hf", messages=HI, max_tokens=3)
+        try:
+            await client.chat.completions.create(model="gpt-4o", messages=HI)
+        except openai.NotFoundError:
+            pass
+    finally:
+        await client.close()
+    m = await scrape(stack.url)
+    assert value(m, "llm_router_requests_total", model_group="llama2-13b-vllm", status="200") == 2
+    assert value(m, "llm_router_requests_total", model_group="pattern:^meta-llama/.*", deployment="vllm/*") == 1
+    assert value(m, "llm_router_route_matches_total", route="exact") == 2
+    assert value(m, "llm_router_route_matches_total", route="pattern") == 1
+    assert value(m, "llm_router_route_matches_total", route="none") == 1
+    assert value(m, "llm_router_routing_decision_seconds_count") == 4
+    assert value(m, "llm_router_ttft_seconds_count", deployment="llama2-13b-vllm") == 1
+    assert value(m, "llm_router_tokens_total", deployment="llama2-13b-vllm", direction="in") > 0
+    assert value(m, "llm_router_in_flight", deployment="llama2-13b-vllm") == 0
+    assert value(m, "llm_router_deployment_state", deployment="llama2-13b-vllm", state="healthy") == 1
+    # exact_match_rate as one PromQL division: sum(route_matches{route="exact"}) / sum(route_matches)
+    total = value(m, "llm_router_route_matches_total")
+    assert value(m, "llm_router_route_matches_total", route="exact") / total == 0.5
+
+
+async def test_fallbacks_errors_and_load_balance_effectiveness(make_stack, backends):
+    a, b = backends["vllm"].base_url, backends["llama_cpp_python"].base_url
+    stack = await make_stack(
+        extra_router="fallbacks: [{primary: [llama-cpp-default]}]",
+        extra_models=(f'- {{model_name: primary, litellm_params: {{model: hosted_vllm/meta-llama/Llama-2-13b-chat-hf, api_base: "{a}/v1"}}, model_info: {{id: primary-1}}}}\n'
+                      f'          - {{model_name: split, litellm_params: {{model: openai/llama-cpp-default, api_base: "{b}/v1", weight: 3, max_parallel_requests: 100}}, model_info: {{id: split-heavy}}}}\n'
+                      f'          - {{model_name: split, litellm_params: {{model: openai/llama-cpp-default, api_base: "{b}/v1", weight: 1, max_parallel_requests: 100}}, model_info: {{id: split-light}}}}'))
+    backends["vllm"].faults.paths = ("/v1/chat/completions",)
+    backends["vllm"].faults.status = 500
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    try:
+        await client.chat.completions.create(model="primary", messages=HI, max_tokens=2)
+        for _ in range(200):
+            await client.chat.completions.create(model="split", messages=HI, max_tokens=1)
+    finally:
+        await client.close()
+    m = await scrape(stack.url)
+    assert value(m, "llm_router_fallbacks_total", from_provider="vllm", to_provider="llama_cpp_python") == 1
+    assert value(m, "llm_router_upstream_errors_total", deployment="primary-1", error_class="UpstreamError") == 1
+    effectiveness = value(m, "llm_router_load_balance_effectiveness", model_group="split")
+    assert 0.85 < effectiveness <= 1.0  # a 3:1 weighted split observed close to 75/25

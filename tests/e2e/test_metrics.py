@@ -75,3 +75,20 @@ async def test_fallbacks_errors_and_load_balance_effectiveness(make_stack, backe
     assert value(m, "llm_router_upstream_errors_total", deployment="primary-1", error_class="UpstreamError") == 1
     effectiveness = value(m, "llm_router_load_balance_effectiveness", model_group="split")
     assert 0.85 < effectiveness <= 1.0  # a 3:1 weighted split observed close to 75/25
+
+
+def test_every_dashboard_and_cheat_sheet_query_names_an_exported_metric():
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    exported = {"llm_router_requests_total", "llm_router_request_duration_seconds_bucket", "llm_router_ttft_seconds_bucket",
+                "llm_router_routing_decision_seconds_bucket", "llm_router_route_matches_total", "llm_router_route_adjustments_total",
+                "llm_router_fallbacks_total", "llm_router_in_flight", "llm_router_deployment_state", "llm_router_cache_total",
+                "llm_router_upstream_errors_total", "llm_router_tokens_total", "llm_router_load_balance_effectiveness"}
+    dashboard = json.loads((root / "docs/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + [(root / "docs/promql.md").read_text()]
+    for expr in exprs:
+        for name in re.findall(r"llm_router_[a-z_]+", expr):
+            assert name in exported, name

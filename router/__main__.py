@@ -57,13 +57,22 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--endpoint", choices=("chat", "completions", "embeddings"), default="chat")
     ex.add_argument("--json", action="store_true", help="print the decision as JSON")
 
-    probe = sub.add_parser("health-probe", help="ask a running router for its backends' health; exit 0 all up, 1 some down, 2 unreachable")
+    probe = sub.add_parser("health-probe", help="ask a running router for its backends' health; exit 0 all up, 1 degraded (some down), 2 down (router unreachable or every backend down)")
     probe.add_argument("--url", default=os.environ.get("LLM_ROUTER_URL", f"http://127.0.0.1:{os.environ.get('LLM_ROUTER_PORT', '4000')}"),
                        help="the router (env LLM_ROUTER_URL; default http://127.0.0.1:4000)")
     probe.add_argument("--key", default=os.environ.get("LLM_ROUTER_MASTER_KEY"), help="master key (env LLM_ROUTER_MASTER_KEY)")
     probe.add_argument("--deployment", action="append", default=[], help="only these deployment ids (repeatable)")
     probe.add_argument("--timeout", type=float, default=10.0)
     probe.add_argument("--json", action="store_true", help="print the router's /health JSON")
+
+    tr = sub.add_parser("test-routing", help="send a tiny request for every model name and capability in the config "
+                        "through a running router and print where each went")
+    _config_args(tr)
+    tr.add_argument("--url", default=os.environ.get("LLM_ROUTER_URL", f"http://127.0.0.1:{os.environ.get('LLM_ROUTER_PORT', '4000')}"))
+    tr.add_argument("--key", default=os.environ.get("LLM_ROUTER_MASTER_KEY"))
+    tr.add_argument("--dry-run", action="store_true", help="ask /router/explain instead of sending prompts")
+    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--timeout", type=float, default=60.0)
 
     sim = sub.add_parser("simulate", help="start simulated backends on every api_base of the config")
     _config_args(sim)
@@ -217,9 +226,73 @@ def cmd_health_probe(args: argparse.Namespace) -> int:
         down += not up
         if not args.json:
             detail = r.get("error") or r.get("last_failure_reason") or ""
-            print(f"{'UP  ' if up else 'DOWN'} {r.get('id')} provider={r.get('provider')} state={r.get('state')} "
-                  f"api_base={r.get('api_base')}{' error=' + repr(detail) if detail and not up else ''}")
+            latency = f" probe_ms={r['probe_latency_ms']}" if r.get("probe_latency_ms") is not None else ""
+            print(f"{'UP  ' if up else 'DOWN'} {r.get('id')} provider={r.get('provider')} state={r.get('state')}{latency} "
+                  f"in_flight={r.get('in_flight')} api_base={r.get('api_base')}{' error=' + repr(detail) if detail and not up else ''}")
+    if rows and down == len(rows):
+        return 2
     return 1 if down else 0
+
+
+def cmd_test_routing(args: argparse.Namespace) -> int:
+    """The seed's "Test Routing" loop, done right."""
+    import time as _time
+
+    import aiohttp
+    import orjson
+
+    config = load_or_exit(args)
+    names = list(dict.fromkeys([*config.groups, *config.aliases, *config.mappings.exact_matches]))
+    targets = [(n, None) for n in names] + [(None, c) for c in config.mappings.capabilities]
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+
+    async def one(s: aiohttp.ClientSession, model: str | None, capability: str | None) -> dict:
+        h = dict(headers)
+        if capability:
+            h["X-Capability"] = capability
+        start = _time.perf_counter()
+        row: dict = {"model": model, "capability": capability}
+        try:
+            if args.dry_run:
+                params = {k: v for k, v in (("model", model), ("capability", capability)) if v}
+                async with s.get(args.url.rstrip("/") + "/router/explain", params=params, headers=h) as r:
+                    data = await r.json(loads=orjson.loads)
+                    row["status"] = r.status
+                    if r.status == 200:
+                        first = data["candidates"][0] if data["candidates"] else {}
+                        row.update(deployment=first.get("deployment"), provider=first.get("provider"), route=data["route"])
+                    else:
+                        row["error"] = data.get("error", {}).get("message")
+            else:
+                body = {"model": model or "", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+                async with s.post(args.url.rstrip("/") + "/v1/chat/completions", data=orjson.dumps(body),
+                                  headers={**h, "Content-Type": "application/json"}) as r:
+                    data = await r.json(loads=orjson.loads)
+                    row.update(status=r.status, deployment=r.headers.get("x-router-deployment"),
+                               provider=r.headers.get("x-router-provider"), route=r.headers.get("x-router-route"),
+                               attempts=r.headers.get("x-router-attempts"))
+                    if r.status != 200:
+                        row["error"] = (data.get("error") or {}).get("message")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            row.update(status=0, error=f"{type(exc).__name__}: {exc}")
+        row["latency_ms"] = round((_time.perf_counter() - start) * 1000, 1)
+        return row
+
+    async def run() -> list[dict]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as s:
+            return [await one(s, m, c) for m, c in targets]
+
+    rows = asyncio.run(run())
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"{'model / capability':<34} {'status':>6} {'route':<10} {'deployment':<24} {'provider':<18} {'att':>3} {'ms':>8}")
+        for r in rows:
+            name = r["model"] or f"X-Capability: {r['capability']}"
+            print(f"{name[:34]:<34} {r['status']:>6} {str(r.get('route') or '-'):<10} {str(r.get('deployment') or '-')[:24]:<24} "
+                  f"{str(r.get('provider') or '-'):<18} {str(r.get('attempts') or '-'):>3} {r['latency_ms']:>8}"
+                  + (f"  {r['error']}" if r.get("error") else ""))
+    return 0 if all(r["status"] == 200 for r in rows) else 1
 
 
 def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
@@ -260,7 +333,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands = {"serve": cmd_serve, "check-config": cmd_check, "simulate": cmd_simulate, "explain": cmd_explain,
-                "health-probe": cmd_health_probe}
+                "health-probe": cmd_health_probe, "test-routing": cmd_test_routing}
     return commands[args.command](args)
 
 

@@ -330,3 +330,42 @@ async def test_health_probe_script_reports_up_and_down(stack):
     assert down.returncode == 1 and "DOWN llama-cpp-native provider=llama_cpp_native" in down.stdout
     only_up = await probe("--deployment", "llama3.1-ollama")
     assert only_up.returncode == 0 and only_up.stdout.count("\n") == 1
+
+
+async def test_test_routing_script_sends_one_request_per_name_or_explains_with_dry_run(stack):
+    import subprocess
+    import sys
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "router", "test-routing", "--config", stack.config.file, "--url", stack.url, *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    loop = asyncio.get_running_loop()
+    before = stack.backends["vllm"].stats.requests["/v1/chat/completions"]
+    out = await loop.run_in_executor(None, run)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("llama2-13b-vllm "))
+    assert line.split()[1:4] == ["200", "exact", "llama2-13b-vllm"]
+    assert any(l.startswith("general_chat ") and " alias " in l for l in out.stdout.splitlines())
+    assert stack.backends["vllm"].stats.requests["/v1/chat/completions"] == before + 1
+    dry = await loop.run_in_executor(None, run, "--dry-run", "--json")
+    assert dry.returncode == 0 and stack.backends["vllm"].stats.requests["/v1/chat/completions"] == before + 1
+    assert {"model": "native", "capability": None, "status": 200, "deployment": "llama-cpp-native"}.items() <= \
+        next(r for r in orjson.loads(dry.stdout) if r["model"] == "native").items()
+
+
+def test_router_logs_filters_router_lines(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    log_file = tmp_path / "router.log"
+    log_file.write_text("x [ROUTER] Model: a -> Provider: ollama (exact match) request_id=r1\n"
+                        "x [ROUTER] Model: b -> Provider: vllm (pattern match) request_id=r2\n"
+                        "x WARNING [ROUTER] Fallback triggered: ollama -> vllm request_id=r3\n"
+                        "x [SERVER] listening\n")
+    script = str(Path(__file__).resolve().parents[2] / "scripts" / "router-logs")
+    run = lambda *a: subprocess.run(["bash", script, "--file", str(log_file), *a], capture_output=True, text=True).stdout  # noqa: E731
+    assert run().count("\n") == 3
+    assert run("--model", "a").strip().endswith("request_id=r1")
+    assert [l.split("request_id=")[1] for l in run("--provider", "vllm").splitlines()] == ["r2", "r3"]
+    assert run("--request-id", "r3").count("\n") == 1

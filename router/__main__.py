@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("LLM_ROUTER_WORKERS", "1")),
                        help="worker processes on the port (env LLM_ROUTER_WORKERS; default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--log-bodies", action="store_true",
+                       help="put request bodies (message contents!) in the [ROUTER] lines; off by default")
     _log_args(serve)
 
     check = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
@@ -107,7 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router.app import RUNNER_OPTIONS, create_app, reload_config
+    from router.app import PROXY, RUNNER_OPTIONS, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)
     config = load_or_exit(args)
@@ -124,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
             logger.warning(str(w))
     app = create_app(config)
+    app[PROXY].log_bodies = args.log_bodies
 
     async def announce(_: web.Application) -> None:
         worker = os.environ.get("LLM_ROUTER_WORKER") if args.worker else None

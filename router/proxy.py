@@ -48,6 +48,7 @@ from router.upstream import SSE_HEADERS, Attempt, Call, call
 REQUEST_ID = web.RequestKey("request_id", str)
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
+LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
 
 
 def request_id(request: web.Request) -> str:
@@ -130,6 +131,7 @@ class Outcome:
     client_gone: bool = False
     tried: list[Attempt] = field(default_factory=list)
     cache: str | None = None  # x-router-cache: hit | miss | skip (None: no cache configured)
+    body: dict[str, Any] | None = None  # kept only with --log-bodies
     capture: bool = False  # keep the response for the cache
 
     @property
@@ -145,6 +147,7 @@ class Proxy:
         self.state = state
         self.stats = stats or RoutingStats()
         self.metrics = Metrics()
+        self.log_bodies = False  # --log-bodies: request bodies in the ROUTER line (off: no message contents in logs)
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
         self._background: set[asyncio.Task[None]] = set()  # cache writes under way
@@ -188,6 +191,8 @@ class Proxy:
         try:
             body = parse_body(endpoint, await _read_body(request), model_optional="x-capability" in request.headers)
             facts = self.facts(request, endpoint, body, routing.engine)
+            if self.log_bodies:
+                outcome.body = body
             model = facts.model or f"capability:{facts.capability}"
             decision = self.decide(routing.engine, facts)
             if decision is None:
@@ -471,6 +476,8 @@ class Proxy:
         if outcome.cache is not None:
             fields["cache"] = outcome.cache
             self.metrics.cache.labels(outcome.cache).inc()
+        if outcome.body is not None:
+            fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
         if outcome.cache == "hit":
             self.log.info(f"Model: {model} -> cache hit", **fields)
             return

@@ -40,6 +40,7 @@ class Stack:
     backends: dict[str, SimulatedBackend]
     config: Config
     log: io.StringIO
+    app: web.Application
 
     def log_lines(self) -> list[str]:
         return self.log.getvalue().splitlines()
@@ -124,7 +125,7 @@ async def make_stack(tmp_path, backends):
         config = stack_config(tmp_path, backends, **kwargs)
         runner, url = await start_proxy(config)
         runners.append(runner)
-        return Stack(url, backends, config, buf)
+        return Stack(url, backends, config, buf, runner.app)
 
     yield make
     for runner in runners:

@@ -369,3 +369,16 @@ def test_router_logs_filters_router_lines(tmp_path):
     assert run("--model", "a").strip().endswith("request_id=r1")
     assert [l.split("request_id=")[1] for l in run("--provider", "vllm").splitlines()] == ["r2", "r3"]
     assert run("--request-id", "r3").count("\n") == 1
+
+
+async def test_message_contents_are_logged_only_with_log_bodies(stack):
+    from router.app import PROXY
+
+    c = client(stack)
+    private = [{"role": "user", "content": "my very private question"}]
+    await c.chat.completions.create(model="native", messages=private)
+    assert "private question" not in stack.log.getvalue()
+    stack.app[PROXY].log_bodies = True  # what --log-bodies sets
+    await c.chat.completions.create(model="native", messages=private)
+    line = [l for l in stack.log_lines() if "private question" in l]
+    assert len(line) == 1 and "request_body=" in line[0] and "[ROUTER] Model: native" in line[0]

@@ -22,6 +22,7 @@ from router.probes import Monitor, health_rows
 from router.proxy import Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
+from router import ui
 from router.metrics import STATES
 from router.shared import RedisShare, redis_url
 from router.state import StateTable
@@ -35,7 +36,8 @@ MAX_BODY = 32 * 1024 * 1024
 # the client disconnects, so an abandoned stream closes its upstream at once.
 RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True, "access_log": None}
 # Paths that never need the master key (load balancers and systemd probe these).
-OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness", "/metrics"})
+# /ui is a static page without data (its /ui/data needs the key).
+OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness", "/metrics", "/ui"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -311,4 +313,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/router/stats", router_stats)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/router/reload", reload)
+    ui.add_routes(app, PROXY)
     return app

@@ -42,6 +42,7 @@ from router.state import StateTable
 from router.stats import RoutingStats
 from router.cache import Cache, Entry, cache_control, cache_key
 from router.metrics import STATES, Metrics, model_group
+from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
 from router.upstream import SSE_HEADERS, Attempt, Call, call
 
@@ -148,6 +149,7 @@ class Proxy:
         self.stats = stats or RoutingStats()
         self.metrics = Metrics()
         self.log_bodies = False  # --log-bodies: request bodies in the ROUTER line (off: no message contents in logs)
+        self.recent = RecentDecisions()  # for the status page
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
         self._background: set[asyncio.Task[None]] = set()  # cache writes under way
@@ -471,6 +473,11 @@ class Proxy:
         fields: dict[str, Any] = {"request_id": rid, "endpoint": endpoint, "status": 499 if outcome.client_gone else outcome.status or 499,
                                   "latency_ms": round(elapsed * 1000, 1)}
         last = outcome.last
+        err = outcome.error
+        self.recent.record(rid, model, decision.route if decision else None, last.deployment.id if last else None,
+                           last.deployment.provider if last else None, fields["status"], fields["latency_ms"],
+                           len(outcome.tried), fallback=",".join(a.deployment.id for a in outcome.tried) if len(outcome.tried) > 1 else None,
+                           error=err.error_class if err else None, cache=outcome.cache)
         if last is not None and last.ttft is not None:
             fields["ttft_ms"] = round(last.ttft * 1000, 1)
         if outcome.cache is not None:
@@ -481,7 +488,6 @@ class Proxy:
         if outcome.cache == "hit":
             self.log.info(f"Model: {model} -> cache hit", **fields)
             return
-        err = outcome.error
         if decision is None or last is None:
             if isinstance(err, ModelNotFound):
                 self.log.warning(f"Model: {model} -> no route (404)", **fields)

@@ -7,12 +7,12 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from router import __version__, log
+from router import __version__, log, systemd
 from router.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 EXIT_CONFIG = 2
@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not redis_url(config.router):
             log.get("SERVER").warning(f"{args.workers} workers without Redis: each keeps its own cooldowns, counters and "
                                       "statistics; set router_settings.redis_host (or redis_url) to share them")
-        return supervise(sys.argv[1:], args.workers, config.router.shutdown_grace_period)
+        return supervise(sys.argv[1:], args.workers, config.router.shutdown_grace_period, (args.host, args.port))
     logger = log.get("CONFIG")
     if not args.worker or os.environ.get("LLM_ROUTER_WORKER") == "1":
         for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
@@ -128,25 +128,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     app[PROXY].log_bodies = args.log_bodies
 
-    async def announce(_: web.Application) -> None:
+    def announce(*_: object) -> None:
+        """Called by run_app once the port is bound: log it, and tell systemd (Type=notify)."""
         worker = os.environ.get("LLM_ROUTER_WORKER") if args.worker else None
         log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}"
                                + (f" (worker {worker})" if worker else ""),
                                config=config.file, mappings=config.mappings_file, summary=config.summary())
+        if not args.worker:
+            systemd.ready(f"serving on {args.host}:{args.port}")
 
-    async def handle_sighup(app: web.Application) -> None:
+    async def reload(app: web.Application) -> None:
+        if not args.worker:
+            systemd.reloading("reloading the configuration")
+        ok, _ = await reload_config(app)
+        if not args.worker:
+            systemd.ready("serving" if ok else "serving (reload refused: invalid configuration)")
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_config(app)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(app)))
+        watchdog = loop.create_task(systemd.watchdog_loop())
+        yield
+        watchdog.cancel()
 
     async def farewell(_: web.Application) -> None:
+        if not args.worker:
+            systemd.stopping("draining in-flight requests")
         log.get("SERVER").info("Shutting down: no new connections; in-flight requests get up to "
                                f"{config.router.shutdown_grace_period:g} s")
 
-    app.on_startup.append(announce)
-    app.on_startup.append(handle_sighup)
+    app.cleanup_ctx.append(background)
     app.on_shutdown.append(farewell)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, reuse_port=args.worker or None,
+        web.run_app(app, host=args.host, port=args.port, print=announce, reuse_port=args.worker or None,
                     shutdown_timeout=config.router.shutdown_grace_period, **RUNNER_OPTIONS)
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

@@ -21,12 +21,27 @@ from typing import Sequence
 
 from prometheus_client import multiprocess
 
-from router import log
+from router import log, systemd
 
 RESTART_MIN_INTERVAL = 1.0
 
 
-def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
+def _wait_ready(host: str, port: int, timeout: float = 30.0) -> bool:
+    """Until a worker answers on the port (for systemd's READY=1)."""
+    import urllib.request
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health/readiness", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, int] = ("127.0.0.1", 4000)) -> int:
     logger = log.get("SERVER")
     cmd = [sys.executable, "-m", "router", *argv, "--worker"]
     # /metrics aggregates all workers (prometheus_client multiprocess mode).
@@ -54,6 +69,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
         signal.signal(sig, forward)
     for slot in range(workers):
         spawn(slot)
+    if _wait_ready(*bind):
+        systemd.ready(f"{workers} workers serving on {bind[0]}:{bind[1]}")
     while not stopping:
         for slot, p in enumerate(procs):
             if p is not None and p.poll() is not None and not stopping:
@@ -63,6 +80,7 @@ def supervise(argv: Sequence[str], workers: int, grace: float) -> int:
                     time.sleep(RESTART_MIN_INTERVAL)  # a crash loop must not spin the supervisor
                 spawn(slot)
         time.sleep(0.2)
+    systemd.stopping("draining the workers")
     deadline = time.monotonic() + grace + 5
     for p in procs:
         if p is None:

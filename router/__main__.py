@@ -140,9 +140,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def reload(app: web.Application) -> None:
         if not args.worker:
             systemd.reloading("reloading the configuration")
-        ok, _ = await reload_config(app)
-        if not args.worker:
-            systemd.ready("serving" if ok else "serving (reload refused: invalid configuration)")
+        ok = False
+        try:
+            ok, _ = await reload_config(app)
+        finally:
+            if not args.worker:
+                systemd.ready("serving" if ok else "serving (reload refused)")
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()

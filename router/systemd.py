@@ -39,7 +39,7 @@ def notify(message: str) -> bool:
         return False  # unset, or a kind we do not speak (e.g. vsock:)
     data = message.encode()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:  # not inherited (PEP 446)
             sock.settimeout(SEND_TIMEOUT_S)
             return sock.sendto(data, address) == len(data)
     except OSError:

@@ -26,12 +26,25 @@ from router import log, systemd
 RESTART_MIN_INTERVAL = 1.0
 
 
-def _wait_ready(host: str, port: int, timeout: float = 30.0) -> bool:
+class _Watchdog:
+    """WATCHDOG=1 from the supervisor (workers inherit WATCHDOG_PID, so they stay silent)."""
+
+    def __init__(self) -> None:
+        self.interval, self.last = systemd.watchdog_interval(), 0.0
+
+    def tick(self) -> None:
+        if self.interval and time.monotonic() - self.last >= self.interval / 2:
+            systemd.notify("WATCHDOG=1")
+            self.last = time.monotonic()
+
+
+def _wait_ready(host: str, port: int, watchdog: _Watchdog, timeout: float = 30.0) -> bool:
     """Until a worker answers on the port (for systemd's READY=1)."""
     import urllib.request
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        watchdog.tick()
         try:
             with urllib.request.urlopen(f"http://{host}:{port}/health/readiness", timeout=1) as r:
                 if r.status == 200:
@@ -67,11 +80,13 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    watchdog = _Watchdog()
     for slot in range(workers):
         spawn(slot)
-    if _wait_ready(*bind):
+    if _wait_ready(*bind, watchdog):
         systemd.ready(f"{workers} workers serving on {bind[0]}:{bind[1]}")
     while not stopping:
+        watchdog.tick()
         for slot, p in enumerate(procs):
             if p is not None and p.poll() is not None and not stopping:
                 logger.warning(f"worker {slot + 1} exited with {p.returncode}; restarting", pid=p.pid)

@@ -11,12 +11,13 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
 import uuid
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -28,32 +29,36 @@ INSTALL = ROOT / "scripts" / "install-service"
 SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "INVOCATION_ID")
 
 
-def _wired() -> bool:
-    """Whether `serve` calls router.systemd yet (the CLI's owner wires it in)."""
-    return re.search(r"\bsystemd\.ready\(", (ROOT / "router" / "__main__.py").read_text()) is not None
-
-
-notify_contract = pytest.mark.xfail(not _wired(), strict=False, reason="wired by the lead: serve does not call router.systemd yet")
-
-
 # --- `llm-router serve` and the notify protocol -------------------------------------------
 
 class Notifications:
     """A fake systemd notify socket (abstract namespace, so no path-length limits)
-    and the datagrams it received."""
+    and the datagrams it received, with the sender's pid from SCM_CREDENTIALS —
+    what systemd checks for ``NotifyAccess=main``."""
 
     def __init__(self) -> None:
         self.name = f"llm-router-e2e-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind("\0" + self.name)
         self.sock.setblocking(False)
         self.seen: list[str] = []
+        self.senders: set[int] = set()
 
     async def next(self, timeout: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(self.sock.fileno(), lambda: readable.done() or readable.set_result(None))
         try:
-            data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 4096), timeout)
+            await asyncio.wait_for(readable, timeout)
         except TimeoutError:
             return None
+        finally:
+            loop.remove_reader(self.sock.fileno())
+        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                self.senders.add(struct.unpack("3i", payload[:struct.calcsize("3i")])[0])
         self.seen.append(data.decode())
         return self.seen[-1]
 
@@ -77,7 +82,8 @@ def notifications() -> Iterator[Notifications]:
     n.sock.close()
 
 
-async def start_serve(tmp_path: Path, notifications: Notifications, **env: str) -> tuple[subprocess.Popen, str, Path]:
+async def start_serve(tmp_path: Path, notifications: Notifications, *args: str, main_pid_watchdog: bool = False,
+                      **env: str) -> tuple[subprocess.Popen, str, Path]:
     (port,) = free_ports(1)
     cfg = tmp_path / "config.yaml"
     cfg.write_text("model_list:\n"
@@ -86,7 +92,10 @@ async def start_serve(tmp_path: Path, notifications: Notifications, **env: str) 
     base_env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
     log = tmp_path / "serve.log"
     with log.open("w") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port)],
+        cmd = [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port), *args]
+        if main_pid_watchdog:  # as systemd does: WATCHDOG_PID is the main process (exec keeps the pid)
+            cmd = ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *cmd]
+        proc = subprocess.Popen(cmd,
                                 cwd=ROOT, env={**base_env, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": "@" + notifications.name, **env},
                                 stdout=out, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}", log
@@ -96,8 +105,8 @@ async def start_serve(tmp_path: Path, notifications: Notifications, **env: str) 
 async def serve_factory(tmp_path, notifications) -> AsyncIterator:
     procs: list[subprocess.Popen] = []
 
-    async def make(**env: str) -> tuple[subprocess.Popen, str, Path]:
-        proc, base, log = await start_serve(tmp_path, notifications, **env)
+    async def make(*args: str, **env: Any) -> tuple[subprocess.Popen, str, Path]:
+        proc, base, log = await start_serve(tmp_path, notifications, *args, **env)
         procs.append(proc)
         return proc, base, log
 
@@ -136,7 +145,6 @@ async def await_ready(n: Notifications, proc: subprocess.Popen, base: str, sessi
     raise AssertionError(f"no READY=1 (serving: {serving_since is not None}); received {n.seen}")
 
 
-@notify_contract
 async def test_ready_after_bind_reload_and_stop(serve_factory, notifications):
     proc, base, log = await serve_factory()
     async with aiohttp.ClientSession() as s:
@@ -153,9 +161,9 @@ async def test_ready_after_bind_reload_and_stop(serve_factory, notifications):
     proc.send_signal(signal.SIGTERM)  # systemctl stop
     await notifications.expect("STOPPING=1", proc)
     assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 15) == 0, log.read_text()
+    assert notifications.senders == {proc.pid}  # NotifyAccess=main
 
 
-@notify_contract
 async def test_a_refused_reload_still_ends_with_ready(serve_factory, notifications, tmp_path):
     proc, base, _ = await serve_factory()
     async with aiohttp.ClientSession() as s:
@@ -167,9 +175,9 @@ async def test_a_refused_reload_still_ends_with_ready(serve_factory, notificatio
         assert await readiness(s, base) == 200
 
 
-@notify_contract
 async def test_watchdog_pings_from_the_serving_loop(serve_factory, notifications):
-    proc, base, _ = await serve_factory(WATCHDOG_USEC="400000")  # WatchdogSec=0.4 s: a ping every 0.2 s
+    # WatchdogSec=0.4 s: a ping every 0.2 s
+    proc, base, _ = await serve_factory(main_pid_watchdog=True, WATCHDOG_USEC="400000")
     async with aiohttp.ClientSession() as s:
         await await_ready(notifications, proc, base, s)
     loop = asyncio.get_running_loop()
@@ -177,6 +185,35 @@ async def test_watchdog_pings_from_the_serving_loop(serve_factory, notifications
     for _ in range(4):
         await notifications.expect("WATCHDOG=1", proc, deadline_s=2)
     assert loop.time() - start < 2.5
+    assert notifications.senders == {proc.pid}
+
+
+async def test_workers_the_supervisor_notifies(serve_factory, notifications):
+    """--workers 2: systemd (NotifyAccess=main) listens to the supervisor only, so
+    READY=1 and STOPPING=1 come from it, never from a worker."""
+    proc, base, log = await serve_factory("--workers", "2", main_pid_watchdog=True)
+    async with aiohttp.ClientSession() as s:
+        await await_ready(notifications, proc, base, s)
+    proc.send_signal(signal.SIGHUP)  # forwarded: each worker reloads, and none of them may notify
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while log.read_text().count("Configuration reloaded") < 2:
+        assert loop.time() < end, log.read_text()
+        await asyncio.sleep(0.05)  # polling the log, bounded by the deadline
+    await notifications.next(0.2)  # anything a worker might have sent
+    proc.send_signal(signal.SIGTERM)
+    await notifications.expect("STOPPING=1", proc)
+    assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20) == 0, log.read_text()
+    assert notifications.senders == {proc.pid}, notifications.seen
+
+
+async def test_workers_watchdog_pings_come_from_the_supervisor(serve_factory, notifications):
+    proc, base, _ = await serve_factory("--workers", "2", main_pid_watchdog=True, WATCHDOG_USEC="1000000")
+    async with aiohttp.ClientSession() as s:
+        await await_ready(notifications, proc, base, s)
+    for _ in range(3):
+        await notifications.expect("WATCHDOG=1", proc, deadline_s=2)
+    assert notifications.senders == {proc.pid}
 
 
 # --- the unit -----------------------------------------------------------------------------

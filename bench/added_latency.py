@@ -71,6 +71,8 @@ async def run(url: str, body: bytes, concurrency: int, total: int, stream: bool)
 
 
 def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,12 +28,8 @@ import aiohttp
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from bench.added_latency import free_port, pct, wait_up  # noqa: E402
 
 
 def start_backend(tmp: Path, port: int) -> subprocess.Popen:
@@ -42,27 +37,6 @@ def start_backend(tmp: Path, port: int) -> subprocess.Popen:
     cfg.write_text(f"model_list:\n  - {{model_name: m, litellm_params: {{model: hosted_vllm/m, api_base: 'http://127.0.0.1:{port}/v1'}}}}\n")
     return subprocess.Popen([sys.executable, "-m", "router", "simulate", "--config", str(cfg), "--ttft", "0.005", "--tokens-per-s", "0"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def wait_up(url: str, deadline: float = 30) -> None:
-    end = time.monotonic() + deadline
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
-            try:
-                async with s.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
 
 
 async def main() -> None:

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -109,6 +109,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # A SIGHUP (reload) that arrives before the handler is installed must not kill us:
+    # ignore it until the event loop takes it over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from router.app import PROXY, RUNNER_OPTIONS, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)

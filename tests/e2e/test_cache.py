@@ -31,7 +31,7 @@ litellm_settings:
 """)
     (tmp_path / "model-mappings.yaml").write_text("{}\n")
     runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
     yield client, sim, runner
     await client.close()
     await runner.cleanup()

@@ -49,7 +49,7 @@ router_settings:{settings}
         (self.tmp_path / "model-mappings.yaml").write_text("{}\n")
         log.configure("human", "info", stream=self.log)
         self.runner, url = await start_proxy(load_config(str(self.tmp_path / "c.yaml")))
-        self.client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        self.client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -258,7 +258,7 @@ router_settings:
 """)
     (tmp_path / "model-mappings.yaml").write_text("{}\n")
     proxy_runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         raw = await client.chat.completions.with_raw_response.create(model="small", messages=HI)
         assert raw.headers["x-router-fallback"] == "small@vllm,big@vllm"

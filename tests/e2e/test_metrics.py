@@ -26,7 +26,7 @@ def value(samples, name: str, **labels) -> float:
 
 
 async def test_metrics_count_requests_routes_ttft_tokens_decisions_and_states(stack):
-    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         await client.chat.completions.create(model="llama2-13b-vllm", messages=HI, max_tokens=3)
         async for _ in await client.chat.completions.create(model="llama2-13b-vllm", messages=HI, max_tokens=3, stream=True):
@@ -63,7 +63,7 @@ async def test_fallbacks_errors_and_load_balance_effectiveness(make_stack, backe
                       f'          - {{model_name: split, litellm_params: {{model: openai/llama-cpp-default, api_base: "{b}/v1", weight: 1, max_parallel_requests: 100}}, model_info: {{id: split-light}}}}'))
     backends["vllm"].faults.paths = ("/v1/chat/completions",)
     backends["vllm"].faults.status = 500
-    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         await client.chat.completions.create(model="primary", messages=HI, max_tokens=2)
         for _ in range(200):

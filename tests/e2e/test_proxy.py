@@ -33,7 +33,7 @@ def upstream_headers(sim) -> dict[str, str]:
 
 
 def client(stack, key: str = "sk-client-key") -> openai.AsyncOpenAI:
-    c = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
+    c = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=60)
     _open.append(c)
     return c
 

@@ -37,7 +37,7 @@ async def start_shipped(tmp_path, loaded: bool):
     servers = runner.app[PROXY].state.servers
     while len(servers) < len({d.api_base for d in config.deployments}):  # the monitor's first round
         await asyncio.sleep(0.01)
-    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0), sims
+    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60), sims
 
 
 @pytest.fixture

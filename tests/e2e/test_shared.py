@@ -82,7 +82,7 @@ litellm_settings:
         for _ in range(2):
             runner, url = await start_proxy(config)
             self.runners.append(runner)
-            self.clients.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0))
+            self.clients.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -198,7 +198,7 @@ async def test_killing_redis_mid_run_loses_no_request_and_sharing_resumes(tmp_pa
         await wait_for_async(probe.ping)
         buf = io.StringIO()
         log.configure("human", "info", stream=buf)
-        async with Pair(tmp_path, url) as p:
+        async with asyncio.timeout(90), Pair(tmp_path, url) as p:  # a hang must fail the test, not stall CI
             failures: list[BaseException] = []
             stop = asyncio.Event()
 

@@ -23,7 +23,7 @@ async def group_of(tmp_path, sims: list[SimulatedBackend], strategy: str, policy
     (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n")
     (tmp_path / "model-mappings.yaml").write_text(policy or "{}\n")
     runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
-    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ async def test_least_busy_counts_load_the_backend_reports_from_other_clients(tmp
     busy.tokens_per_s = 10
     runner, client = await group_of(tmp_path, [busy, idle], "least-busy")
     runner.app[PROXY].state.servers.clear()
-    direct = openai.AsyncOpenAI(base_url=busy.base_url + "/v1", api_key="x", max_retries=0)
+    direct = openai.AsyncOpenAI(base_url=busy.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         async def other_client() -> None:  # someone else's long streams, straight to the backend
             async for _ in await direct.chat.completions.create(model="m", messages=HI, stream=True, max_tokens=30):
@@ -131,7 +131,7 @@ async def test_capability_min_size_uses_the_sizes_ollama_reports(tmp_path):
         f"providers: {{ollama: {{type: ollama, api_base: '{ollama.base_url}'}}}}\n"
         "capabilities: {big: {min_model_size: '13B', provider: ollama}}\n")
     runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         state = runner.app[PROXY].state
         await wait_for(lambda: ollama.base_url in state.servers and state.servers[ollama.base_url].sizes, "the size probe")

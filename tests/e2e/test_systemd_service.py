@@ -194,8 +194,12 @@ async def test_workers_the_supervisor_notifies(serve_factory, notifications):
     proc, base, log = await serve_factory("--workers", "2", main_pid_watchdog=True)
     async with aiohttp.ClientSession() as s:
         await await_ready(notifications, proc, base, s)
-    proc.send_signal(signal.SIGHUP)  # forwarded: each worker reloads, and none of them may notify
     loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while not all(f"(worker {n})" in log.read_text() for n in (1, 2)):  # READY comes when one answers
+        assert loop.time() < end, log.read_text()
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)  # forwarded: each worker reloads, and none of them may notify
     end = loop.time() + 10
     while log.read_text().count("Configuration reloaded") < 2:
         assert loop.time() < end, log.read_text()

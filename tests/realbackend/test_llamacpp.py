@@ -27,7 +27,7 @@ async def proxy_for(tmp_path: Path, servers, strategy: str = "simple-shuffle", e
     (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n")
     (tmp_path / "model-mappings.yaml").write_text("{}\n")
     runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
-    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0), url
+    return runner, openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60), url
 
 
 async def test_chat_and_completions_streaming_and_not(tmp_path, llama_servers):
@@ -59,7 +59,7 @@ async def test_the_servers_quirks_do_not_reach_the_client(tmp_path, llama_server
     with a finish_reason. Malformed JSON never reaches it. It echoes the model name."""
     (server,) = await llama_servers(1)
     runner, client, url = await proxy_for(tmp_path, [server])
-    direct = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+    direct = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
 
     async def stream_finish(c: openai.AsyncOpenAI, model: str) -> str | None:
         finish = None
@@ -135,7 +135,7 @@ async def test_health_and_warmth_probes_and_the_health_probe_script(tmp_path, ll
         assert up.returncode == 0 and "UP   llama-0" in up.stdout
         server.kill()
         down = await loop.run_in_executor(None, probe)
-        assert down.returncode == 1 and "DOWN llama-0" in down.stdout
+        assert down.returncode == 2 and "DOWN llama-0" in down.stdout  # its only backend is down: "down"
     finally:
         await client.close()
         await runner.cleanup()

@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("LLM_ROUTER_WORKERS", "1")),
                        help="worker processes on the port (env LLM_ROUTER_WORKERS; default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve without any API key on a non-loopback address (refused otherwise)")
     serve.add_argument("--log-bodies", action="store_true",
                        help="put request bodies (message contents!) in the [ROUTER] lines; off by default")
     _log_args(serve)
@@ -108,14 +110,62 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    """Does ``host`` only ever mean this machine? (A name must resolve to loopback only.)"""
+    import ipaddress
+    import socket
+
+    if host in ("", "*"):
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Client connections, backend connections and files all need descriptors: raise
+    the soft limit towards the hard one, and say so if max_connections cannot fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections * 2 + 256  # a client connection may hold an upstream one
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.get("SERVER").warning(f"The open-file limit ({soft}) is below what max_connections {max_connections} may need "
+                                  f"({want}); raise LimitNOFILE / ulimit -n or lower general_settings.max_connections")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # A SIGHUP (reload) that arrives before the handler is installed must not kill us:
     # ignore it until the event loop takes it over.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from router.app import PROXY, RUNNER_OPTIONS, create_app, reload_config
+    from router import server
+    from router.app import PROXY, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)
     config = load_or_exit(args)
+    if not config.api_keys and not is_loopback(args.host):
+        if not args.allow_unauthenticated:
+            print(f"llm-router: refusing to listen on {args.host} without an API key: anyone who can reach this port "
+                  "could use (and reconfigure) the backends. Set general_settings.master_key (or LLM_ROUTER_MASTER_KEY), "
+                  "listen on 127.0.0.1, or pass --allow-unauthenticated.", file=sys.stderr)
+            return EXIT_CONFIG
+        if not args.worker:
+            log.get("SERVER").warning(f"UNAUTHENTICATED: listening on {args.host} with no API key (--allow-unauthenticated): "
+                                      "anyone who can reach this port can use every backend and the admin endpoints")
+    raise_fd_limit(config.limits.max_connections)
     if args.workers > 1 and not args.worker:
         from router.shared import redis_url
         from router.workers import supervise
@@ -131,8 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     app[PROXY].log_bodies = args.log_bodies
 
-    def announce(*_: object) -> None:
-        """Called by run_app once the port is bound: log it, and tell systemd (Type=notify)."""
+    def announce() -> None:
+        """Called once the port is bound: log it, and tell systemd (Type=notify)."""
         worker = os.environ.get("LLM_ROUTER_WORKER") if args.worker else None
         log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}"
                                + (f" (worker {worker})" if worker else ""),
@@ -166,8 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(farewell)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=announce, reuse_port=args.worker or None,
-                    shutdown_timeout=config.router.shutdown_grace_period, **RUNNER_OPTIONS)
+        server.run(app, config.limits, args.host, args.port, ready=announce, reuse_port=args.worker or None,
+                   shutdown_timeout=config.router.shutdown_grace_period)
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from urllib.parse import urlsplit
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -16,10 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import __version__, log
 from router.config import Config, ConfigError, load_config
-from router.errors import AuthenticationError, BadRequest, NotFound, RouterError
+from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.domain import RequestFacts
 from router.probes import Monitor, health_rows
-from router.proxy import Proxy, Routing, request_id
+from router.proxy import CLIENT_KEY, Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import ui
@@ -30,14 +29,6 @@ from router.state import StateTable
 PROXY = web.AppKey("proxy", Proxy)
 MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
-
-MAX_BODY = 32 * 1024 * 1024
-# How the server runs, shared by the CLI and the tests: handlers are cancelled when
-# the client disconnects, so an abandoned stream closes its upstream at once.
-RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True, "access_log": None}
-# Paths that never need the master key (load balancers and systemd probe these).
-# /ui is a static page without data (its /ui/data needs the key).
-OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness", "/metrics", "/ui"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,22 +42,17 @@ def _error(exc: RouterError, rid: str) -> web.Response:
                         headers={"x-request-id": rid, **exc.headers()})
 
 
-def _presented_key(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Auth, OpenAI-shaped errors for everything (404s, 405s, bugs), and x-request-id."""
+    """Keys (``router.access``), OpenAI-shaped errors for everything (404s, 405s,
+    bugs), and x-request-id."""
     rid = request_id(request)
-    config = request.app[PROXY].config
-    if config.master_key and request.path not in OPEN_PATHS:
-        if not hmac.compare_digest(_presented_key(request).encode(), config.master_key.encode()):
-            log.get("ROUTER").warning("Rejected request: missing or wrong API key", request_id=rid, path=request.path, status=401)
-            return _error(AuthenticationError("Missing or invalid API key: send Authorization: Bearer <key>."), rid)
+    try:
+        request[CLIENT_KEY] = request.app[PROXY].routing.access.authorize(request.path, request.headers)
+    except RouterError as exc:
+        log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),
+                                  request_id=rid, path=request.path, status=exc.status)
+        return _error(exc, rid)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -110,13 +96,18 @@ def _model_entries(app: web.Application) -> list[dict[str, Any]]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return _json({"object": "list", "data": _model_entries(request.app)})
+    """The models the caller's key may use."""
+    key = request.get(CLIENT_KEY)
+    return _json({"object": "list", "data": [m for m in _model_entries(request.app) if key is None or key.allows(m["id"])]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
+    key = request.get(CLIENT_KEY)
     for item in _model_entries(request.app):
         if item["id"] == model:
+            if key is not None and not key.allows(model):
+                raise PermissionDenied(f"The key `{key.name}` may not use the model `{model}`.", param="model")
             return _json(item)
     raise NotFound(f"The model `{model}` does not exist.")
 
@@ -203,6 +194,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     url = redis_url(config.router)
     if url:
         share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
+        share.limits = proxy.limits
         await share.start()
         proxy.state.share = share
         log.get("SHARED").info("Sharing state through Redis", redis=_redact(url), prefix=config.router.redis_key_prefix)
@@ -270,7 +262,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
         for issue in exc.issues:
             logger.error(f"Reload refused: {issue}")
         return False, "\n".join(map(str, exc.issues))
-    proxy.routing = Routing(new, Engine(new))
+    proxy.routing = Routing.build(new)
     proxy.state.policy = new.health_policy()
     if proxy.state.share is not None:
         proxy.state.share.ids = sorted({d.id for d in _all_deployments(new)})
@@ -294,7 +286,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=int(config.limits.max_request_size_mb * 1024 * 1024))
     app[STARTED] = time.time()
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up

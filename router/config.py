@@ -8,9 +8,11 @@ Nothing downstream reads the raw YAML.
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -78,6 +80,39 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A client key: the master key (admin) or one of ``general_settings.api_keys``."""
+
+    name: str
+    key: str = field(repr=False)
+    models: tuple[str, ...] | None = None  # model names / globs it may use; None = every model
+    rpm_limit: int | None = None
+    admin: bool = False
+
+    def allows(self, *names: str | None) -> bool:
+        """May this key use a model asked for (or resolved) as any of ``names``?"""
+        if self.models is None:
+            return True
+        return any(n is not None and any(fnmatchcase(n, m) for m in self.models) for n in names)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may send (``general_settings``); every one has a safe default."""
+
+    max_request_size_mb: float = 32.0
+    max_json_depth: int = 64
+    max_messages: int = 4096  # messages in a chat request
+    max_input_items: int = 4096  # prompts / embedding inputs in one request
+    max_header_size_kb: float = 16.0  # one header line
+    max_headers: int = 128
+    client_read_timeout: float = 30.0  # s to send the headers, and the body, of a request; idle keep-alive
+    max_connections: int = 4096  # open client connections; more get a 503 and are closed
+    global_rpm_limit: int | None = None  # requests per minute over all keys (shared through Redis)
+    metrics_require_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     mappings_file: str | None
@@ -90,6 +125,8 @@ class Config:
     router: RouterSettings
     mappings: Mappings
     master_key: str | None = field(default=None, repr=False)
+    api_keys: tuple[ApiKey, ...] = ()
+    limits: Limits = field(default_factory=Limits)
     cache: CacheSettings = field(default_factory=CacheSettings)
     request_timeout: float = DEFAULT_TIMEOUT
     warnings: tuple[Issue, ...] = ()
@@ -147,7 +184,9 @@ _LITELLM_IGNORED = {
     "telemetry", "turn_off_message_logging", "redact_user_api_key_info", "modify_params", "max_budget",
     "budget_duration", "enable_json_schema_validation", "default_team_settings", "force_ipv4",
 }
-_GENERAL_KEYS = {"master_key"}
+_GENERAL_KEYS = {"master_key", "api_keys", "metrics_require_auth", "max_request_size_mb", "max_json_depth",
+                 "max_messages", "max_input_items", "max_header_size_kb", "max_headers", "client_read_timeout",
+                 "max_connections", "global_rpm_limit"}
 _GENERAL_IGNORED = {
     "database_url", "store_model_in_db", "alerting", "alerting_threshold", "background_health_checks",
     "health_check_interval", "health_check_details", "proxy_batch_write_at", "database_connection_pool_limit",
@@ -185,6 +224,68 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
         else:
             src.error(p, "must be {model: [fallback models]} or {model: ..., fallback_models: [...]}")
     return MappingProxyType(out)
+
+
+_KEY_FIELDS = {"name", "key", "models", "rpm_limit"}
+
+
+def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tuple[ApiKey, ...]:
+    """``general_settings.api_keys``: ``[{name, key, models: [...], rpm_limit}]`` (LiteLLM keeps
+    virtual keys in its database; here they live in the file). The master key is the admin."""
+    path: Path = ("general_settings", "api_keys")
+    items = get(src, gs, "api_keys", ("general_settings",), "list", default=[])
+    keys: list[ApiKey] = []
+    if master_key:
+        keys.append(ApiKey("master", master_key, admin=True))
+    names: set[str] = set()
+    for i, item in enumerate(items):
+        p = path + (i,)
+        if not isinstance(item, dict):
+            src.error(p, "must be a mapping with name and key")
+            continue
+        unknown_keys(src, item, p, _KEY_FIELDS)
+        name = get(src, item, "name", p, "str", required=True)
+        key = get(src, item, "key", p, "secret", required=True)
+        models = get(src, item, "models", p, "strlist")
+        rpm = get(src, item, "rpm_limit", p, "int")
+        if name in names:
+            src.error(p + ("name",), f"duplicate key name {name!r}")
+        if key is not None and any(hmac.compare_digest(key.encode(), k.key.encode()) for k in keys):
+            src.error(p + ("key",), "the same key is configured twice (or equals the master key)")
+        if key is not None and len(key) < 8:
+            src.error(p + ("key",), "must be at least 8 characters")
+        if name and key:
+            names.add(name)
+            keys.append(ApiKey(name, key, models, rpm))
+    if items and not master_key:
+        src.warn(("general_settings", "api_keys"), "no master_key: the admin endpoints (/router/*, /health, /ui/data) "
+                 "cannot be reached with these keys")
+    return tuple(keys)
+
+
+def _limits(src: Source, gs: Mapping[str, Any]) -> Limits:
+    path: Path = ("general_settings",)
+    d = Limits()
+
+    def positive_int(key: str, default: int) -> int:
+        value = get(src, gs, key, path, "int", default=default)
+        if value == 0:
+            src.error(path + (key,), "must be at least 1")
+            return default
+        return value
+
+    return Limits(
+        max_request_size_mb=get(src, gs, "max_request_size_mb", path, "pos", default=d.max_request_size_mb),
+        max_json_depth=positive_int("max_json_depth", d.max_json_depth),
+        max_messages=positive_int("max_messages", d.max_messages),
+        max_input_items=positive_int("max_input_items", d.max_input_items),
+        max_header_size_kb=get(src, gs, "max_header_size_kb", path, "pos", default=d.max_header_size_kb),
+        max_headers=positive_int("max_headers", d.max_headers),
+        client_read_timeout=get(src, gs, "client_read_timeout", path, "pos", default=d.client_read_timeout),
+        max_connections=positive_int("max_connections", d.max_connections),
+        global_rpm_limit=get(src, gs, "global_rpm_limit", path, "int"),
+        metrics_require_auth=get(src, gs, "metrics_require_auth", path, "bool", default=False),
+    )
 
 
 _CACHE_KEYS = {"type", "host", "port", "password", "url", "redis_url", "namespace", "ttl", "max_bytes", "max_entry_bytes"}
@@ -446,6 +547,8 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
     master_key = get(src, gs, "master_key", ("general_settings",), "secret")
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
+    api_keys = _api_keys(src, gs, master_key)
+    limits = _limits(src, gs)
 
     router = _router_settings(src, top)
     cache = _cache_settings(src, ls, router)
@@ -495,6 +598,8 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         router=router,
         mappings=mappings,
         master_key=master_key,
+        api_keys=api_keys,
+        limits=limits,
         cache=cache,
         request_timeout=request_timeout,
         warnings=warnings,

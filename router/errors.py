@@ -56,6 +56,29 @@ class AuthenticationError(RouterError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(RouterError):
+    """A valid key that may not do this (use that model, reach the admin surface)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RequestRateLimited(RouterError):
+    """The client's key (or everyone together) is over its requests-per-minute limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+
+
 class ModelNotFound(RouterError):
     status = 404
     type = "invalid_request_error"

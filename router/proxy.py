@@ -23,13 +23,15 @@ import orjson
 from aiohttp import web
 
 from router import log
-from router.config import Config
+from router.access import Access, RateLimits
+from router.config import ApiKey, Config
 from router.domain import Deployment, RequestFacts, RouteDecision
 from router.errors import (
     BadRequest,
     CapacityExceeded,
     ContextWindowExceeded,
     ModelNotFound,
+    PermissionDenied,
     RouterError,
     UpstreamRateLimited,
 )
@@ -37,7 +39,7 @@ from router.health import Transition
 from router.probes import warm_up
 from router.providers import ADAPTERS
 from router.providers.ollama import Context
-from router.routing.engine import MAX_MODEL_NAME, ROUTE_LABELS, Engine
+from router.routing.engine import ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
 from router.cache import Cache, Entry, cache_control, cache_key
@@ -45,8 +47,10 @@ from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
 from router.upstream import SSE_HEADERS, Attempt, Call, call
+from router.validate import parse_body
 
 REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_KEY = web.RequestKey("client_key", object)  # the caller's ApiKey, None where no key is needed
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
 LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
@@ -62,57 +66,34 @@ def request_id(request: web.Request) -> str:
     return rid
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body within ``timeout`` (a client that trickles it, or never ends a
+    chunked body, gets a 408 instead of holding a handler forever)."""
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise BadRequest(f"Request body too large: {exc.text}", status=413, code="request_too_large") from None
+    except TimeoutError:
+        if request.protocol is not None:
+            request.protocol.force_close()  # the rest of the body will not be read
+        raise BadRequest(f"The request body did not arrive within {timeout:g} s.", status=408, code="request_timeout") from None
 
 
-def parse_body(endpoint: str, raw: bytes, model_optional: bool = False) -> dict[str, Any]:
-    """Decode and check the OpenAI request shapes we accept; unknown fields stay.
-    ``model_optional``: the request names a capability instead (``X-Capability``)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
-    if model is None or model == "":
-        if not model_optional:
-            raise BadRequest("You must provide a model parameter (or an X-Capability header).", param="model")
-        body.pop("model", None)
-    elif not isinstance(model, str):
-        raise BadRequest("model must be a string.", param="model")
-    elif len(model) > MAX_MODEL_NAME:
-        raise BadRequest(f"model must be at most {MAX_MODEL_NAME} characters.", param="model")
-    elif not model.isprintable():
-        raise BadRequest("model must not contain control characters.", param="model")
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages is required and must be a non-empty array.", param="messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise BadRequest(f"messages[{i}] must be an object with a string role.", param=f"messages[{i}]")
-    elif endpoint == "completions":
-        if not isinstance(body.get("prompt"), (str, list)):
-            raise BadRequest("prompt is required and must be a string or an array.", param="prompt")
-    elif endpoint == "embeddings":
-        if not isinstance(body.get("input"), (str, list)) or body.get("input") in ("", []):
-            raise BadRequest("input is required and must be a string or a non-empty array.", param="input")
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise BadRequest("stream must be a boolean.", param="stream")
-    for key, least in (("max_tokens", 0), ("max_completion_tokens", 0), ("n", 1)):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            raise BadRequest(f"{key} must be an integer >= {least}.", param=key)
-    for key in ("temperature", "top_p"):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise BadRequest(f"{key} must be a number.", param=key)
-    return body
+def too_deep(raw: bytes, value: Any, limit: int) -> bool:
+    """Is ``value`` (parsed from ``raw``) nested deeper than ``limit``? Counting the
+    brackets answers most requests without a walk."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for x in v.values() if type(v) is dict else v:
+            if type(x) is dict or type(x) is list:
+                stack.append((x, depth + 1))
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +102,11 @@ class Routing:
 
     config: Config
     engine: Engine
+    access: Access
+
+    @classmethod
+    def build(cls, config: Config) -> Routing:
+        return cls(config, Engine(config), Access(config))
 
 
 @dataclass(slots=True)
@@ -143,12 +129,13 @@ class Outcome:
 class Proxy:
     def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession | None, state: StateTable,
                  stats: RoutingStats | None = None) -> None:
-        self.routing = Routing(config, engine)
+        self.routing = Routing(config, engine, Access(config))
         self.session = session
         self.state = state
         self.stats = stats or RoutingStats()
         self.metrics = Metrics()
         self.log_bodies = False  # --log-bodies: request bodies in the ROUTER line (off: no message contents in logs)
+        self.limits = RateLimits()  # requests per minute per key and in total
         self.recent = RecentDecisions()  # for the status page
         self.log = log.get("ROUTER")
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
@@ -191,12 +178,21 @@ class Proxy:
         outcome = Outcome()
         model = "?"
         try:
-            body = parse_body(endpoint, await _read_body(request), model_optional="x-capability" in request.headers)
+            limits = routing.config.limits
+            key: ApiKey | None = request.get(CLIENT_KEY)  # type: ignore[assignment]
+            self.limits.admit(key, limits.global_rpm_limit)
+            raw = await _read_body(request, limits.client_read_timeout)
+            body = parse_body(endpoint, raw, model_optional="x-capability" in request.headers,
+                              max_messages=limits.max_messages, max_items=limits.max_input_items)
+            if too_deep(raw, body, limits.max_json_depth):
+                raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
             facts = self.facts(request, endpoint, body, routing.engine)
             if self.log_bodies:
                 outcome.body = body
             model = facts.model or f"capability:{facts.capability}"
             decision = self.decide(routing.engine, facts)
+            if key is not None and not key.allows(facts.model, decision.model if decision else None):
+                raise PermissionDenied(f"The key `{key.name}` may not use the model `{model}`.", param="model")
             if decision is None:
                 raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
             if routing.config.router.debug_router:

@@ -19,6 +19,7 @@ Per key (prefix ``llm-router:`` by default, every key has a TTL):
 | ``cooldown:{id}`` (TTL = cooldown left) + channel ``events`` | cooldown deadline | pub/sub: immediate; polling: ≤ 0.5 s |
 | ``fails:{id}:{minute}`` (120 s) | failures this minute, all instances | eventual, ≤ 0.5 s |
 | ``usage:{id}:{minute}`` hash req/tok (120 s) | rpm/tpm usage | eventual, ≤ 0.5 s (limits can overshoot by what arrives in that window) |
+| ``rpm:{minute}`` hash key name → requests (120 s) | per-key and global rpm limits | eventual, ≤ 0.5 s (as usage) |
 | ``rr:{id}`` (60 s, the seed's periodic reset) | round-robin counter | eventual, ≤ 0.5 s |
 | ``inflight:{id}`` hash instance → count (30 s) + ``instance:{iid}`` (5 s) | in-flight per instance | eventual, ≤ 0.5 s; a crashed instance stops counting after 5 s |
 | ``ttft:{id}``, ``latency:{id}`` lists, last 100 (600 s) | latency windows | eventual, ≤ 0.5 s |
@@ -42,6 +43,7 @@ from redis.exceptions import RedisError
 
 from router import log
 from router.domain import Deployment
+from router.access import RateLimits
 from router.state import WINDOW, StateTable
 
 SYNC_INTERVAL = 0.5
@@ -68,6 +70,7 @@ class RedisShare:
         self._wake = asyncio.Event()
         self._own_fails: Counter[tuple[str, int]] = Counter()  # (id, minute) -> failures we saw
         self._tasks: list[asyncio.Task[None]] = []
+        self.limits: RateLimits | None = None  # per-key and global requests-per-minute counters
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -167,6 +170,9 @@ class RedisShare:
         samples, cooldowns = self._samples, self._cooldowns
         self._picks, self._tokens, self._fails = Counter(), Counter(), Counter()
         self._samples, self._cooldowns = defaultdict(lambda: deque(maxlen=WINDOW)), {}
+        hits = Counter()
+        if self.limits is not None:
+            hits, self.limits.pending = self.limits.pending, Counter()
         try:
             async with self.client.pipeline(transaction=False) as p:
                 p.set(self.key("instance", self.iid), 1, ex=HEARTBEAT_TTL)
@@ -194,7 +200,12 @@ class RedisShare:
                     if ttl_ms > 0:
                         p.set(self.key("cooldown", dep_id), orjson.dumps({"until": until, "reason": reason, "by": self.iid}), px=ttl_ms)
                         p.publish(self.key("events"), orjson.dumps({"id": dep_id, "until": until, "reason": reason, "by": self.iid}))
+                for (name, m), n in hits.items():
+                    p.hincrby(self.key("rpm", m), name, n)
+                    p.expire(self.key("rpm", m), 120)
                 await p.execute()
+            if self.limits is not None:
+                self.limits.flushed.update(hits)
         except BaseException:
             # Keep what was not written (bounded: counters per deployment, rings per window).
             self._picks.update(picks)
@@ -202,6 +213,8 @@ class RedisShare:
             self._fails.update(fails)
             for k, v in cooldowns.items():
                 self._cooldowns.setdefault(k, v)
+            if self.limits is not None:
+                self.limits.pending.update(hits)
             raise
 
     async def _refresh(self) -> None:
@@ -216,7 +229,11 @@ class RedisShare:
                 p.lrange(self.key("ttft", dep_id), 0, WINDOW - 1)
                 p.lrange(self.key("latency", dep_id), 0, WINDOW - 1)
                 p.get(self.key("cooldown", dep_id))
+            p.hgetall(self.key("rpm", minute))
             results = await p.execute()
+        if self.limits is not None:
+            for name, n in (results[-1] or {}).items():
+                self.limits.shared[(name.decode(), minute)] = int(n)
         instances = {f for i in range(len(self.ids)) for f in (results[i * 7 + 3] or {})}
         alive = await self._alive(instances)
         for i, dep_id in enumerate(self.ids):

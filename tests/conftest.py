@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 
 from router import log
-from router.app import RUNNER_OPTIONS, create_app
+from router.app import create_app
 from router.config import Config, load_config
+from router.server import Runner
 from router.simulate import SimulatedBackend
 
 
@@ -107,7 +108,7 @@ async def backends() -> AsyncIterator[dict[str, SimulatedBackend]]:
 
 
 async def start_proxy(config: Config) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(create_app(config), **RUNNER_OPTIONS)
+    runner = Runner(create_app(config), config.limits)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -21,6 +21,7 @@ from router.probes import Monitor, health_rows
 from router.proxy import CLIENT_KEY, Proxy, Routing, request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
+from router import openapi
 from router import ui
 from router.metrics import STATES
 from router.shared import RedisShare, redis_url
@@ -306,4 +307,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/router/reload", reload)
     ui.add_routes(app, PROXY)
+    openapi.add_routes(app)
     return app

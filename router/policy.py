@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from router.regexcheck import backtracking_problem
 from router.checks import check_url, get, unknown_keys
 from router.domain import WIRE_FORMATS, Provider
 from router.routing import strategies
@@ -136,6 +137,9 @@ def _parse_with(src: Source, path: Path, value: Any, parser: Callable[[Any], Any
     except ValueError as exc:
         src.error(path, str(exc))
         return None
+    except OverflowError:  # min_model_size: 10**400
+        src.error(path, f"number out of range: {str(value)[:40]}...")
+        return None
 
 
 def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
@@ -148,7 +152,7 @@ def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
             continue
         unknown_keys(src, spec, p, {"api_base", "type", "kind", "description"})
         kind = spec.get("type", spec.get("kind", name))
-        if kind not in WIRE_FORMATS:
+        if not isinstance(kind, str) or kind not in WIRE_FORMATS:
             src.error(p + ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(WIRE_FORMATS))})")
             continue
         base = check_url(src, p + ("api_base",), get(src, spec, "api_base", p, "str", required=True))
@@ -189,8 +193,13 @@ def load_policy(src: Source) -> Mappings:
         if text is not None:
             try:
                 regex = re.compile(text)
-            except re.error as exc:
-                src.error(p + ("pattern",), f"bad regex {text!r}: {exc}")
+            except (re.error, OverflowError, RecursionError) as exc:  # "a{4294967296}", "((((...))))" 1000 deep
+                src.error(p + ("pattern",), f"bad regex {text[:200]!r}: {exc}")
+            else:
+                problem = backtracking_problem(text)
+                if problem:
+                    src.error(p + ("pattern",), f"refused regex {text[:200]!r}: {problem}; rewrite it without nested repeats")
+                    regex = None
         if regex is not None and prov:
             patterns.append(PatternRule(regex, prov, _provider_ref(src, spec, "fallback", p, providers), get(src, spec, "description", p, "str", default="")))
 

@@ -75,8 +75,6 @@ async def _read_body(request: web.Request, timeout: float) -> bytes:
     except web.HTTPRequestEntityTooLarge as exc:
         raise BadRequest(f"Request body too large: {exc.text}", status=413, code="request_too_large") from None
     except TimeoutError:
-        if request.protocol is not None:
-            request.protocol.force_close()  # the rest of the body will not be read
         raise BadRequest(f"The request body did not arrive within {timeout:g} s.", status=408, code="request_timeout") from None
 
 
@@ -220,7 +218,10 @@ class Proxy:
             headers = {"x-request-id": rid, **exc.headers()}
             if decision is not None and outcome.tried:
                 headers.update(_route_headers(decision, outcome.tried))
-            return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)
+            response = web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)
+            if exc.status == 408:
+                response.force_close()  # the rest of that body will never be read
+            return response
         except asyncio.CancelledError:
             outcome.client_gone = True  # aiohttp cancels the handler when the client disconnects
             raise

@@ -30,7 +30,8 @@ from aiohttp.web_protocol import RequestHandler
 from router import log
 from router.config import Limits
 
-REFUSE_LINGER = 1.0  # s a refused connection stays half-open so the client reads the 503
+REFUSE_LINGER = 1.0  # s a refused connection stays half-open so the client reads the 503...
+MAX_LINGERING = 64  # ...but no more than this many at once: in a flood they are closed at once
 
 
 def error_body(message: str, type_: str, code: str) -> bytes:
@@ -56,9 +57,18 @@ class GuardedHandler(RequestHandler):
                 log.get("SERVER").warning("Connection limit reached: refusing connections with 503",
                                           max_connections=server.max_connections, refused=server.refused_connections)
             transport.write(REFUSED)  # type: ignore[attr-defined]
+            if server.lingering >= MAX_LINGERING:
+                transport.close()
+                return
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()  # type: ignore[attr-defined]
-            asyncio.get_running_loop().call_later(REFUSE_LINGER, transport.close)
+            server.lingering += 1
+
+            def close() -> None:
+                server.lingering -= 1
+                transport.close()
+
+            asyncio.get_running_loop().call_later(REFUSE_LINGER, close)
             return
         server.open_connections += 1
         super().connection_made(transport)
@@ -106,6 +116,7 @@ class GuardedServer(web.Server):
     max_connections = 1 << 30
     open_connections = 0
     refused_connections = 0
+    lingering = 0  # refused connections waiting for the client to read the 503
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)

@@ -47,9 +47,10 @@ async def wait_for(condition, what: str, deadline_s: float = 5.0) -> float:
 class Pair:
     """Instances A and B on one Redis key prefix, in front of simulated vLLMs."""
 
-    def __init__(self, tmp_path, url: str, extra: str = "", cache: bool = False) -> None:
-        self.tmp_path, self.url, self.extra, self.cache = tmp_path, url, extra, cache
+    def __init__(self, tmp_path, url: str, extra: str = "", cache: bool = False, general: str = "{}") -> None:
+        self.tmp_path, self.url, self.extra, self.cache, self.general = tmp_path, url, extra, cache, general
         self.prefix = f"llm-router-test:{uuid.uuid4().hex[:8]}:"
+        self.key = "sk-team-key-1" if "api_keys" in general else "x"
         self.sims = [SimulatedBackend("vllm", ["m"]) for _ in range(3)]
 
     async def __aenter__(self) -> "Pair":
@@ -75,6 +76,7 @@ litellm_settings:
   fallbacks: [{{flaky: [pair]}}]
   cache: {str(self.cache).lower()}
   cache_params: {{type: redis, ttl: 60}}
+general_settings: {self.general}
 """)
         (self.tmp_path / "model-mappings.yaml").write_text("{}\n")
         config = load_config(str(self.tmp_path / "c.yaml"))
@@ -82,7 +84,7 @@ litellm_settings:
         for _ in range(2):
             runner, url = await start_proxy(config)
             self.runners.append(runner)
-            self.clients.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60))
+            self.clients.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key=self.key, max_retries=0, timeout=60))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,6 +133,25 @@ async def test_rpm_limits_hold_across_both_instances(tmp_path, redis_url):
         await wait_for(lambda: p.state(1).minute_usage(dep)[0] == 4, "B to count all four")
         with pytest.raises(openai.RateLimitError):
             await p.chat(1, "solo")
+
+
+async def test_a_key_rpm_limit_holds_across_both_instances(tmp_path, redis_url):
+    while int(time.time()) % 60 > 50:  # limits count per wall-clock minute: start well inside one
+        await asyncio.sleep(0.2)
+    general = "{master_key: sk-master-key, api_keys: [{name: team, key: sk-team-key-1, rpm_limit: 3}]}"
+    async with Pair(tmp_path, redis_url, general=general) as p:
+        limits = [r.app[PROXY].limits for r in p.runners]
+        minute = int(time.time() // 60)
+        for i in (0, 1, 0):  # three requests, through both instances
+            await p.chat(i, "pair")
+        await wait_for(lambda: limits[1].count("team", minute) == 3, "B to count A's requests too")
+        with pytest.raises(openai.RateLimitError) as info:
+            await p.chat(1, "pair")
+        assert info.value.body["code"] == "rate_limit_exceeded" and "team" in info.value.body["message"]
+        assert 1 <= int(info.value.response.headers["Retry-After"]) <= 60
+        with pytest.raises(openai.RateLimitError):
+            await p.chat(0, "pair")
+        assert sum(s.stats.requests.get("/v1/chat/completions", 0) for s in p.sims) == 3  # the limited ones never left
 
 
 async def test_round_robin_across_both_instances_stays_fair(tmp_path, redis_url):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,25 +25,8 @@ import aiohttp
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_up(url: str, deadline: float = 30) -> None:
-    end = time.monotonic() + deadline
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
-            try:
-                async with s.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+sys.path.insert(0, str(ROOT))
+from bench.common import free_port, pct, wait_up  # noqa: E402
 
 
 async def run(url: str, body: bytes, concurrency: int, total: int, stream: bool) -> tuple[list[float], float, int]:
@@ -68,13 +50,6 @@ async def run(url: str, body: bytes, concurrency: int, total: int, stream: bool)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     return latencies, total / elapsed, errors
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 
 
 async def main() -> None:

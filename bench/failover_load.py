@@ -29,7 +29,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.added_latency import free_port, pct, wait_up  # noqa: E402
+from bench.common import free_port, pct, wait_up  # noqa: E402
 
 
 def start_backend(tmp: Path, port: int) -> subprocess.Popen:

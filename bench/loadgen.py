@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.added_latency import pct  # noqa: E402
+from bench.common import pct  # noqa: E402
 
 now = time.perf_counter
 HEAD, BODY_LEN, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILER, BODY_EOF, IDLE = range(8)
@@ -182,14 +182,14 @@ class Recorder:
         self.errors: Counter[str] = Counter()
         self.done = 0
 
-    def result(self, t0: float, res: tuple, record: bool) -> bool:
+    def result(self, t0: float, res: tuple, record: bool, stream: bool | None = None) -> bool:
         status, first, end, tail = res
         self.done += 1
         if not record:
             return True
         if status != 200:
             self.errors[f"HTTP {status}"] += 1
-        elif self.stream and b"[DONE]" not in tail:
+        elif (self.stream if stream is None else stream) and b"[DONE]" not in tail:
             self.errors["stream without [DONE]"] += 1
         else:
             self.lat.append(end - t0)
@@ -211,20 +211,24 @@ class Recorder:
 
 async def closed_loop(url: str, body: bytes, stream: bool, concurrency: int, duration: float | None = None,
                       warmup: float = 0.0, requests: int | None = None, timeout: float = 60.0,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, mixed_body: bytes | None = None) -> dict:
     """C connections, each sending back to back. Time-boxed (requests that end inside
-    [warmup, warmup + duration] count) or a fixed number of requests."""
+    [warmup, warmup + duration] count) or a fixed number of requests. With
+    mixed_body (a streaming request), each connection alternates body and it."""
     host, port, raw = build_request(url, body)
+    raws = [(raw, stream)] + ([(build_request(url, mixed_body)[2], True)] if mixed_body is not None else [])
     rec = Recorder(stream)
     began = now()
     win_start = began + warmup
     win_end = win_start + duration if duration is not None else float("inf")
     left = requests if requests is not None else -1
 
-    async def worker() -> None:
+    async def worker(k: int) -> None:
         nonlocal left
         conn: HttpConn | None = None
         while True:
+            k += 1
+            raw, is_stream = raws[k % len(raws)]
             if requests is not None:
                 if left <= 0:
                     break
@@ -247,7 +251,7 @@ async def closed_loop(url: str, body: bytes, stream: bool, concurrency: int, dur
                 conn.close()
                 conn = None
                 continue
-            rec.result(t0, res, requests is not None or win_start <= res[2] <= win_end)
+            rec.result(t0, res, requests is not None or win_start <= res[2] <= win_end, is_stream)
             if conn.must_close:
                 conn.close()
                 conn = None
@@ -260,12 +264,12 @@ async def closed_loop(url: str, body: bytes, stream: bool, concurrency: int, dur
             print(orjson.dumps({"progress": rec.done, "t": round(now() - began, 3)}).decode(), flush=True)
 
     reporter = asyncio.ensure_future(report()) if progress else None
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
     if reporter is not None:
         reporter.cancel()
     seconds = (now() - began) if requests is not None else (duration or 0.0)
     out = rec.summary(seconds)
-    out.update(mode="closed", concurrency=concurrency, stream=stream)
+    out.update(mode="closed", concurrency=concurrency, stream="mixed" if mixed_body is not None else stream)
     return out
 
 
@@ -337,6 +341,7 @@ def main() -> None:
     ap.add_argument("--model", default="bench")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--mixed", action="store_true", help="closed loop: alternate JSON and streaming requests")
     ap.add_argument("-c", "--concurrency", type=int, default=16)
     ap.add_argument("--duration", type=float, help="seconds measured (closed loop or fixed rate)")
     ap.add_argument("--warmup", type=float, default=0.0, help="seconds of load before the measured window")
@@ -353,7 +358,7 @@ def main() -> None:
         if args.requests is None and args.duration is None:
             ap.error("give --duration or --requests")
         coro = closed_loop(args.url, body, args.stream, args.concurrency, args.duration, args.warmup, args.requests,
-                           args.timeout, args.progress)
+                           args.timeout, args.progress, chat_body(args.model, True, args.max_tokens) if args.mixed else None)
     print(orjson.dumps(asyncio.run(coro)).decode(), flush=True)
 
 

@@ -25,7 +25,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.added_latency import free_port, wait_up  # noqa: E402
+from bench.common import free_port, wait_up  # noqa: E402
 
 
 async def one(session: aiohttp.ClientSession, url: str, model: str) -> tuple[float, float]:

@@ -23,7 +23,8 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.added_latency import free_port, pct, run, wait_up  # noqa: E402
+from bench.added_latency import run  # noqa: E402
+from bench.common import free_port, pct, wait_up  # noqa: E402
 
 
 def config(tmp: Path, sim_port: int, redis: str | None, cache: bool) -> Path:

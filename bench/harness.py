@@ -355,37 +355,66 @@ def redis_cleanup(r: tuple[str, int, str] | None) -> None:
 
 # ---------------------------------------------------------------- load generator runs
 
-async def loadgen(layout: Layout, url: str, args: list[str], on_line: Callable[[dict], None] | None = None,
-                  timeout: float = 600.0) -> dict:
-    """Run bench/loadgen.py as a (pinned) subprocess; returns its result JSON."""
-    proc = await asyncio.create_subprocess_exec(*layout.prefix(layout.loadgen), PY, str(BENCH / "loadgen.py"), "--url", url,
-                                                *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    result: dict = {}
+class LoadGen:
+    """bench/loadgen.py --serve: one (pinned) load-generator process for a whole part,
+    fed one run per line, so no run pays for an interpreter's start-up."""
 
-    async def read() -> None:
-        nonlocal result
-        assert proc.stdout is not None
-        async for line in proc.stdout:
+    def __init__(self, layout: Layout, tmp: Path) -> None:
+        self.layout, self.log = layout, tmp / "loadgen.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log, "ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.layout.prefix(self.layout.loadgen), PY, str(BENCH / "loadgen.py"), "--serve", cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, limit=1 << 20)
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
             try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if "progress" in data:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    async def __aenter__(self) -> LoadGen:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self, url: str, args: list[str], on_line: Callable[[dict], None] | None = None,
+                  timeout: float = 600.0) -> dict:
+        """One run (loadgen.py's options); returns its result, NaN for missing percentiles."""
+        if self.proc is None or self.proc.returncode is not None:
+            await self.start()
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(orjson.dumps(["--url", url, *args]) + b"\n")
+        await self.proc.stdin.drain()
+
+        async def read() -> dict:
+            assert self.proc is not None and self.proc.stdout is not None
+            while line := await self.proc.stdout.readline():
+                try:
+                    data = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if "progress" not in data:
+                    return data
                 if on_line:
                     on_line(data)
-            else:
-                result = data
+            return {"failed": f"the load generator exited ({self.proc.returncode}); see its log"}
 
-    try:
-        await asyncio.wait_for(asyncio.gather(read(), proc.wait()), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return {"failed": f"load generator timed out after {timeout:g} s"}
-    if proc.returncode != 0 or not result:
-        err = (await proc.stderr.read()).decode(errors="replace")[-800:] if proc.stderr else ""
-        return {"failed": f"load generator exited {proc.returncode}: {err}"}
-    return {k: (NAN if v is None else v) for k, v in result.items()}
+        try:
+            result = await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return {"failed": f"load generator timed out after {timeout:g} s"}
+        return {k: (NAN if v is None else v) for k, v in result.items()}
 
 
 def med(values: list[float]) -> float:
@@ -427,7 +456,7 @@ class Report:
 
     def write(self) -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+        stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
         path = RESULTS / f"{stamp}-{self.part}{'-quick' if self.opts.quick else ''}.md"
         self.facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         head = [f"# llm-router benchmark: {self.part}{' (quick)' if self.opts.quick else ''}", "",
@@ -462,50 +491,51 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
     names = [t[0] for t in targets]
     idle_start = {s.name: rss_mb(s.pid) for s in servers}
     modes = [("JSON", False), ("SSE", True)]
-    quick = opts.quick
-
-    # warm-up: connections, caches, JIT-less interpreters' first paths
-    print("warm-up ...", flush=True)
-    for name, url, srv in targets:
-        for _, stream in modes:
-            await loadgen(layout, url, ["-c", "16", "--duration", "0.5" if quick else "2"] + (["--stream"] if stream else []))
-    await asyncio.sleep(1.0)
-    idle_warm = {s.name: rss_mb(s.pid) for s in servers}
 
     res: dict[tuple[str, str, int], list[dict]] = {}
     rate_res: dict[tuple[str, str, float], list[dict]] = {}
-    t_begin = time.monotonic()
-    for r in range(opts.repeats):
-        order = targets[r % len(targets):] + targets[:r % len(targets)]  # rotate: no target always goes first
-        for mode, stream in modes:
-            for c in opts.levels:
-                for name, url, srv in order:
-                    async with Sampler(srv.pid if srv else None) as smp:
-                        out = await loadgen(layout, url, ["-c", str(c), "--duration", str(opts.duration), "--warmup",
-                                                          str(opts.warmup), "--timeout", "30"] + (["--stream"] if stream else []))
-                    out["peak_rss"] = smp.peak
-                    res.setdefault((name, mode, c), []).append(out)
-                    print(f"  repeat {r + 1}/{opts.repeats} {mode:4} C={c:<3} {name:24} "
-                          + (out["failed"] if "failed" in out else
-                             f"{out['rps']:8.0f} rps  p50 {f(out['p50'])} p99 {f(out['p99'])} ms  errors {out['errors']}"),
-                          flush=True)
-            for rate in opts.rates:
-                for name, url, srv in order:
-                    best = max((o.get("rps", 0) for o in res.get((name, mode, max(opts.levels)), [])), default=0)
-                    if best and best < rate * 1.1:
-                        rate_res.setdefault((name, mode, rate), []).append({"failed": f"saturated (≈{best:.0f} rps max)"})
-                        continue
-                    async with Sampler(srv.pid if srv else None) as smp:
-                        out = await loadgen(layout, url, ["--rate", str(rate), "--duration", str(opts.rate_duration),
-                                                          "--warmup", str(opts.warmup), "--timeout", "30"]
-                                            + (["--stream"] if stream else []))
-                    out["peak_rss"] = smp.peak
-                    rate_res.setdefault((name, mode, rate), []).append(out)
-    elapsed = time.monotonic() - t_begin
-    for s in servers:
-        s.stop()
-    mock.stop()
-    redis_cleanup(redis)
+    try:
+        async with LoadGen(layout, tmp) as lg:
+            print("warm-up ...", flush=True)  # connections, pools, caches, first code paths
+            for name, url, srv in targets:
+                for _, stream in modes:
+                    await lg.run(url, ["-c", "16", "--duration", str(opts.warmup_all)] + (["--stream"] if stream else []))
+            await asyncio.sleep(1.0)
+            idle_warm = {s.name: rss_mb(s.pid) for s in servers}
+
+            async def one(srv: Server | None, url: str, args: list[str]) -> dict:
+                async with Sampler(srv.pid if srv else None) as smp:
+                    out = await lg.run(url, args + ["--warmup", str(opts.warmup), "--timeout", "30"])
+                out["peak_rss"] = smp.peak
+                return out
+
+            t_begin = time.monotonic()
+            for r in range(opts.repeats):
+                order = targets[r % len(targets):] + targets[:r % len(targets)]  # rotate: no target always goes first
+                for mode, stream in modes:
+                    extra = ["--stream"] if stream else []
+                    for c in opts.levels:
+                        for name, url, srv in order:
+                            out = await one(srv, url, ["-c", str(c), "--duration", str(opts.duration)] + extra)
+                            res.setdefault((name, mode, c), []).append(out)
+                            print(f"  repeat {r + 1}/{opts.repeats} {mode:4} C={c:<3} {name:24} " + (
+                                out["failed"] if "failed" in out else
+                                f"{out['rps']:8.0f} rps  p50 {f(out['p50'])} p99 {f(out['p99'])} ms  errors {out['errors']}"),
+                                flush=True)
+                    for rate in opts.rates:
+                        for name, url, srv in order:
+                            best = max((o.get("rps", 0) for o in res.get((name, mode, max(opts.levels)), [])), default=0)
+                            if best and best < rate * 1.1:  # it could not keep up: the run would only measure a queue
+                                out = {"failed": f"saturated (≈{best:.0f} rps max)"}
+                            else:
+                                out = await one(srv, url, ["--rate", str(rate), "--duration", str(opts.rate_duration)] + extra)
+                            rate_res.setdefault((name, mode, rate), []).append(out)
+            elapsed = time.monotonic() - t_begin
+    finally:
+        for s in servers:
+            s.stop()
+        mock.stop()
+        redis_cleanup(redis)
 
     # --- tables
     def ok(runs: list[dict]) -> list[dict]:
@@ -534,6 +564,8 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
         for c in opts.levels:
             rep.add(f"## {mode}, concurrency {c}", "")
             rows = []
+            proxy_rps = [m(n_, mode, c, "rps") for n_ in names if n_ != "direct"]
+            best_proxy = max((v for v in proxy_rps if v == v), default=NAN)
             for name in names:
                 runs = res.get((name, mode, c), [])
                 if not ok(runs):
@@ -545,7 +577,9 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
                              f(m(name, mode, c, "ttfb_p50")) if mode == "SSE" else "—",
                              f(m(name, mode, c, "ttfb_p99")) if mode == "SSE" else "—",
                              str(sum(o["errors"] for o in ok(runs))),
-                             f(max(o["peak_rss"] for o in ok(runs)), 1) if name != "direct" else "—", ""])
+                             f(max(o["peak_rss"] for o in ok(runs)), 1) if name != "direct" else "—",
+                             "mock + load generator near their limit: the proxies' RPS may be capped"
+                             if name == "direct" and m(name, mode, c, "rps") < 1.5 * best_proxy else ""])
             rep.table(["target", "RPS", "× passthrough", "× LiteLLM", "p50 ms", "p90 ms", "p99 ms", "TTFB p50 ms",
                        "TTFB p99 ms", "errors", "peak RSS MB", "note"], rows)
     if opts.rates:
@@ -788,11 +822,13 @@ async def part_soak(opts: argparse.Namespace, facts: dict[str, str], layout: Lay
     n, c = opts.soak_requests, opts.soak_concurrency
     warm = max(2000, n // 40)
     curve: list[tuple[int, float, float]] = []  # (requests done, seconds, RSS MB)
+    lg = LoadGen(layout, tmp)
     try:
+        await lg.start()
         idle = rss_mb(srv.pid)
         print(f"soak: warm-up {warm} requests ...", flush=True)
         for stream in (False, True):
-            await loadgen(layout, srv.url, ["-c", str(c), "--requests", str(warm // 2)] + (["--stream"] if stream else []))
+            await lg.run(srv.url, ["-c", str(c), "--requests", str(warm // 2)] + (["--stream"] if stream else []))
         await asyncio.sleep(1.0)
         base = rss_mb(srv.pid)
         curve.append((0, 0.0, base))
@@ -806,12 +842,13 @@ async def part_soak(opts: argparse.Namespace, facts: dict[str, str], layout: Lay
                 last_print[0] = d["t"]
                 print(f"  {d['progress']:>8} requests  {d['t']:6.0f} s  RSS {v:.1f} MB", flush=True)
 
-        out = await loadgen(layout, srv.url, ["-c", str(c), "--requests", str(n), "--mixed", "--progress", "--timeout", "30"],
-                            on_line=progress, timeout=max(600.0, n / 50))
+        out = await lg.run(srv.url, ["-c", str(c), "--requests", str(n), "--mixed", "--progress", "--timeout", "30"],
+                           on_line=progress, timeout=max(600.0, n / 50))
         await asyncio.sleep(1.0)
         end = rss_mb(srv.pid)
         curve.append((out.get("requests", n) if "failed" not in out else curve[-1][0], curve[-1][1], end))
     finally:
+        await lg.close()
         srv.stop()
         mock.stop()
     if "failed" in out:
@@ -838,7 +875,8 @@ async def part_soak(opts: argparse.Namespace, facts: dict[str, str], layout: Lay
     rep.table(["target", "measured", "limit", "verdict"],
               [["RSS growth over the soak (end vs after warm-up)", f"{growth:+.1f}%", "< 5%", verdict(growth < 5)],
                ["RSS growth after the first 10% (end vs 10%)", f"{(end - tenth) / tenth * 100:+.1f}%", "(for reference)", ""],
-               [f"soak length ≥ 200k requests", str(out["requests"]), "≥ 200,000", verdict(out["requests"] >= 200000)]])
+               ["soak length ≥ 200k requests", str(out["requests"]), "≥ 200,000",
+                "n/a (quick)" if opts.quick else verdict(out["requests"] >= 200000)]])
     rep.write()
 
 
@@ -871,6 +909,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--repeats", type=int)
     g.add_argument("--duration", type=float, help="seconds measured per run")
     g.add_argument("--warmup", type=float, help="seconds of load before each measured window")
+    g.add_argument("--warmup-all", type=float, help="seconds of load per target and mode before the first repeat")
     g.add_argument("--levels", type=ints, default=[1, 16, 64], help="closed-loop concurrency levels (default 1,16,64)")
     g.add_argument("--rates", type=floats, help="fixed-rate runs, requests/s (default 50; '' for none)")
     g.add_argument("--rate-duration", type=float)
@@ -887,7 +926,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated from passthrough, llm-router, LiteLLM (default passthrough,llm-router)")
     g.add_argument("--stream-chunk-delay", type=float, default=1.0)
     g = ap.add_argument_group("soak")
-    g.add_argument("--soak-requests", type=int, help="default 200000 (quick: 20000)")
+    g.add_argument("--soak-requests", type=int, help="default 200000 (quick: 8000)")
     g.add_argument("--soak-concurrency", type=int, default=32)
     opts = ap.parse_args(argv)
     for part in opts.parts:
@@ -896,10 +935,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     opts.argv = argv
     q = opts.quick
     defaults = dict(repeats=1 if q else 3, duration=1.0 if q else 8.0, warmup=0.3 if q else 1.0, rates=[50.0],
-                    rate_duration=1.0 if q else 5.0, deployments=[10, 100, 1000] if q else [10, 100, 1000, 10000],
+                    warmup_all=0.5 if q else 2.0, rate_duration=1.0 if q else 5.0, deployments=[10, 100, 1000] if q else [10, 100, 1000, 10000],
                     patterns=[10, 100, 1000], iterations=2000 if q else 20000,
                     stream_levels=[100, 1000] if q else [100, 250, 500, 1000, 1500, 2000],
-                    soak_requests=20000 if q else 200000)
+                    soak_requests=8000 if q else 200000)
     for k, v in defaults.items():
         if getattr(opts, k) is None:
             setattr(opts, k, v)

@@ -335,9 +335,9 @@ async def fixed_rate(url: str, body: bytes, stream: bool, rate: float, duration:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", required=True)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], exit_on_error=False)
+    ap.add_argument("--url")
     ap.add_argument("--model", default="bench")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--stream", action="store_true")
@@ -350,16 +350,47 @@ def main() -> None:
     ap.add_argument("--max-conns", type=int, default=512)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--serve", action="store_true",
+                    help="stay up: read one run's arguments per line of stdin (JSON list of these options), "
+                         "answer each with its result line (the harness uses this: one pinned process, no start-up per run)")
+    return ap
+
+
+async def run(args: argparse.Namespace) -> dict:
+    if not args.url:
+        raise ValueError("--url is required")
     body = chat_body(args.model, args.stream, args.max_tokens)
     if args.rate:
-        coro = fixed_rate(args.url, body, args.stream, args.rate, args.duration or 10.0, args.warmup, args.max_conns, args.timeout)
-    else:
-        if args.requests is None and args.duration is None:
-            ap.error("give --duration or --requests")
-        coro = closed_loop(args.url, body, args.stream, args.concurrency, args.duration, args.warmup, args.requests,
-                           args.timeout, args.progress, chat_body(args.model, True, args.max_tokens) if args.mixed else None)
-    print(orjson.dumps(asyncio.run(coro)).decode(), flush=True)
+        return await fixed_rate(args.url, body, args.stream, args.rate, args.duration or 10.0, args.warmup, args.max_conns,
+                                args.timeout)
+    if args.requests is None and args.duration is None:
+        raise ValueError("give --duration or --requests")
+    return await closed_loop(args.url, body, args.stream, args.concurrency, args.duration, args.warmup, args.requests,
+                             args.timeout, args.progress, chat_body(args.model, True, args.max_tokens) if args.mixed else None)
+
+
+async def serve(ap: argparse.ArgumentParser) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        try:
+            out = await run(ap.parse_args(orjson.loads(line)))
+        except (ValueError, argparse.ArgumentError, orjson.JSONDecodeError, SystemExit) as exc:
+            out = {"failed": f"bad run arguments: {exc}"}
+        print(orjson.dumps(out).decode(), flush=True)
+
+
+def main() -> None:
+    ap = parser()
+    args = ap.parse_args()
+    if args.serve:
+        asyncio.run(serve(ap))
+        return
+    try:
+        print(orjson.dumps(asyncio.run(run(args))).decode(), flush=True)
+    except ValueError as exc:
+        ap.error(str(exc))
 
 
 if __name__ == "__main__":

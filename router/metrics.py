@@ -22,6 +22,7 @@ from prometheus_client import multiprocess
 from router.domain import Deployment, RouteDecision
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2)
 DECISION_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 STATES = ("healthy", "degraded", "cooldown", "half_open")
 
@@ -42,6 +43,9 @@ class Metrics:
                               ["deployment"], buckets=LATENCY_BUCKETS, registry=r)
         self.decision = Histogram("llm_router_routing_decision_seconds", "Time Engine.decide takes.",
                                   buckets=DECISION_BUCKETS, registry=r)
+        self.overhead = Histogram("llm_router_overhead_seconds", "Time spent in the proxy per request, upstream waits "
+                                  "excluded: to the whole response, or for a stream to its first byte (also the "
+                                  "x-router-overhead-ms response header).", buckets=OVERHEAD_BUCKETS, registry=r)
         self.matches = Counter("llm_router_route_matches", "Routing decisions by the step that resolved the model "
                                "(exact, id, alias, pattern, wildcard, capability, size, default, none).", ["route"], registry=r)
         self.adjusted = Counter("llm_router_route_adjustments", "Picks moved by request metadata or warm-first routing.",

@@ -118,6 +118,8 @@ class Outcome:
     cache: str | None = None  # x-router-cache: hit | miss | skip (None: no cache configured)
     body: dict[str, Any] | None = None  # kept only with --log-bodies
     capture: bool = False  # keep the response for the cache
+    started: float = 0.0  # perf_counter() at arrival
+    waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
 
     @property
     def last(self) -> Attempt | None:
@@ -173,7 +175,7 @@ class Proxy:
         routing = self.routing  # this request finishes on the configuration it started with
         rid = request_id(request)
         decision: RouteDecision | None = None
-        outcome = Outcome()
+        outcome = Outcome(started=time.perf_counter())
         model = "?"
         try:
             limits = routing.config.limits
@@ -253,7 +255,10 @@ class Proxy:
         while True:
             if i == len(plan) and full and not errors:
                 # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
-                if not await self._wait_for_slot(full, min(deadline - loop.time(), routing.config.router.queue_timeout)):
+                queued = time.perf_counter()
+                got = await self._wait_for_slot(full, min(deadline - loop.time(), routing.config.router.queue_timeout))
+                outcome.waited += time.perf_counter() - queued
+                if not got:
                     break
                 full.clear()
                 i = 0
@@ -278,6 +283,7 @@ class Proxy:
                     break
                 rounds += 1
                 await asyncio.sleep(pause)
+                outcome.waited += pause
                 i = 0
                 continue
             dep, upstream = plan[i]
@@ -358,7 +364,7 @@ class Proxy:
             attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
         c = Call(request, endpoint, url, payload, headers, response_headers,
                  stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
-                 lambda msg: self.log.exception(msg, request_id=rid))
+                 lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
         in_flight = self.metrics.in_flight.labels(dep.id)
         in_flight.inc()
@@ -382,6 +388,10 @@ class Proxy:
             raise
         finally:
             in_flight.dec()
+            if attempt.overhead is None:
+                outcome.waited += attempt.upstream  # it failed: its wait was not ours
+            else:
+                self.metrics.overhead.observe(attempt.overhead)
             if error is not None:
                 self.metrics.upstream_errors.labels(dep.id, error.error_class).inc()
             if attempt.prompt_tokens:

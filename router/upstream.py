@@ -41,6 +41,9 @@ def usage_tokens(body: bytes) -> tuple[int, int]:
     return (int(total.group(1)) if total else 0), (int(prompt.group(1)) if prompt else 0)
 
 
+OVERHEAD_HEADER = "x-router-overhead-ms"  # time in the proxy before the response (streams: before the first byte)
+
+
 @dataclass(slots=True)
 class Attempt:
     """What one attempt did: for the log line, the state table and the caller."""
@@ -54,6 +57,8 @@ class Attempt:
     prompt_tokens: int = 0
     capture: bytearray | None = None  # what the client got, kept for the response cache (bounded)
     capture_limit: int = 0
+    upstream: float = 0.0  # seconds spent waiting for the backend (to its whole answer, or a stream's first chunk)
+    overhead: float | None = None  # seconds in the proxy before the response went out, waits excluded
 
     def captured(self, data: bytes) -> None:
         if self.capture is not None:
@@ -77,6 +82,12 @@ class Call:
     ctx: Context
     deadline: float  # loop time by which the answer (or, streaming, the first chunk) must be there
     log_exception: Callable[[str], None]
+    started: float = 0.0  # perf_counter() when the request arrived
+    waited: float = 0.0  # seconds the request already spent waiting (earlier attempts, backoff, queue)
+
+    def overhead(self, upstream: float) -> float:
+        """Seconds spent in the proxy so far, waits excluded."""
+        return max(0.0, time.perf_counter() - self.started - self.waited - upstream)
 
 
 async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web.StreamResponse:
@@ -88,15 +99,21 @@ async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web
         return await _stream(session, c, attempt, remaining)
     limit = min(dep.timeout or remaining, remaining)
     timeout = aiohttp.ClientTimeout(total=limit, sock_connect=min(CONNECT_TIMEOUT, limit))
-    async with UpstreamErrors(dep, limit):
-        async with session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise upstream_error(resp.status, raw, dep.provider, resp.headers.get("Retry-After"))
+    sent = time.perf_counter()
+    try:
+        async with UpstreamErrors(dep, limit):
+            async with session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise upstream_error(resp.status, raw, dep.provider, resp.headers.get("Retry-After"))
+    finally:
+        attempt.upstream = time.perf_counter() - sent
     body = ADAPTERS[dep.wire].response_body(c.endpoint, raw, c.ctx, dep.provider)
     attempt.status = 200
     attempt.tokens, attempt.prompt_tokens = usage_tokens(body)
-    return web.Response(body=body, status=200, content_type="application/json", headers=c.response_headers)
+    attempt.overhead = c.overhead(attempt.upstream)
+    return web.Response(body=body, status=200, content_type="application/json",
+                        headers={**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
 
 
 async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, remaining: float) -> web.StreamResponse:
@@ -110,7 +127,7 @@ async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, rem
     adapter = ADAPTERS[dep.wire]
     translator = adapter.translator(c.endpoint, c.ctx)
     guard = UpstreamErrors(dep, min(idle or remaining, remaining))
-    sent = time.monotonic()
+    sent = time.perf_counter()
     resp: aiohttp.ClientResponse | None = None
     complete = False
     try:
@@ -125,8 +142,10 @@ async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, rem
                     raise UpstreamError(f"{dep.provider} answered a streaming request with "
                                         f"{resp.headers.get('Content-Type', 'no content type')}: {snippet!r}")
                 chunk = await resp.content.readany()
-        attempt.ttft = time.monotonic() - sent
-        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **c.response_headers})
+        attempt.ttft = attempt.upstream = time.perf_counter() - sent
+        attempt.overhead = c.overhead(attempt.upstream)
+        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **c.response_headers,
+                                                      OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
         await out.prepare(c.request)
         attempt.status = 200
         # From here on the client has our 200: every failure must end the stream
@@ -153,6 +172,8 @@ async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, rem
             attempt.client_gone = True
         return out
     finally:
+        if attempt.status != 200:
+            attempt.upstream = time.perf_counter() - sent  # a failed attempt: all of it was waiting
         if resp is not None:
             if complete:
                 resp.release()

@@ -92,3 +92,23 @@ def test_every_dashboard_and_cheat_sheet_query_names_an_exported_metric():
     for expr in exprs:
         for name in re.findall(r"llm_router_[a-z_]+", expr):
             assert name in exported, name
+
+
+async def test_the_proxys_own_overhead_is_a_header_and_a_histogram_without_the_upstream_wait(stack):
+    stack.backends["vllm"].faults.first_byte_delay = 0.3  # the backend takes 300 ms: none of it is ours
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    try:
+        plain = await client.chat.completions.with_raw_response.create(model="llama2-13b-vllm", messages=HI, max_tokens=3)
+        async with client.chat.completions.with_streaming_response.create(
+                model="llama2-13b-vllm", messages=HI, max_tokens=3, stream=True) as streamed:
+            async for _ in streamed.iter_lines():
+                pass
+    finally:
+        await client.close()
+        stack.backends["vllm"].faults.clear()
+    for raw in (plain, streamed):
+        overhead_ms = float(raw.headers["x-router-overhead-ms"])
+        assert 0 < overhead_ms < 100, overhead_ms  # the 300 ms upstream wait is excluded
+    samples = await scrape(stack.url)
+    assert value(samples, "llm_router_overhead_seconds_count") == 2
+    assert value(samples, "llm_router_overhead_seconds_sum") < 0.2

@@ -299,8 +299,8 @@ def ensure_litellm(version: str | None) -> str:
 
 LITELLM_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the model cost map: offline
-    "LITELLM_TELEMETRY": "False",
-    "TELEMETRY": "False",
+    # telemetry: litellm_settings.telemetry false in the config (the proxy's usage telemetry
+    # of v1.107+ is off unless LITELLM_TELEMETRY_* turn it on)
     # Recent releases refuse to start without a master key; llm-router runs without one
     # here too, so both proxies skip authentication (a local benchmark, loopback only).
     "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
@@ -524,8 +524,9 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
                                 flush=True)
                     for rate in opts.rates:
                         for name, url, srv in order:
-                            best = max((o.get("rps", 0) for o in res.get((name, mode, max(opts.levels)), [])), default=0)
-                            if best and best < rate * 1.1:  # it could not keep up: the run would only measure a queue
+                            runs = [o for c in opts.levels for o in res.get((name, mode, c), []) if "failed" not in o]
+                            best = max((o["rps"] for o in runs), default=NAN)
+                            if best < rate * 1.1:  # it could not keep up: the run would only measure a queue
                                 out = {"failed": f"saturated (≈{best:.0f} rps max)"}
                             else:
                                 out = await one(srv, url, ["--rate", str(rate), "--duration", str(opts.rate_duration)] + extra)
@@ -926,7 +927,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated from passthrough, llm-router, LiteLLM (default passthrough,llm-router)")
     g.add_argument("--stream-chunk-delay", type=float, default=1.0)
     g = ap.add_argument_group("soak")
-    g.add_argument("--soak-requests", type=int, help="default 200000 (quick: 8000)")
+    g.add_argument("--soak-requests", type=int, help="default 200000 (quick: 5000)")
     g.add_argument("--soak-concurrency", type=int, default=32)
     opts = ap.parse_args(argv)
     for part in opts.parts:
@@ -938,7 +939,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     warmup_all=0.5 if q else 2.0, rate_duration=1.0 if q else 5.0, deployments=[10, 100, 1000] if q else [10, 100, 1000, 10000],
                     patterns=[10, 100, 1000], iterations=2000 if q else 20000,
                     stream_levels=[100, 1000] if q else [100, 250, 500, 1000, 1500, 2000],
-                    soak_requests=8000 if q else 200000)
+                    soak_requests=5000 if q else 200000)
     for k, v in defaults.items():
         if getattr(opts, k) is None:
             setattr(opts, k, v)

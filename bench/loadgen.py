@@ -212,20 +212,32 @@ class Recorder:
 async def closed_loop(url: str, body: bytes, stream: bool, concurrency: int, duration: float | None = None,
                       warmup: float = 0.0, requests: int | None = None, timeout: float = 60.0,
                       progress: bool = False, mixed_body: bytes | None = None) -> dict:
-    """C connections, each sending back to back. Time-boxed (requests that end inside
-    [warmup, warmup + duration] count) or a fixed number of requests. With
-    mixed_body (a streaming request), each connection alternates body and it."""
+    """C connections, each sending back to back: a fixed number of requests, or
+    time-boxed: the requests that end inside a window of `duration` seconds count,
+    the window opening once `warmup` seconds have passed *and* every connection has
+    finished a request (so a slow target's first round, all C requests in flight at
+    once, is not what gets measured). With mixed_body (a streaming request), each
+    connection alternates body and it."""
     host, port, raw = build_request(url, body)
     raws = [(raw, stream)] + ([(build_request(url, mixed_body)[2], True)] if mixed_body is not None else [])
     rec = Recorder(stream)
     began = now()
-    win_start = began + warmup
-    win_end = win_start + duration if duration is not None else float("inf")
     left = requests if requests is not None else -1
+    inf = float("inf")
+    win = [inf, inf] if requests is None else [-inf, inf]  # [start, end], set once all connections are warm
+    cold = concurrency
+
+    def warm_one() -> None:
+        nonlocal cold
+        cold -= 1
+        if cold == 0 and requests is None:
+            win[0] = max(now(), began + warmup)
+            win[1] = win[0] + (duration or 0.0)
 
     async def worker(k: int) -> None:
         nonlocal left
         conn: HttpConn | None = None
+        first = True
         while True:
             k += 1
             raw, is_stream = raws[k % len(raws)]
@@ -233,28 +245,36 @@ async def closed_loop(url: str, body: bytes, stream: bool, concurrency: int, dur
                 if left <= 0:
                     break
                 left -= 1
-            elif now() >= win_end:
+            elif now() >= win[1]:
                 break
             if conn is None or conn.closed:
                 try:
                     conn = await asyncio.wait_for(HttpConn.open(host, port), timeout)
                 except (OSError, asyncio.TimeoutError) as exc:
-                    rec.errors[f"connect: {type(exc).__name__}"] += 1
+                    if win[0] <= now() <= win[1]:
+                        rec.errors[f"connect: {type(exc).__name__}"] += 1
+                    if first:
+                        first = False
+                        warm_one()
                     await asyncio.sleep(0.05)
                     continue
             t0 = now()
             try:
                 res = await asyncio.wait_for(conn.request(raw), timeout)
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-                if requests is not None or win_start <= now() <= win_end:
+                if win[0] <= now() <= win[1]:
                     rec.errors[type(exc).__name__] += 1
                 conn.close()
                 conn = None
-                continue
-            rec.result(t0, res, requests is not None or win_start <= res[2] <= win_end, is_stream)
-            if conn.must_close:
-                conn.close()
-                conn = None
+                res = None
+            if res is not None:
+                rec.result(t0, res, win[0] <= res[2] <= win[1], is_stream)
+                if conn is not None and conn.must_close:
+                    conn.close()
+                    conn = None
+            if first:
+                first = False
+                warm_one()
         if conn is not None:
             conn.close()
 
@@ -376,7 +396,9 @@ async def serve(ap: argparse.ArgumentParser) -> None:
     while line := await reader.readline():
         try:
             out = await run(ap.parse_args(orjson.loads(line)))
-        except (ValueError, argparse.ArgumentError, orjson.JSONDecodeError, SystemExit) as exc:
+        except SystemExit:  # argparse has printed why on stderr
+            out = {"failed": "bad run arguments (see the load generator's stderr)"}
+        except (ValueError, argparse.ArgumentError, orjson.JSONDecodeError) as exc:
             out = {"failed": f"bad run arguments: {exc}"}
         print(orjson.dumps(out).decode(), flush=True)
 

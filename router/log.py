@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -50,18 +51,34 @@ def _json(_: Any, __: str, event: dict[str, Any]) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+class _Stamper:
+    """Timestamps at one formatting per second, not one per line (the hot path logs a
+    line per request); JSON adds milliseconds."""
+
+    def __init__(self, utc: bool, millis: bool) -> None:
+        self.utc, self.millis = utc, millis
+        self.second, self.text = -1, ""
+
+    def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second) if self.utc else time.localtime(second))
+        event["timestamp"] = f"{self.text}.{int((now - second) * 1000):03d}Z" if self.millis else self.text
+        return event
+
+
 def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> None:
     """Configure structlog once, at start-up. ``fmt`` is ``human`` or ``json``."""
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-    ]
+    processors: list[Any] = [structlog.processors.add_log_level]
     if fmt == "json":
-        processors += [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.format_exc_info, _json]
+        processors += [_Stamper(utc=True, millis=True), structlog.processors.format_exc_info, _json]
     else:
-        processors += [structlog.processors.TimeStamper(fmt="%Y-%m-%dT%H:%M:%S", utc=False),
-                       structlog.processors.format_exc_info, _human(with_time=not under_journald)]
+        if not under_journald:  # journald stamps every line itself
+            processors.append(_Stamper(utc=False, millis=False))
+        processors += [structlog.processors.format_exc_info, _human(with_time=not under_journald)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

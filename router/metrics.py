@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections import Counter as Tally
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -66,25 +66,34 @@ class Metrics:
                                    "split (weights, else even): 1 = exactly on target.", ["model_group"],
                                    multiprocess_mode="livemax", registry=r)
         self._split: dict[str, Tally[str]] = defaultdict(Tally)
+        self._children: dict[tuple[Any, ...], Any] = {}  # (metric, label values) -> its child
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once (labels are bounded: configured names)."""
+        key = (id(metric), *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     # -- recording (synchronous; cheap) ------------------------------------------------------
 
     def decided(self, seconds: float, decision: RouteDecision | None) -> None:
         self.decision.observe(seconds)
         if decision is None:
-            self.matches.labels("none").inc()
+            self.child(self.matches, "none").inc()
             return
-        self.matches.labels(decision.resolved or decision.route).inc()
+        self.child(self.matches, decision.resolved or decision.route).inc()
         if decision.route != decision.resolved and decision.route in ("metadata", "warm"):
-            self.adjusted.labels(decision.route).inc()
+            self.child(self.adjusted, decision.route).inc()
 
     def answered(self, group: str, decision: RouteDecision, dep: Deployment, status: int, seconds: float,
                  ttft: float | None) -> None:
         code = str(status)
-        self.requests.labels(group, dep.id, dep.provider, decision.route, code).inc()
-        self.duration.labels(group, dep.id, decision.route, code).observe(seconds)
+        self.child(self.requests, group, dep.id, dep.provider, decision.route, code).inc()
+        self.child(self.duration, group, dep.id, decision.route, code).observe(seconds)
         if ttft is not None:
-            self.ttft.labels(dep.id).observe(ttft)
+            self.child(self.ttft, dep.id).observe(ttft)
 
     def split(self, group: str, dep: Deployment, candidates: Iterable[Deployment], weights: list[float] | None) -> None:
         """Track a group's traffic split against its target (last ~1,000 picks)."""
@@ -101,7 +110,7 @@ class Metrics:
         target = weights if weights and len(weights) == len(ids) and sum(weights) > 0 else [1.0] * len(ids)
         norm = sum(target)
         distance = 0.5 * sum(abs(tally[i] / total - w / norm) for i, w in zip(ids, target))
-        self.effectiveness.labels(group).set(round(1 - distance, 4))
+        self.child(self.effectiveness, group).set(round(1 - distance, 4))
 
     def render(self) -> bytes:
         path = multiprocess_dir()

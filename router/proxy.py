@@ -366,7 +366,7 @@ class Proxy:
                  stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
-        in_flight = self.metrics.in_flight.labels(dep.id)
+        in_flight = self.metrics.child(self.metrics.in_flight, dep.id)
         in_flight.inc()
         started = time.monotonic()
         error: RouterError | None = None
@@ -395,9 +395,9 @@ class Proxy:
             if error is not None:
                 self.metrics.upstream_errors.labels(dep.id, error.error_class).inc()
             if attempt.prompt_tokens:
-                self.metrics.tokens.labels(dep.id, "in").inc(attempt.prompt_tokens)
+                self.metrics.child(self.metrics.tokens, dep.id, "in").inc(attempt.prompt_tokens)
             if attempt.tokens - attempt.prompt_tokens > 0:
-                self.metrics.tokens.labels(dep.id, "out").inc(attempt.tokens - attempt.prompt_tokens)
+                self.metrics.child(self.metrics.tokens, dep.id, "out").inc(attempt.tokens - attempt.prompt_tokens)
             self.state.finished(dep, f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
                                 stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
             if error is not None and error.counts:
@@ -489,7 +489,7 @@ class Proxy:
             fields["ttft_ms"] = round(last.ttft * 1000, 1)
         if outcome.cache is not None:
             fields["cache"] = outcome.cache
-            self.metrics.cache.labels(outcome.cache).inc()
+            self.metrics.child(self.metrics.cache, outcome.cache).inc()
         if outcome.body is not None:
             fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
         if outcome.cache == "hit":

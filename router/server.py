@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any, Callable
 
 import orjson
@@ -142,6 +143,19 @@ class Runner(web.AppRunner):
         return server
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (measured faster: bench/RESULTS.md), unless
+    ``LLM_ROUTER_LOOP=asyncio`` asks for the standard loop."""
+    if os.environ.get("LLM_ROUTER_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_port: bool | None,
         shutdown_timeout: float, ready: Callable[[], None], backlog: int = 1024) -> None:
     """Serve until SIGINT/SIGTERM, then drain (``shutdown_timeout``) and clean up."""
@@ -157,7 +171,7 @@ def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_por
         finally:
             await runner.cleanup()
 
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     task = loop.create_task(main())
     try:

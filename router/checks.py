@@ -6,6 +6,7 @@ Each getter records an error (or warning) at the key's file and line in the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -15,7 +16,7 @@ from router.yamlsource import Path, Source
 
 _MISSING = object()
 _ENV_PREFIX = "os.environ/"
-_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+_NUMBER = re.compile(r"^\s*\d{1,30}(\.\d{1,30})?\s*$")
 
 
 def get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, default: Any = None, required: bool = False) -> Any:
@@ -28,7 +29,10 @@ def get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, defa
     value = m.get(key, _MISSING)
     if isinstance(value, str) and value.startswith(_ENV_PREFIX):
         name = value[len(_ENV_PREFIX):]
-        value = os.environ.get(name)
+        try:
+            value = os.environ.get(name)
+        except ValueError:  # a name the OS cannot hold (a lone surrogate): never set
+            value = None
         if value is None:
             if kind == "secret":
                 src.warn(path + (key,), f"environment variable {name} is not set; no value is used")
@@ -41,15 +45,34 @@ def get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, defa
         return default
     if kind in ("int", "num", "pos") and isinstance(value, str) and _NUMBER.match(value):
         value = float(value) if "." in value else int(value)
+    if isinstance(value, str) and not _encodable(value):
+        src.error(path + (key,), f"is not valid Unicode (a lone surrogate such as \"\\ud800\"): {value[:60]!r}")
+        return default
     ok, converted = _CONVERT[kind](value)
     if not ok:
-        src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
+        src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {_short(value)}")
         return default
     return converted
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    # Finite only: YAML's .inf (or a 400-digit integer) is no timeout or size anyone means.
+    if isinstance(v, bool):
+        return False
+    return (isinstance(v, int) and abs(v) < 1e300) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 100 else text[:90] + "...(" + str(len(text)) + " chars)"
+
+
+def _encodable(v: str) -> bool:
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {
@@ -90,7 +113,11 @@ def check_url(src: Source, path: Path, url: str | None) -> str | None:
     """Validate an api_base; return it without a trailing slash (``None`` if invalid)."""
     if url is None:
         return None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1": invalid IPv6 URL
+        src.error(path, f"must be an http(s) URL, got {url!r} ({exc})")
+        return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         src.error(path, f"must be an http(s) URL, got {url!r}")
         return None

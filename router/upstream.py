@@ -31,6 +31,11 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
+# The end of an OpenAI stream: at a line's start, since a model may well write "data: [DONE]"
+# in its answer (it arrives inside a JSON string, where a line break is escaped).
+_DONE = re.compile(rb"[\r\n]data: ?\[DONE\]")
+_EVENT_END = (b"\n\n", b"\r\r", b"\r\n\r\n")
+LINE_LIMIT = 1 << 20  # bytes of an unfinished SSE line held back before it is relayed anyway
 
 
 def usage_tokens(body: bytes) -> tuple[int, int]:
@@ -185,33 +190,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
                  guard: UpstreamErrors, attempt: Attempt) -> bytes:
     """Copy chunks until the upstream ends; return the bytes that close the stream."""
     if translator is None:  # OpenAI-compatible: bytes pass through untouched
-        # Only two cheap byte scans per chunk: was a finish_reason sent, and is this
-        # the end? A stream that says [DONE] without ever giving a finish_reason was
-        # cut short (llama-cpp-python does that when a second request interrupts it):
-        # the client gets an error event instead of a silently truncated answer.
-        tail = b""
-        events = 0
-        finished = False
-        while chunk:
-            window = tail + chunk
-            finished = finished or _FINISHED.search(window) is not None
-            done = window.find(b"data: [DONE]")
-            if done >= 0 and not finished:
-                await out.write(chunk[: max(0, done - len(tail))])
-                attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream without a finish_reason "
-                                              "(cut short, e.g. by a concurrent request)")
-                return error_event(attempt.error.message, attempt.error.type, "stream_truncated")
-            await out.write(chunk)
-            attempt.captured(chunk)
-            tail = window[-40:]
-            events += chunk.count(b"data:")
-            async with guard:
-                chunk = await resp.content.readany()
-        attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
-        if b"[DONE]" in tail:
-            return b""
-        attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")
-        return error_event(attempt.error.message, attempt.error.type, attempt.error.code)
+        return await _relay_sse(out, resp, chunk, guard, attempt)
     while chunk:
         data = translator.feed(chunk)
         if data:
@@ -227,6 +206,72 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
     if translator.failed:
         attempt.error = UpstreamError("Ollama stream failed")
     return end
+
+
+async def _relay_sse(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: bytes, guard: UpstreamErrors,
+                     attempt: Attempt) -> bytes:
+    """The OpenAI-compatible relay: the upstream's bytes, in order and unchanged.
+
+    Only cheap byte scans per chunk: was a finish_reason sent, and is this the end? A
+    stream that says [DONE] without ever giving a finish_reason was cut short
+    (llama-cpp-python does that when a second request interrupts it): the client gets
+    an error event instead of a silently truncated answer. A chunk's unfinished last
+    line waits for its line ending (no client can use half a line), so a stream that
+    breaks off mid-event still ends with an error event an SSE client can read.
+    """
+    tail = b"\n"  # the last bytes seen, for matches across chunks (the stream starts at a line start)
+    edge = b"\n\n"  # the last bytes written (at least 4 of them)
+    held = bytearray()  # the start of a line whose end has not arrived
+    events = 0
+    finished = done = False
+    while chunk:
+        window = tail + chunk
+        if not done:
+            finished = finished or _FINISHED.search(window) is not None
+            m = _DONE.search(window) if b"[DONE]" in window else None
+            if m is not None and not finished:
+                data = bytes(held) + chunk
+                data = data[: max(0, len(data) - (len(window) - m.start() - 1))]  # up to "data: [DONE]"
+                if data:
+                    await out.write(data)
+                    edge = data if len(data) >= 4 else (edge + data)[-4:]
+                attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream without a finish_reason "
+                                              "(cut short, e.g. by a concurrent request)")
+                return _separator(edge) + error_event(attempt.error.message, attempt.error.type, "stream_truncated")
+            done = m is not None
+        events += window.count(b"data:", max(0, len(tail) - 4))  # each once, also when split across chunks
+        tail = window[-40:]
+        if not held and chunk[-1:] == b"\n":  # the usual case: whole lines, relayed as they came
+            data = chunk
+        else:
+            start = len(held)
+            held += chunk
+            cut = max(held.rfind(b"\n", start), held.rfind(b"\r", start)) + 1
+            if not cut and len(held) > LINE_LIMIT:
+                cut = len(held)
+            data = bytes(held[:cut])
+            del held[:cut]
+        if data:
+            await out.write(data)
+            attempt.captured(data)
+            edge = data if len(data) >= 4 else (edge + data)[-4:]
+        try:
+            async with guard:
+                chunk = await resp.content.readany()
+        except RouterError as exc:  # the connection broke: end the stream here
+            attempt.error = exc
+            return _separator(edge) + error_event(exc.message, exc.type, exc.code)
+    attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
+    if done:  # whatever followed [DONE], and a blank line if the upstream left its last event open
+        rest = bytes(held)
+        return rest + _separator(edge + rest)
+    attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")
+    return _separator(edge) + error_event(attempt.error.message, attempt.error.type, attempt.error.code)
+
+
+def _separator(written: bytes) -> bytes:
+    """What ends the event the client's stream stops inside, if it does."""
+    return b"" if written.endswith(_EVENT_END) else b"\n\n"
 
 
 class UpstreamErrors:

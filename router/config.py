@@ -537,7 +537,10 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     env_vars = get(src, top, "environment_variables", (), "map", default={})
     for k, v in env_vars.items():
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-            os.environ.setdefault(str(k), str(v))
+            try:
+                os.environ.setdefault(str(k), str(v))
+            except (ValueError, OSError, UnicodeError):  # "=" or NUL in the name, NUL or a lone surrogate, an empty name
+                src.error(("environment_variables", k), "not a valid environment variable name or value")
         else:
             src.error(("environment_variables", k), "must be a string")
 

@@ -344,8 +344,6 @@ def _write(files: tuple[str, str], config: str) -> tuple[str, None]:
     return files[0], None
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, OSError), reason="router/config.py hands environment_variables to os.environ "
-                   "unchecked; patch proposed (catch ValueError there and report the key)")
 @pytest.mark.parametrize("entry", ['"A=B": x', '"": x', 'A: "x\\0y"', 'A: "\\ud800"'])
 def test_environment_variables_the_os_refuses_are_config_errors(files, entry):
     with _environment_kept(), pytest.raises(ConfigError) as info:

@@ -9,6 +9,8 @@ line. Every logger is bound to a tag: ``ROUTER`` for routing decisions,
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
@@ -69,9 +71,51 @@ class _Stamper:
         return event
 
 
+_writer: LineWriter | None = None  # the configured one, flushed at exit
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _writer is not None:
+        _writer.flush()
+
+
+class LineWriter:
+    """structlog's output: lines to ``file``, flushed once per event-loop iteration
+    rather than once per line (the request path logs a line per request; one write
+    per loop turn instead of one per line), immediately when no loop runs."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.pending = False
+
+    def msg(self, message: str) -> None:
+        self.file.write(message + "\n")
+        if self.pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self.pending = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.pending = False
+        try:
+            self.file.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing to do about it here
+            pass
+
+    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
+
+
 def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> None:
     """Configure structlog once, at start-up. ``fmt`` is ``human`` or ``json``."""
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    global _writer
+    writer = _writer = LineWriter(stream or sys.stdout)
     processors: list[Any] = [structlog.processors.add_log_level]
     if fmt == "json":
         processors += [_Stamper(utc=True, millis=True), structlog.processors.format_exc_info, _json]
@@ -82,7 +126,7 @@ def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
 

@@ -158,6 +158,7 @@ BAD = [
     bad("embeddings", "encoding_format", encoding_format=1),
     bad("embeddings", "dimensions", dimensions=0),
     bad("embeddings", "dimensions", dimensions="256"),
+    bad("embeddings", "dimensions", dimensions=7_029_773),
 ]
 
 

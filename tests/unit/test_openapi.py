@@ -15,7 +15,7 @@ from router import __version__, openapi
 from router.access import OPEN_PATHS
 from router.app import create_app
 from router.config import load_config
-from router.validate import MAX_ITEMS, MAX_MESSAGES, MAX_N, MAX_STOP, MAX_TOP_LOGPROBS
+from router.validate import MAX_DIMENSIONS, MAX_ITEMS, MAX_MESSAGES, MAX_N, MAX_STOP, MAX_TOP_LOGPROBS
 from router.routing.engine import MAX_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,7 @@ def test_limits_in_the_spec_match_the_validator():
     assert chat["top_logprobs"]["maximum"] == MAX_TOP_LOGPROBS
     assert schemas["Stop"]["maxItems"] == MAX_STOP
     assert schemas["ModelName"]["maxLength"] == MAX_MODEL_NAME
+    assert schemas["EmbeddingRequest"]["properties"]["dimensions"]["maximum"] == MAX_DIMENSIONS
     batches = [b for b in schemas["Prompts"]["anyOf"] if "maxItems" in b]
     assert batches and all(b["maxItems"] == MAX_ITEMS for b in batches)
 

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import hypothesis
 import orjson
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -57,14 +58,16 @@ MODELS = ["llama3.1:8b", "qwen2.5-coder:7b", "nomic-embed", "llama2-13b-vllm", "
           "general_chat", "qwen-coder", "meta-llama/Llama-2-7b-chat-hf", "mistral:7b"]
 
 
-def fuzz_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def fuzz_spec(spec: dict[str, Any], positive: bool) -> dict[str, Any]:
     """The served document with ``model`` narrowed to names that route (an arbitrary
     string is a 404 before any backend sees the request; negative cases still send those)."""
     spec = copy.deepcopy(spec)
     spec["components"]["schemas"]["ModelName"] = {"type": "string", "enum": MODELS}
-    # The OpenAI-compatible simulators compute every dimension asked for, inside the
-    # proxy's own event loop (a real server refuses more than its model has).
-    spec["components"]["schemas"]["EmbeddingRequest"]["properties"]["dimensions"]["maximum"] = 64
+    if positive:
+        # The OpenAI-compatible simulators compute every dimension asked for, inside the
+        # proxy's own event loop (a real server refuses more than its model has). Negative
+        # cases keep the real bound: a value past it must still be rejected.
+        spec["components"]["schemas"]["EmbeddingRequest"]["properties"]["dimensions"]["maximum"] = 64
     names = {"type": "string", "enum": MODELS}
     for path, name in (("/v1/models/{model}", "model"), ("/models/{model}", "model"), ("/router/explain", "model")):
         for param in spec["paths"][path]["get"]["parameters"]:
@@ -134,7 +137,8 @@ class Fuzz:
     """One run over every operation (blocking: run it off the event loop that serves the proxy)."""
 
     def __init__(self, spec: dict[str, Any], url: str) -> None:
-        self.schema = schemathesis.openapi.from_dict(spec)
+        self.schema = schemathesis.openapi.from_dict(fuzz_spec(spec, positive=True))
+        self.negative = schemathesis.openapi.from_dict(fuzz_spec(spec, positive=False))
         self.url = url
         self.session = requests.Session()
         self.problems: list[str] = []
@@ -155,7 +159,7 @@ class Fuzz:
                 examples = examples_for(operation.path, inputs)
                 self.operation(operation, GenerationMode.POSITIVE, examples)
                 if inputs:  # else there is nothing to break
-                    self.operation(operation, GenerationMode.NEGATIVE, examples)
+                    self.operation(self.negative[operation.path][operation.method.upper()], GenerationMode.NEGATIVE, examples)
         finally:
             self.session.close()
         return self
@@ -199,7 +203,7 @@ async def test_fuzz_every_operation_against_a_live_proxy(make_stack):
             assert r.status == 200
             spec = await r.json()
     started = time.monotonic()
-    fuzz = await asyncio.to_thread(Fuzz(fuzz_spec(spec), stack.url).run)
+    fuzz = await asyncio.to_thread(Fuzz(spec, stack.url).run)
     elapsed = time.monotonic() - started
     problems, statuses = fuzz.problems, fuzz.statuses
     print(f"fuzzed {sum(sum(c.values()) for c in statuses.values())} requests over {len(statuses)} operations in {elapsed:.1f} s")
@@ -227,3 +231,49 @@ async def test_every_operation_without_the_key_is_a_401_or_open(make_stack):
                         assert r.status == 401, (method, path, r.status)
                         err = orjson.loads(body)["error"]
                         assert err["code"] == "invalid_api_key" and isinstance(err["message"], str)
+
+
+# Bodies no schema-driven generator writes: each is an OpenAI-shaped 400 naming the field, never a 500.
+HOSTILE = [
+    ("/v1/chat/completions", b"\xef\xbb\xbf{}", None),  # a byte-order mark
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user", "content": "\\ud800"}]}', None),  # lone surrogate
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user", "content": "\xff"}]}', None),  # not UTF-8
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user"}], "n": 100000}', "n"),
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user"}], "max_tokens": -1}', "max_tokens"),
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user"}], "max_tokens": 1e300}', "max_tokens"),
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user"}], "temperature": 1e308}', "temperature"),
+    ("/v1/chat/completions", b'{"model": "native", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 1}}]}]}',
+     "messages[0].content[0].image_url"),
+    ("/v1/chat/completions", b'{"model": "llama3.1:8b", "messages": [{"role": "assistant", "tool_calls": [{"function": []}]}]}',
+     "messages[0].tool_calls[0]"),
+    ("/v1/chat/completions", b'{"model": "llama3.1:8b", "messages": [{"role": "user"}], "response_format": {"type": "json_schema", "json_schema": 1}}',
+     "response_format.json_schema"),
+    ("/v1/completions", b'{"model": "native", "prompt": [1, "a", [2]]}', "prompt"),
+    ("/v1/completions", b'{"model": "native", "prompt": [[1], [true]]}', "prompt[1]"),
+    ("/v1/embeddings", b'{"model": "nomic-embed", "input": ""}', "input"),
+    ("/v1/embeddings", b'{"model": "nomic-embed", "input": [' + b",".join([b'"a"'] * 4097) + b"]}", "input"),
+]
+
+
+@pytest.mark.parametrize("path, body, param", HOSTILE)
+async def test_hostile_bodies_are_openai_shaped_400s(stack, path, body, param):
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        async with s.post(stack.url + path, data=body, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400, await r.text()
+            err = (await r.json())["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and isinstance(err["message"], str)
+    reached = [p for sim in stack.backends.values() for p in sim.stats.requests
+               if p.rsplit("/", 1)[-1] in ("completions", "embeddings", "chat", "generate", "embed")]
+    assert reached == []  # the health probes only: no request got to a backend
+
+
+async def test_unknown_fields_reach_the_backend_untouched_and_in_order(stack):
+    body = {"zeta": {"nested": [1, None, "x"]}, "model": "llama2-13b-vllm", "messages": [{"role": "user", "content": "Hi", "x_meta": 1}],
+            "top_k": 40, "repetition_penalty": 1.1, "guided_json": {"type": "object"}, "alpha": None}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        async with s.post(stack.url + "/v1/chat/completions", data=orjson.dumps(body)) as r:
+            assert r.status == 200, await r.text()
+    sent = stack.backends["vllm"].stats.last_body
+    assert list(sent) == list(body)
+    assert {k: v for k, v in sent.items() if k != "model"} == {k: v for k, v in body.items() if k != "model"}
+    assert sent["model"] == "meta-llama/Llama-2-13b-chat-hf"

@@ -135,6 +135,7 @@ def _messages(messages: Any, cap: int) -> None:
         raise BadRequest("messages is required and must be a non-empty array.", param="messages")
     if len(messages) > cap:
         raise BadRequest(f"messages must have at most {cap} entries.", param="messages")
+    parts = 0  # content parts over all messages: at most ``cap`` too (a body of a million tiny parts is not a chat)
     for i, m in enumerate(messages):
         if type(m) is not dict or type(m.get("role")) is not str:
             raise BadRequest(f"messages[{i}] must be an object with a string role.", param=f"messages[{i}]")
@@ -143,6 +144,9 @@ def _messages(messages: Any, cap: int) -> None:
             if type(content) is not list:
                 raise BadRequest(f"messages[{i}].content must be a string, an array of content parts, or null.",
                                  param=f"messages[{i}].content")
+            parts += len(content)
+            if parts > cap:
+                raise BadRequest(f"messages may hold at most {cap} content parts in all.", param=f"messages[{i}].content")
             for j, part in enumerate(content):
                 _content_part(part, f"messages[{i}].content[{j}]")
         name = m.get("name")

@@ -601,7 +601,10 @@ class OpenAICompatAPI:
         texts = _embedding_inputs(body.get("input"))
         if not texts:
             return self.d.error(400, "'input' must be a string or a list")
-        dim = as_int(body.get("dimensions")) or self.b.embedding_dim
+        dim = as_int(body.get("dimensions"))
+        if dim is not None and not 0 < dim <= self.b.embedding_dim:
+            return self.d.error(400, f"dimensions must be between 1 and {self.b.embedding_dim}")
+        dim = dim or self.b.embedding_dim
         vectors = [embed(model, t, dim) for t in texts]
         await self.b.pause(request, self.b.first_token_delay(self.d.load_delay(model)))
         tokens = sum(count_tokens(content_text(t)) for t in texts)

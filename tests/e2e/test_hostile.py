@@ -190,8 +190,11 @@ async def test_ten_thousand_idle_connections_stay_bounded_and_the_proxy_recovers
                 assert asyncio.get_running_loop().time() < deadline, (batch, proxy.open_fds())
                 await asyncio.sleep(0.02)  # polling the process's descriptors, bounded by the deadline
         assert len(conns) >= 9_000
-        # Over the cap: a 503 in OpenAI's shape (or, in a flood, a plain close).
-        status, headers, body = await exchange(proxy.port, post(GOOD), timeout=5)
+        # Over the cap: a 503 in OpenAI's shape (or, in a flood, a plain close or reset).
+        try:
+            status, headers, body = await exchange(proxy.port, post(GOOD), timeout=5)
+        except (OSError, EOFError):
+            status = None
         if status is not None:
             assert status == 503 and headers["retry-after"] == "1"
             assert orjson.loads(body)["error"]["code"] == "too_many_connections"
@@ -199,7 +202,10 @@ async def test_ten_thousand_idle_connections_stay_bounded_and_the_proxy_recovers
         # The idle ones are closed by the read timeout, so new clients get in again.
         deadline = asyncio.get_running_loop().time() + READ_TIMEOUT + 10
         while True:
-            status, _, _ = await exchange(proxy.port, post(GOOD), timeout=5)
+            try:
+                status, _, _ = await exchange(proxy.port, post(GOOD), timeout=5)
+            except (OSError, EOFError):  # refused or reset while the proxy sheds the flood
+                status = None
             if status == 200:
                 break
             assert asyncio.get_running_loop().time() < deadline, "the proxy did not recover"

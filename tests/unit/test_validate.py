@@ -265,3 +265,12 @@ def test_validation_is_cheap_on_a_typical_request():
         parse_body("chat", data)
     per_request = (time.perf_counter() - start) / 2000
     assert per_request < 200e-6, f"{per_request * 1e6:.1f} µs per request"
+
+
+def test_content_parts_over_all_messages_are_capped():
+    part = {"type": "text", "text": "x"}
+    body = {"model": "m", "messages": [{"role": "user", "content": [part] * 3}, {"role": "user", "content": [part] * 3}]}
+    parse_body("chat", orjson.dumps(body), max_messages=6)
+    with pytest.raises(BadRequest) as info:
+        parse_body("chat", orjson.dumps(body), max_messages=5)
+    assert info.value.param == "messages[1].content"

@@ -190,8 +190,10 @@ class Server:
     """A long-lived subprocess (mock, passthrough, a router, LiteLLM) with its log in tmp."""
 
     def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, tmp: Path,
-                 env: dict[str, str] | None = None, ready_timeout: float = 60.0, chat_path: str = CHAT) -> None:
+                 env: dict[str, str] | None = None, ready_timeout: float = 60.0, chat_path: str = CHAT,
+                 cwd: Path = ROOT) -> None:
         self.name, self.cmd, self.port, self.ready_path, self.ready_timeout = name, cmd, port, ready_path, ready_timeout
+        self.cwd = cwd
         self.url = f"http://127.0.0.1:{port}{chat_path}"
         self.log = tmp / f"{name.replace(' ', '_').replace('/', '_')}.log"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -206,7 +208,7 @@ class Server:
     def start(self) -> None:
         self.t0 = time.monotonic()
         with open(self.log, "wb") as f:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=f, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
 
     async def ready(self) -> bool:
@@ -266,7 +268,9 @@ def passthrough_server(tmp: Path, layout: Layout, mock: Server) -> Server:
 
 
 def router_server(tmp: Path, layout: Layout, mock: Server, name: str, workers: int = 1, redis: tuple[str, int, str] | None = None,
-                  settings: dict[str, Any] | None = None, log_level: str = "info") -> Server:
+                  settings: dict[str, Any] | None = None, log_level: str = "info", root: Path = ROOT) -> Server:
+    """llm-router as deployed (``root``: another checkout of it, e.g. an older commit, run
+    from its own directory so that its ``router`` package is the one imported)."""
     rs = dict(settings or {})
     if redis:
         rs.update(redis_host=redis[0], redis_port=redis[1], redis_key_prefix=redis[2])
@@ -280,7 +284,7 @@ def router_server(tmp: Path, layout: Layout, mock: Server, name: str, workers: i
     cpus = layout.wide if workers > 1 else layout.target
     return Server(name, layout.prefix(cpus) + [PY, "-m", "router", "serve", "--config", str(cfg), "--host", "127.0.0.1",
                                                "--port", str(port), "--workers", str(workers), "--log-level", log_level],
-                  port, "/health/readiness", tmp)
+                  port, "/health/readiness", tmp, cwd=root)
 
 
 def ensure_litellm(version: str | None) -> str:
@@ -480,6 +484,12 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
                   router_server(tmp, layout, mock, "llm-router --workers 2", workers=2, log_level=opts.router_log_level)]
     if redis:
         candidates.append(router_server(tmp, layout, mock, "llm-router + Redis", redis=redis, log_level=opts.router_log_level))
+    if opts.baseline:
+        facts["baseline"] = rep.facts["baseline"] = f"{opts.baseline} ({sh(['git', '-C', str(opts.baseline), 'log', '-1', '--format=%h %s'])})"
+        candidates.append(router_server(tmp, layout, mock, "llm-router baseline", log_level=opts.router_log_level,
+                                        root=opts.baseline))
+    if opts.no_workers:
+        candidates = [c for c in candidates if c.name != "llm-router --workers 2"]
     if not opts.skip_litellm:
         facts["LiteLLM"] = rep.facts["LiteLLM"] = ensure_litellm(opts.litellm_version)
         candidates.append(litellm_server(tmp, layout, mock))
@@ -904,6 +914,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--litellm-version", help="pin litellm[proxy]==VERSION (default: the newest, installed once)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--redis", default="127.0.0.1:6379", help="HOST:PORT for the Redis target ('' to skip it)")
+    ap.add_argument("--baseline", type=lambda p: Path(p).resolve(),
+                    help="another checkout of llm-router (e.g. `git worktree add /tmp/before <commit>`), measured as "
+                         "the target 'llm-router baseline' beside this one: before/after in one run")
+    ap.add_argument("--no-workers", action="store_true", help="leave out the --workers 2 target")
     ap.add_argument("--router-log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="llm-router's --log-level (default info, as deployed; its log goes to a file)")
     g = ap.add_argument_group("throughput")

@@ -145,6 +145,7 @@ async def test_a_key_rpm_limit_holds_across_both_instances(tmp_path, redis_url):
         for i in (0, 1, 0):  # three requests, through both instances
             await p.chat(i, "pair")
         await wait_for(lambda: limits[1].count("team", minute) == 3, "B to count A's requests too")
+        await wait_for(lambda: limits[0].count("team", minute) == 3, "A to count B's request too")
         with pytest.raises(openai.RateLimitError) as info:
             await p.chat(1, "pair")
         assert info.value.body["code"] == "rate_limit_exceeded" and "team" in info.value.body["message"]

@@ -34,6 +34,8 @@ async def test_two_workers_serve_one_port_a_dead_one_is_restarted_and_sigterm_st
     try:
         out = await read_log_until(serve, "worker 2 started")
         assert "2 workers without Redis" in out
+        while not all(f"(worker {i})" in out for i in (1, 2)):  # both listening before one is killed
+            out += await read_log_until(serve, "listening on", deadline_s=30)
         pids = [int(p) for p in re.findall(r"worker \d started pid=(\d+)", out)]
         async with aiohttp.ClientSession() as s:
             await wait_until_up(s, f"http://127.0.0.1:{sim_port}/health", sim)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
+import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,12 +57,22 @@ DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
 LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
 
 
+_ID_PREFIX = os.urandom(5).hex()  # per process
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    """A unique id (32 hex characters, like a uuid4's), without a uuid4's cost on every request:
+    random per process, then a counter."""
+    return f"{_ID_PREFIX}{next(_ids):022x}"
+
+
 def request_id(request: web.Request) -> str:
     """The client's ``x-request-id`` if it is sane, else a new one; fixed per request."""
     rid = request.get(REQUEST_ID)
     if rid is None:
         given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else new_id()
         request[REQUEST_ID] = rid
     return rid
 
@@ -70,6 +81,8 @@ async def _read_body(request: web.Request, timeout: float) -> bytes:
     """The whole body within ``timeout`` (a client that trickles it, or never ends a
     chunked body, gets a 408 instead of holding a handler forever)."""
     try:
+        if request.content.is_eof():  # all of it arrived with the head (the usual case): no timer needed
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -363,7 +376,7 @@ class Proxy:
         if outcome.capture and stream:
             attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
         c = Call(request, endpoint, url, payload, headers, response_headers,
-                 stream, Context(decision.model, prefix + uuid.uuid4().hex, int(time.time()), include_usage), deadline,
+                 stream, Context(decision.model, prefix + new_id(), int(time.time()), include_usage), deadline,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)

@@ -268,7 +268,8 @@ def passthrough_server(tmp: Path, layout: Layout, mock: Server) -> Server:
 
 
 def router_server(tmp: Path, layout: Layout, mock: Server, name: str, workers: int = 1, redis: tuple[str, int, str] | None = None,
-                  settings: dict[str, Any] | None = None, log_level: str = "info", root: Path = ROOT) -> Server:
+                  settings: dict[str, Any] | None = None, log_level: str = "info", root: Path = ROOT,
+                  env: dict[str, str] | None = None) -> Server:
     """llm-router as deployed (``root``: another checkout of it, e.g. an older commit, run
     from its own directory so that its ``router`` package is the one imported)."""
     rs = dict(settings or {})
@@ -284,7 +285,7 @@ def router_server(tmp: Path, layout: Layout, mock: Server, name: str, workers: i
     cpus = layout.wide if workers > 1 else layout.target
     return Server(name, layout.prefix(cpus) + [PY, "-m", "router", "serve", "--config", str(cfg), "--host", "127.0.0.1",
                                                "--port", str(port), "--workers", str(workers), "--log-level", log_level],
-                  port, "/health/readiness", tmp, cwd=root)
+                  port, "/health/readiness", tmp, cwd=root, env=env)
 
 
 def ensure_litellm(version: str | None) -> str:
@@ -488,6 +489,9 @@ async def part_throughput(opts: argparse.Namespace, facts: dict[str, str], layou
         facts["baseline"] = rep.facts["baseline"] = f"{opts.baseline} ({sh(['git', '-C', str(opts.baseline), 'log', '-1', '--format=%h %s'])})"
         candidates.append(router_server(tmp, layout, mock, "llm-router baseline", log_level=opts.router_log_level,
                                         root=opts.baseline))
+    if opts.compare_loops:
+        candidates.append(router_server(tmp, layout, mock, "llm-router asyncio-loop", log_level=opts.router_log_level,
+                                        env={"LLM_ROUTER_LOOP": "asyncio"}))
     if opts.no_workers:
         candidates = [c for c in candidates if c.name != "llm-router --workers 2"]
     if not opts.skip_litellm:
@@ -918,6 +922,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="another checkout of llm-router (e.g. `git worktree add /tmp/before <commit>`), measured as "
                          "the target 'llm-router baseline' beside this one: before/after in one run")
     ap.add_argument("--no-workers", action="store_true", help="leave out the --workers 2 target")
+    ap.add_argument("--compare-loops", action="store_true",
+                    help="add llm-router on the standard asyncio loop (LLM_ROUTER_LOOP=asyncio) beside the default (uvloop)")
     ap.add_argument("--router-log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="llm-router's --log-level (default info, as deployed; its log goes to a file)")
     g = ap.add_argument_group("throughput")

@@ -39,10 +39,19 @@ class SimpleShuffle:
 
     def __init__(self, spec: object = None, provider_weights: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self._provider_weights = provider_weights or {}  # model group -> provider -> weight
+        # Weights depend only on the configuration (this object lives as long as it): computed once per
+        # candidate set. Keyed by identity, kept alive by the stored tuple; bounded by the config's groups.
+        self._weights: dict[tuple[int, ...], tuple[tuple[Deployment, ...], list[float]]] = {}
 
     def order(self, group: str, candidates: Sequence[Deployment], view: StateTable, rng: random.Random,
               facts: RequestFacts) -> Ranked:
         if len(candidates) <= 1:
             return [(d, None) for d in candidates]
-        weights = shuffle_weights(candidates, self._provider_weights.get(candidates[0].model_name))
-        return weighted_order(candidates, weights, rng)
+        key = tuple(map(id, candidates))
+        cached = self._weights.get(key)
+        if cached is None:
+            if len(self._weights) > 10_000:  # candidate sets filtered by health vary; keep this bounded
+                self._weights.clear()
+            weights = shuffle_weights(candidates, self._provider_weights.get(candidates[0].model_name))
+            cached = self._weights[key] = (tuple(candidates), weights)
+        return weighted_order(candidates, cached[1], rng)

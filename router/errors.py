@@ -13,6 +13,11 @@ from typing import Any
 import orjson
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds, rounded up, at least 1."""
+    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+
+
 class RouterError(Exception):
     status = 500
     type = "api_error"
@@ -76,7 +81,7 @@ class RequestRateLimited(RouterError):
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+        return retry_after(self.retry_after)
 
 
 class ModelNotFound(RouterError):
@@ -134,7 +139,7 @@ class UpstreamRateLimited(UpstreamError):
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))} if self.retry_after else {}
+        return retry_after(self.retry_after) if self.retry_after else {}
 
 
 class UpstreamModelNotFound(ModelNotFound):

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.domain import Deployment
-from router.health import Health, Policy, Transition
+from router.health import Health, Policy, State, Transition
+
+_ALWAYS_AVAILABLE = (State.HEALTHY, State.DEGRADED)
 
 WINDOW = 100  # latency / TTFT samples kept per deployment
 OUTCOMES = 50  # recent successes/failures kept per deployment for the success rate
@@ -199,10 +201,13 @@ class StateTable:
     # -- reads (the view strategies get) ---------------------------------------------------
 
     def available(self, d: Deployment) -> bool:
-        return self[d.id].health.available(time.time())
+        health = self[d.id].health
+        # healthy or degraded: available whatever the time (the common case needs no clock)
+        return health.state in _ALWAYS_AVAILABLE or health.available(time.time())
 
     def degraded(self, d: Deployment) -> bool:
-        return self[d.id].health.degraded(time.time())
+        health = self[d.id].health
+        return health.state is State.DEGRADED and health.degraded(time.time())
 
     def last_failure_at(self, d: Deployment) -> float:
         return self[d.id].health.last_failure_at or 0.0

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from router import __version__, log
 from router.config import Config, ConfigError, load_config
 from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
+from router.h1 import Pool
 from router.domain import RequestFacts
 from router.probes import Monitor, health_rows
 from router.proxy import CLIENT_KEY, Proxy, Routing, request_id
@@ -191,7 +192,8 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
-    proxy.session = session
+    proxy.session = session  # probes and warm-ups
+    proxy.pool = Pool(limit=config.router.max_connections_per_backend, keepalive=30)  # the requests themselves
     url = redis_url(config.router)
     if url:
         share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
@@ -208,6 +210,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await proxy.state.share.stop()
         proxy.state.share = None
     await session.close()
+    await proxy.pool.close()
 
 
 def make_cache(config: Config) -> Cache | None:

@@ -47,6 +47,7 @@ from router.cache import Cache, Entry, cache_control, cache_key
 from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
+from router.h1 import Pool
 from router.upstream import SSE_HEADERS, Attempt, Call, call
 from router.validate import parse_body
 
@@ -143,7 +144,8 @@ class Proxy:
     def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession | None, state: StateTable,
                  stats: RoutingStats | None = None) -> None:
         self.routing = Routing(config, engine, Access(config))
-        self.session = session
+        self.session = session  # aiohttp's, for probes and warm-ups
+        self.pool: Pool | None = None  # router.h1's, for requests (set at start-up)
         self.state = state
         self.stats = stats or RoutingStats()
         self.metrics = Metrics()
@@ -384,7 +386,7 @@ class Proxy:
         started = time.monotonic()
         error: RouterError | None = None
         try:
-            response = await call(self.session, c, attempt)
+            response = await call(self.pool, c, attempt)
             outcome.status = attempt.status
             error = attempt.error
             outcome.error = error

@@ -4,8 +4,8 @@ chunk, then relay the bytes to the client.
 ``call(...)`` returns the client's response, or raises a ``RouterError`` while
 nothing has reached the client yet — the point of no return is the first
 chunk, so the caller may still fall back. After that, every failure ends the
-stream with an OpenAI-style error event. aiohttp and asyncio exceptions are
-turned into ``RouterError``s here, where they arise.
+stream with an OpenAI-style error event. The HTTP client's (``router.h1``) and
+asyncio's exceptions are turned into ``RouterError``s here, where they arise.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import aiohttp
 from aiohttp import web
 
 from router.domain import Deployment
+from router.h1 import ConnectError, Disconnected, HTTPError, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
 from router.providers import ADAPTERS
 from router.providers.ollama import Context, StreamTranslator, error_event
@@ -95,24 +95,28 @@ class Call:
         return max(0.0, time.perf_counter() - self.started - self.waited - upstream)
 
 
-async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web.StreamResponse:
+async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     dep = attempt.deployment
     remaining = c.deadline - asyncio.get_running_loop().time()
     if remaining <= 0:
         raise UpstreamTimeout("the request's deadline passed before this attempt")
     if c.stream:
-        return await _stream(session, c, attempt, remaining)
+        return await _stream(pool, c, attempt, remaining)
     limit = min(dep.timeout or remaining, remaining)
-    timeout = aiohttp.ClientTimeout(total=limit, sock_connect=min(CONNECT_TIMEOUT, limit))
     sent = time.perf_counter()
+    resp: Response | None = None
     try:
         async with UpstreamErrors(dep, limit):
-            async with session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise upstream_error(resp.status, raw, dep.provider, resp.headers.get("Retry-After"))
+            resp = await pool.request("POST", c.url, c.headers.items(), c.payload, connect_timeout=min(CONNECT_TIMEOUT, limit),
+                                      deadline=asyncio.get_running_loop().time() + limit)
+            if resp.status >= 400:
+                raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
+                                     resp.headers.get("retry-after"))
+            raw = await resp.read()
     finally:
         attempt.upstream = time.perf_counter() - sent
+        if resp is not None:
+            resp.release()  # reused when read to the end, else closed
     body = ADAPTERS[dep.wire].response_body(c.endpoint, raw, c.ctx, dep.provider)
     attempt.status = 200
     attempt.tokens, attempt.prompt_tokens = usage_tokens(body)
@@ -121,32 +125,33 @@ async def call(session: aiohttp.ClientSession, c: Call, attempt: Attempt) -> web
                         headers={**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
 
 
-async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, remaining: float) -> web.StreamResponse:
+async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> web.StreamResponse:
     dep = attempt.deployment
     idle = dep.stream_timeout or dep.timeout
-    # total=None: a stream may run long; sock_read bounds the silence between chunks
-    # (and before the first), connect bounds the wait for a pooled connection, and
-    # the request's deadline bounds the time to the first chunk.
-    timeout = aiohttp.ClientTimeout(total=None, connect=min(POOL_WAIT, idle or POOL_WAIT),
-                                    sock_connect=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), sock_read=idle)
+    # No total limit: a stream may run long. ``idle`` bounds the silence between
+    # chunks (and before the first), the pool wait and the connect have their own
+    # bounds, and the request's deadline bounds the time to the first chunk.
     adapter = ADAPTERS[dep.wire]
     translator = adapter.translator(c.endpoint, c.ctx)
     guard = UpstreamErrors(dep, min(idle or remaining, remaining))
     sent = time.perf_counter()
-    resp: aiohttp.ClientResponse | None = None
+    resp: Response | None = None
     complete = False
     try:
         async with guard:
-            async with asyncio.timeout(remaining):
-                resp = await session.post(c.url, data=c.payload, headers=c.headers, timeout=timeout)
-                if resp.status >= 400:
-                    raise upstream_error(resp.status, await resp.content.read(ERROR_BODY_LIMIT), dep.provider,
-                                         resp.headers.get("Retry-After"))
-                if not adapter.is_stream(resp.headers.get("Content-Type", "")):
-                    snippet = (await resp.content.read(200)).decode("utf-8", "replace")
-                    raise UpstreamError(f"{dep.provider} answered a streaming request with "
-                                        f"{resp.headers.get('Content-Type', 'no content type')}: {snippet!r}")
-                chunk = await resp.content.readany()
+            resp = await pool.request("POST", c.url, c.headers.items(), c.payload, pool_timeout=min(POOL_WAIT, idle or POOL_WAIT),
+                                      connect_timeout=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), idle_timeout=idle,
+                                      deadline=asyncio.get_running_loop().time() + remaining)
+            if resp.status >= 400:
+                raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
+                                     resp.headers.get("retry-after"))
+            content_type = resp.headers.get("content-type", "")
+            if not adapter.is_stream(content_type):
+                snippet = (await resp.read_some(200)).decode("utf-8", "replace")
+                raise UpstreamError(f"{dep.provider} answered a streaming request with "
+                                    f"{content_type or 'no content type'}: {snippet!r}")
+            chunk = await resp.readany()
+        resp.deadline = None  # the first chunk is in: from here on only the idle bound applies
         attempt.ttft = attempt.upstream = time.perf_counter() - sent
         attempt.overhead = c.overhead(attempt.upstream)
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **c.response_headers,
@@ -186,7 +191,7 @@ async def _stream(session: aiohttp.ClientSession, c: Call, attempt: Attempt, rem
                 resp.close()  # client gone or upstream broken: drop the upstream connection now
 
 
-async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: bytes, translator: StreamTranslator | None,
+async def _relay(out: web.StreamResponse, resp: Response, chunk: bytes, translator: StreamTranslator | None,
                  guard: UpstreamErrors, attempt: Attempt) -> bytes:
     """Copy chunks until the upstream ends; return the bytes that close the stream."""
     if translator is None:  # OpenAI-compatible: bytes pass through untouched
@@ -199,7 +204,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
         if translator.finished:
             break
         async with guard:
-            chunk = await resp.content.readany()
+            chunk = await resp.readany()
     end = translator.close()
     if translator.usage:
         attempt.tokens, attempt.prompt_tokens = translator.usage["total_tokens"], translator.usage["prompt_tokens"]
@@ -208,7 +213,7 @@ async def _relay(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: b
     return end
 
 
-async def _relay_sse(out: web.StreamResponse, resp: aiohttp.ClientResponse, chunk: bytes, guard: UpstreamErrors,
+async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guard: UpstreamErrors,
                      attempt: Attempt) -> bytes:
     """The OpenAI-compatible relay: the upstream's bytes, in order and unchanged.
 
@@ -257,7 +262,7 @@ async def _relay_sse(out: web.StreamResponse, resp: aiohttp.ClientResponse, chun
             edge = data if len(data) >= 4 else (edge + data)[-4:]
         try:
             async with guard:
-                chunk = await resp.content.readany()
+                chunk = await resp.readany()
         except RouterError as exc:  # the connection broke: end the stream here
             attempt.error = exc
             return _separator(edge) + error_event(exc.message, exc.type, exc.code)
@@ -275,7 +280,7 @@ def _separator(written: bytes) -> bytes:
 
 
 class UpstreamErrors:
-    """Translate aiohttp/asyncio failures of one upstream call into RouterErrors."""
+    """Translate the client's and asyncio's failures of one upstream call into RouterErrors."""
 
     __slots__ = ("dep", "limit")
 
@@ -289,12 +294,14 @@ class UpstreamErrors:
         if exc is None or isinstance(exc, (RouterError, asyncio.CancelledError)):
             return False
         where = f"{self.dep.provider} ({self.dep.api_base})"
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        if isinstance(exc, PoolTimeout):
+            raise UpstreamTimeout(f"{where}: {exc}") from None
+        if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(f"{where} did not answer within {self.limit:g} s" if self.limit else f"{where} timed out") from None
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise UpstreamUnavailable(f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}") from None
-        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        if isinstance(exc, ConnectError):
+            raise UpstreamUnavailable(f"cannot connect to {where}: {exc}") from None
+        if isinstance(exc, Disconnected):
             raise UpstreamError(f"{where} dropped the connection mid-response") from None
-        if isinstance(exc, aiohttp.ClientError):
-            raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}") from None
+        if isinstance(exc, HTTPError):
+            raise UpstreamError(f"{where}: {exc}") from None
         return False

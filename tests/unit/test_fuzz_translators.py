@@ -1,7 +1,7 @@
 """Stream framing does not depend on how the upstream's bytes are chunked.
 
 The relay in ``router.upstream._relay`` is driven directly, with a fake upstream
-response whose ``content.readany()`` hands out the upstream bytes split at
+response whose ``readany()`` hands out the upstream bytes split at
 hypothesis-chosen positions (1-byte pieces, splits inside a UTF-8 code point,
 between ``\\r`` and ``\\n``...). Both wire formats: OpenAI-compatible SSE (relayed
 as bytes) and Ollama NDJSON (translated to SSE by ``StreamTranslator``).
@@ -18,13 +18,13 @@ import asyncio
 import json
 import re
 
-import aiohttp
 import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router.domain import Deployment
 from router.errors import RouterError
+from router.h1 import Disconnected
 from router.providers.ollama import Context, StreamTranslator, error_event
 from router.upstream import Attempt, UpstreamErrors, _relay
 
@@ -39,21 +39,18 @@ OLLAMA_DEP = Deployment(id="o", model_name="m", provider="ollama", kind="ollama"
 # ---------------------------------------------------------------------------
 
 
-class _Content:
-    def __init__(self, pieces: list[bytes], drop: bool) -> None:
+class _Upstream:
+    """``router.h1.Response.readany``: the pieces, then the end (or a broken connection)."""
+
+    def __init__(self, pieces: list[bytes], drop: bool = False) -> None:
         self.pieces, self.drop = list(pieces), drop
 
     async def readany(self) -> bytes:
         if self.pieces:
             return self.pieces.pop(0)
         if self.drop:  # the connection broke instead of ending
-            raise aiohttp.ClientPayloadError("Response payload is not completed")
+            raise Disconnected("the server closed the connection")
         return b""
-
-
-class _Upstream:
-    def __init__(self, pieces: list[bytes], drop: bool = False) -> None:
-        self.content = _Content(pieces, drop)
 
 
 class _Client:

@@ -1,0 +1,334 @@
+"""router.h1, the upstream HTTP/1.1 client, against raw asyncio servers that send
+exactly the bytes each test names (keep-alive, chunked, close-delimited bodies,
+servers that misbehave)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import pytest
+
+from router import h1
+from router.h1 import BadResponse, ConnectError, Disconnected, Pool, PoolTimeout, ResponseTooLarge
+
+Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A TCP server running ``handler`` per connection; counts connections and requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed = asyncio.Event()  # set when a connection ends (the client closed it)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        # the handlers of still-open connections end when the test's pool closes them
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(self, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request (head and Content-Length body), or None at EOF."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        return head + body
+
+
+def keepalive_server(response: bytes) -> Handler:
+    """Answers every request on a connection with ``response``."""
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(response)
+            await writer.drain()
+    return handler
+
+
+JSON_OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_a_well_formed_request() -> None:
+    async with Server(keepalive_server(JSON_OK)) as srv:
+        pool = Pool()
+        for _ in range(5):
+            resp = await pool.request("POST", srv.url, [("Content-Type", "application/json"), ("x-request-id", "r1")], b'{"a":1}')
+            assert resp.status == 200
+            assert resp.headers["content-type"] == "application/json"
+            assert await resp.read() == b'{"ok": true}'
+            resp.release()
+        await pool.close()
+    assert srv.connections == 1
+    assert len(srv.requests) == 5
+    assert srv.requests[0] == (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                               "Content-Type: application/json\r\nx-request-id: r1\r\nContent-Length: 7\r\n\r\n{\"a\":1}").encode()
+
+
+async def test_chunked_body_is_decoded_and_the_connection_reused() -> None:
+    resp_bytes = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"8\r\ndata: 1\n\r\na\r\n\ndata: 2\n\n\r\n0\r\n\r\n")
+    async with Server(keepalive_server(resp_bytes)) as srv:
+        pool = Pool()
+        for _ in range(2):
+            resp = await pool.request("POST", srv.url, [], b"{}")
+            got = b""
+            while chunk := await resp.readany():
+                got += chunk
+            assert got == b"data: 1\n\ndata: 2\n\n"
+            resp.release()
+        await pool.close()
+    assert srv.connections == 1
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: x\n\n")
+        await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert await resp.read() == b"data: x\n\ndata: [DONE]\n\n"
+        resp.release()
+        resp = await pool.request("POST", srv.url, [], b"{}")  # the first connection is not reused
+        assert await resp.read() == b"data: x\n\ndata: [DONE]\n\n"
+        await pool.close()
+    assert srv.connections == 2
+
+
+async def test_connection_closed_mid_body_is_disconnected() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        with pytest.raises(Disconnected):
+            await resp.read()
+        resp.close()
+        await pool.close()
+
+
+async def test_a_stale_idle_connection_is_retried_once_on_a_new_one() -> None:
+    """The server closes a kept-alive connection after one answer (as a keep-alive
+    timeout would, racing the next request): the next request goes out again."""
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(JSON_OK)  # says keep-alive, then closes without reading more
+        await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert await resp.read() == b'{"ok": true}'
+        resp.release()
+        await srv.closed.wait()  # the server has closed it; the pool may not know yet
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+        resp.release()
+        await pool.close()
+    assert srv.connections == 2
+
+
+async def test_a_new_connection_closed_before_answering_is_not_retried() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)  # and close without a word
+    async with Server(handler) as srv:
+        pool = Pool()
+        with pytest.raises(Disconnected):
+            await pool.request("POST", srv.url, [], b"{}")
+        await pool.close()
+    assert len(srv.requests) == 1
+
+
+async def test_interim_100_continue_is_skipped() -> None:
+    resp_bytes = b"HTTP/1.1 100 Continue\r\n\r\n" + JSON_OK
+    async with Server(keepalive_server(resp_bytes)) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+        resp.release()
+        await pool.close()
+
+
+async def test_garbage_is_a_bad_response() -> None:
+    async with Server(keepalive_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as srv:
+        pool = Pool()
+        with pytest.raises(BadResponse):
+            await pool.request("POST", srv.url, [], b"{}")
+        await pool.close()
+
+
+async def test_refused_connection_is_a_connect_error() -> None:
+    pool = Pool()
+    async with Server(keepalive_server(JSON_OK)) as srv:
+        url = srv.url
+    await asyncio.sleep(0)  # the listening socket is closed
+    with pytest.raises(ConnectError):
+        await pool.request("POST", url, [], b"{}")
+    assert all(o.count == 0 for o in pool._origins.values())  # the slot was given back
+    await pool.close()
+
+
+async def test_silent_server_times_out_and_the_connection_is_dropped() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        await reader.read()  # never answers; returns when the client closes
+    async with Server(handler) as srv:
+        pool = Pool()
+        with pytest.raises(TimeoutError):
+            await pool.request("POST", srv.url, [], b"{}", idle_timeout=0.2)
+        await asyncio.wait_for(srv.closed.wait(), 5)  # the server saw the connection close
+        await pool.close()
+
+
+async def test_idle_timeout_between_chunks() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await reader.read()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}", idle_timeout=0.2)
+        assert await resp.readany() == b"first"
+        with pytest.raises(TimeoutError):
+            await resp.readany()
+        resp.close()
+        await asyncio.wait_for(srv.closed.wait(), 5)
+        await pool.close()
+
+
+async def test_pool_limit_queues_then_times_out() -> None:
+    gate = asyncio.Event()
+
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            await gate.wait()
+            writer.write(JSON_OK)
+            await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool(limit=2)
+        first = [asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}")) for _ in range(2)]
+        while len(srv.requests) < 2:
+            await asyncio.sleep(0.01)
+        with pytest.raises(PoolTimeout):  # a third waits for a connection, and gives up
+            await pool.request("POST", srv.url, [], b"{}", pool_timeout=0.1)
+        third = asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}", pool_timeout=5))
+        gate.set()
+        for f in first:
+            resp = await f
+            await resp.read()
+            resp.release()
+        resp = await third  # got one of the two freed connections
+        assert await resp.read() == b'{"ok": true}'
+        resp.release()
+        await pool.close()
+    assert srv.connections == 2
+
+
+async def test_a_closed_connection_frees_its_slot_for_a_waiter() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+            await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool(limit=1)
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        waiting = asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}", pool_timeout=5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        resp.close()  # mid-body: dropped, and its slot goes to the waiter
+        second = await waiting
+        assert await second.readany() == b"x"
+        second.close()
+        await pool.close()
+    assert srv.connections == 2
+
+
+async def test_reading_pauses_while_the_reader_lags() -> None:
+    """A backend streaming faster than we read is held back by TCP, not buffered without end."""
+    sent = 0
+    stopped = asyncio.Event()
+
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        block = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        try:
+            for _ in range(1000):  # 64 MB if nothing held it back
+                writer.write(block)
+                await asyncio.wait_for(writer.drain(), 0.5)
+                sent += 65536
+        except asyncio.TimeoutError:
+            stopped.set()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await asyncio.wait_for(stopped.wait(), 30)  # the server's writes stalled
+        assert resp._size <= h1.READ_HIGH + 65536 * 2
+        assert sent < 64 * 1024 * 1024
+        got = len(await resp.readany())
+        assert got > 0
+        resp.close()
+        await pool.close()
+
+
+async def test_whole_body_over_the_limit_is_refused() -> None:
+    body = b"x" * 5000
+    resp_bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + body
+    async with Server(keepalive_server(resp_bytes)) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        with pytest.raises(ResponseTooLarge):
+            await resp.read(limit=1000)
+        resp.close()
+        await pool.close()
+
+
+async def test_header_injection_is_refused() -> None:
+    pool = Pool()
+    with pytest.raises(ValueError):
+        await pool.request("POST", "http://127.0.0.1:1/x", [("Authorization", "Bearer k\r\nX-Evil: 1")], b"")
+    await pool.close()
+
+
+def test_targets() -> None:
+    t = h1.target("http://[::1]:8000/v1/chat/completions?x=1")
+    assert (t.host, t.port, t.host_header, t.path, t.tls) == ("::1", 8000, "[::1]:8000", "/v1/chat/completions?x=1", False)
+    t = h1.target("https://api.example.com/v1")
+    assert (t.port, t.host_header, t.tls) == (443, "api.example.com", True)
+    with pytest.raises(ValueError):
+        h1.target("ftp://x/y")

@@ -48,6 +48,11 @@ def get(src: Source, m: Mapping[str, Any], key: str, path: Path, kind: str, defa
     if isinstance(value, str) and not _encodable(value):
         src.error(path + (key,), f"is not valid Unicode (a lone surrogate such as \"\\ud800\"): {value[:60]!r}")
         return default
+    if kind == "secret" and isinstance(value, str) and _UNSENDABLE.search(value):
+        # never shown: it is a secret. A trailing newline from a file is the usual cause.
+        src.error(path + (key,), "contains a line break or control character, which cannot be sent in an HTTP header "
+                                 "(a trailing newline from the file or variable it came from?)")
+        return default
     ok, converted = _CONVERT[kind](value)
     if not ok:
         src.error(path + (key,), f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {_short(value)}")
@@ -73,6 +78,9 @@ def _encodable(v: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: line breaks, NUL and friends (tab is allowed)
 
 
 _CONVERT: dict[str, Callable[[Any], tuple[bool, Any]]] = {

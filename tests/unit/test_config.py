@@ -208,6 +208,23 @@ def test_environment_references_and_quoted_numbers_work_for_every_key(tmp_path, 
     assert dep.api_base == "https://example.invalid/v1beta/openai"  # a path is kept as given, no /v1 added
 
 
+def test_a_key_with_a_line_break_is_refused_without_showing_it(tmp_path, monkeypatch):
+    """A key read from a file often ends in a newline; sent as a header it would split the
+    request. It is a located error, and the message does not repeat the secret."""
+    monkeypatch.setenv("VLLM_KEY", "sk-secret-value\n")
+    cfg = write(tmp_path, "c.yaml", """
+        model_list:
+          - model_name: m
+            litellm_params:
+              model: openai/m
+              api_base: http://127.0.0.1:8000
+              api_key: os.environ/VLLM_KEY
+        """)
+    (err,) = errors_of(cfg)
+    assert ":6: model_list[0].litellm_params.api_key: contains a line break" in err
+    assert "sk-secret" not in err
+
+
 def test_explain_cli_prints_the_trace_and_the_decision_without_sending_anything():
     out = subprocess.run([sys.executable, "-m", "router", "explain", "llama-70b"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

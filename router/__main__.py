@@ -166,6 +166,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.get("SERVER").warning(f"UNAUTHENTICATED: listening on {args.host} with no API key (--allow-unauthenticated): "
                                       "anyone who can reach this port can use every backend and the admin endpoints")
     raise_fd_limit(config.limits.max_connections)
+    if args.worker:
+        from router.workers import follow_supervisor
+
+        follow_supervisor()
     if args.workers > 1 and not args.worker:
         from router.shared import redis_url
         from router.workers import supervise

@@ -24,6 +24,30 @@ from prometheus_client import multiprocess
 from router import log, systemd
 
 RESTART_MIN_INTERVAL = 1.0
+SUPERVISOR_ENV = "LLM_ROUTER_SUPERVISOR"  # the supervisor's pid, for its workers
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor() -> None:
+    """In a worker: exit (SIGTERM, so in-flight requests drain) when the supervisor dies.
+
+    Without this, a supervisor killed with SIGKILL (or by the OOM killer) leaves its
+    workers serving the port on SO_REUSEPORT, beside the next instance, with the old
+    configuration. Linux's parent-death signal does it; where it is missing, or the
+    supervisor was already gone before it was set, the worker leaves at once.
+    """
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the check below still covers a supervisor that is already gone
+    if os.getppid() != int(pid):
+        log.get("SERVER").warning("the supervisor is gone; this worker exits")
+        sys.exit(0)
 
 
 class _Watchdog:
@@ -65,7 +89,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
     stopping = False
 
     def spawn(slot: int) -> None:
-        env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+               SUPERVISOR_ENV: str(os.getpid())}
         procs[slot] = subprocess.Popen(cmd, env=env)
         started_at[slot] = time.monotonic()
         logger.info(f"worker {slot + 1} started", pid=procs[slot].pid)

@@ -66,3 +66,47 @@ async def test_two_workers_serve_one_port_a_dead_one_is_restarted_and_sigterm_st
             p.wait()
         if serve.stdout:
             serve.stdout.close()
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
+    """A supervisor killed outright (SIGKILL, the OOM killer) must not leave its workers
+    holding the port beside the next instance."""
+    port, = free_ports(1)
+    (tmp_path / "c.yaml").write_text(
+        "model_list:\n  - {model_name: one, litellm_params: {model: openai/tiny, api_base: 'http://127.0.0.1:9/v1'}, "
+        "model_info: {provider: llama_cpp_native}}\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("JOURNAL_STREAM", None)
+    serve = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path / "c.yaml"), "--port", str(port),
+                              "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids: list[int] = []
+    try:
+        out = await read_log_until(serve, "worker 2 started")
+        while not all(f"(worker {i})" in out for i in (1, 2)):
+            out += await read_log_until(serve, "listening on", deadline_s=30)
+        pids = [int(p) for p in re.findall(r"worker \d started pid=(\d+)", out)]
+        assert len(pids) == 2
+        serve.kill()
+        serve.wait()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while any(_alive(p) for p in pids) and loop.time() < end:
+            await asyncio.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "workers outlived their supervisor"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        if serve.stdout:
+            serve.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "zombie" not in status.lower()

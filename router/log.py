@@ -24,8 +24,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value) if not isinstance(value, (int, float)) else str(value)
-    if text == "" or any(c in text for c in " \"=\n"):
+    t = type(value)
+    text = value if t is str else str(value) if t is int or t is float or t is bool else repr(value)
+    if not text or " " in text or '"' in text or "=" in text or "\n" in text:
         return orjson.dumps(text).decode()
     return text
 
@@ -38,7 +39,7 @@ def _human(with_time: bool):
         msg = event.pop("event", "")
         exc = event.pop("exception", None)
         parts = [f"{ts} " if with_time and ts else "", f"[{tag}] ", msg]
-        if level not in ("info",):
+        if level != "info":
             parts.insert(1, f"{level.upper()} ")
         for key, value in event.items():
             if value is not None:
@@ -111,18 +112,73 @@ class LineWriter:
     log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
 
+class _Output:
+    """What ``configure`` set up, for ``Lines``: the threshold, the stamp, the renderer, the writer."""
+
+    __slots__ = ("level", "stamper", "render", "writer")
+
+    def __init__(self, level: int, stamper: _Stamper | None, render: Any, writer: LineWriter) -> None:
+        self.level, self.stamper, self.render, self.writer = level, stamper, render, writer
+
+
+_output: _Output | None = None
+
+
+class Lines:
+    """A logger for the request path: the same lines as ``get(tag)``'s, written without
+    structlog's processor chain (profiled at about a tenth of the proxy's CPU per
+    request). ``info``/``warning``/``error`` only; anything else (and any call before
+    ``configure``) goes through structlog.
+    """
+
+    __slots__ = ("tag", "slow")
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.slow = get(tag)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, "error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self.slow.exception(event, **fields)
+
+    def _emit(self, level: int, name: str, event: str, fields: dict[str, Any]) -> None:
+        out = _output
+        if out is None:
+            getattr(self.slow, name)(event, **fields)
+            return
+        if level < out.level:
+            return
+        # the event dict as structlog builds it: bound context, call fields, event, level
+        ev = {"tag": self.tag, **fields, "event": event, "level": name}
+        if out.stamper is not None:
+            out.stamper(None, name, ev)
+        out.writer.msg(out.render(None, name, ev))
+
+
 def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> None:
     """Configure structlog once, at start-up. ``fmt`` is ``human`` or ``json``."""
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    global _writer
+    global _writer, _output
     writer = _writer = LineWriter(stream or sys.stdout)
     processors: list[Any] = [structlog.processors.add_log_level]
+    stamper: _Stamper | None = None
     if fmt == "json":
-        processors += [_Stamper(utc=True, millis=True), structlog.processors.format_exc_info, _json]
+        stamper, render = _Stamper(utc=True, millis=True), _json
     else:
         if not under_journald:  # journald stamps every line itself
-            processors.append(_Stamper(utc=False, millis=False))
-        processors += [structlog.processors.format_exc_info, _human(with_time=not under_journald)]
+            stamper = _Stamper(utc=False, millis=False)
+        render = _human(with_time=not under_journald)
+    processors += [stamper] if stamper else []
+    processors += [structlog.processors.format_exc_info, render]
+    _output = _Output(LEVELS.get(level, logging.INFO), stamper, render, writer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

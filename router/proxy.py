@@ -152,7 +152,7 @@ class Proxy:
         self.log_bodies = False  # --log-bodies: request bodies in the ROUTER line (off: no message contents in logs)
         self.limits = RateLimits()  # requests per minute per key and in total
         self.recent = RecentDecisions()  # for the status page
-        self.log = log.get("ROUTER")
+        self.log = log.Lines("ROUTER")  # one line per request: the lean path
         self._warming: dict[str, asyncio.Task[None]] = {}  # deployment id -> its background warm-up
         self._background: set[asyncio.Task[None]] = set()  # cache writes under way
         self.cache: Cache | None = None  # set at start-up when litellm_settings.cache is on

@@ -175,7 +175,7 @@ async def metrics(request: web.Request) -> web.Response:
     for d in _all_deployments(proxy.config):
         current = proxy.state[d.id].health.current(now).value
         for name in STATES:
-            proxy.metrics.state.labels(d.id, name).set(1 if name == current else 0)
+            proxy.metrics.set(proxy.metrics.child(proxy.metrics.state, d.id, name), 1 if name == current else 0)
     return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

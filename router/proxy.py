@@ -315,7 +315,7 @@ class Proxy:
                 prev = outcome.tried[-1].deployment
                 self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=request_id(request),
                                  from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
-                self.metrics.fallbacks.labels(prev.provider, dep.provider).inc()
+                self.metrics.add(self.metrics.child(self.metrics.fallbacks, prev.provider, dep.provider))
             try:
                 return await self._attempt(request, endpoint, body, decision, dep, upstream, deadline, outcome)
             except RouterError as exc:
@@ -382,7 +382,7 @@ class Proxy:
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)
-        in_flight.inc()
+        self.metrics.add(in_flight)
         started = time.monotonic()
         error: RouterError | None = None
         try:
@@ -402,17 +402,17 @@ class Proxy:
             error = attempt.error = RouterError("internal error")
             raise
         finally:
-            in_flight.dec()
+            self.metrics.add(in_flight, -1)
             if attempt.overhead is None:
                 outcome.waited += attempt.upstream  # it failed: its wait was not ours
             else:
-                self.metrics.overhead.observe(attempt.overhead)
+                self.metrics.observe(self.metrics.overhead, attempt.overhead)
             if error is not None:
-                self.metrics.upstream_errors.labels(dep.id, error.error_class).inc()
+                self.metrics.add(self.metrics.child(self.metrics.upstream_errors, dep.id, error.error_class))
             if attempt.prompt_tokens:
-                self.metrics.child(self.metrics.tokens, dep.id, "in").inc(attempt.prompt_tokens)
+                self.metrics.add(self.metrics.child(self.metrics.tokens, dep.id, "in"), attempt.prompt_tokens)
             if attempt.tokens - attempt.prompt_tokens > 0:
-                self.metrics.child(self.metrics.tokens, dep.id, "out").inc(attempt.tokens - attempt.prompt_tokens)
+                self.metrics.add(self.metrics.child(self.metrics.tokens, dep.id, "out"), attempt.tokens - attempt.prompt_tokens)
             self.state.finished(dep, f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
                                 stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
             if error is not None and error.counts:
@@ -427,7 +427,7 @@ class Proxy:
         if t is None:
             return
         for name in STATES:
-            self.metrics.state.labels(dep.id, name).set(1 if name == t.new.value else 0)
+            self.metrics.set(self.metrics.child(self.metrics.state, dep.id, name), 1 if name == t.new.value else 0)
         fields: dict[str, Any] = {"deployment": dep.id, "reason": t.reason}
         if t.until is not None:
             fields["for_s"] = round(t.until - time.time(), 1)
@@ -504,7 +504,7 @@ class Proxy:
             fields["ttft_ms"] = round(last.ttft * 1000, 1)
         if outcome.cache is not None:
             fields["cache"] = outcome.cache
-            self.metrics.child(self.metrics.cache, outcome.cache).inc()
+            self.metrics.add(self.metrics.child(self.metrics.cache, outcome.cache))
         if outcome.body is not None:
             fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
         if outcome.cache == "hit":

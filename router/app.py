@@ -193,6 +193,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
     proxy.session = session  # probes and warm-ups
+    proxy.loop = asyncio.get_running_loop()
     proxy.pool = Pool(limit=config.router.max_connections_per_backend, keepalive=30)  # the requests themselves
     url = redis_url(config.router)
     if url:

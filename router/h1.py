@@ -366,9 +366,8 @@ class _Origin:
         self.count = 0  # open or opening connections
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
-    async def acquire(self, timeout: float | None, connect_timeout: float) -> _Connection:
+    async def acquire(self, loop: asyncio.AbstractEventLoop, timeout: float | None, connect_timeout: float) -> _Connection:
         """A connection that is ours until released or closed."""
-        loop = asyncio.get_running_loop()
         keepalive = self.pool.keepalive
         now = loop.time()
         while True:
@@ -461,6 +460,7 @@ class Pool:
         self.keepalive = keepalive  # seconds an idle connection is kept
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._ssl: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one loop this pool serves (found at first use)
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -487,13 +487,15 @@ class Pool:
         origin = self._origins.get(t.key)
         if origin is None:
             origin = self._origins[t.key] = _Origin(self, t)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         for _ in range(2):
             wait = pool_timeout
             if deadline is not None:
                 left = max(0.0, deadline - loop.time())
                 wait = left if wait is None else min(wait, left)
-            conn = await origin.acquire(wait, connect_timeout)
+            conn = await origin.acquire(loop, wait, connect_timeout)
             resp = conn.send(data)
             resp.idle_timeout, resp.deadline = idle_timeout, deadline
             try:

@@ -146,6 +146,7 @@ class Proxy:
         self.routing = Routing(config, engine, Access(config))
         self.session = session  # aiohttp's, for probes and warm-ups
         self.pool: Pool | None = None  # router.h1's, for requests (set at start-up)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the app's loop (set at start-up)
         self.state = state
         self.stats = stats or RoutingStats()
         self.metrics = Metrics()
@@ -256,7 +257,7 @@ class Proxy:
                      decision: RouteDecision, routing: Routing, outcome: Outcome) -> web.StreamResponse:
         """Try the candidates, then the fallbacks, in order; retry rounds with backoff
         while the deadline allows. Returns the first response that reached the client."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         deadline = loop.time() + routing.config.request_timeout
         plan: list[tuple[Deployment, str]] = [(d, decision.upstream_name(d)) for d in decision.candidates]
         errors: list[tuple[Deployment, RouterError]] = []
@@ -317,7 +318,7 @@ class Proxy:
                                  from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
                 self.metrics.add(self.metrics.child(self.metrics.fallbacks, prev.provider, dep.provider))
             try:
-                return await self._attempt(request, endpoint, body, decision, dep, upstream, deadline, outcome)
+                return await self._attempt(request, endpoint, body, decision, dep, upstream, loop, deadline, outcome)
             except RouterError as exc:
                 errors.append((dep, exc))
                 failed_providers.add(dep.provider)
@@ -359,7 +360,8 @@ class Proxy:
                 w.cancel()
 
     async def _attempt(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
-                       dep: Deployment, upstream: str, deadline: float, outcome: Outcome) -> web.StreamResponse:
+                       dep: Deployment, upstream: str, loop: asyncio.AbstractEventLoop, deadline: float,
+                       outcome: Outcome) -> web.StreamResponse:
         attempt = Attempt(dep)
         outcome.tried.append(attempt)
         self._transition(dep, self.state.picked(dep))
@@ -378,7 +380,7 @@ class Proxy:
         if outcome.capture and stream:
             attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
         c = Call(request, endpoint, url, payload, headers, response_headers,
-                 stream, Context(decision.model, prefix + new_id(), int(time.time()), include_usage), deadline,
+                 stream, Context(decision.model, prefix + new_id(), int(time.time()), include_usage), deadline, loop,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)

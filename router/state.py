@@ -195,7 +195,7 @@ class StateTable:
     def loaded(self, d: Deployment, model: str) -> None:
         """``model`` is now loaded on ``d``'s server (we just loaded it or it just served)."""
         server = self.servers.get(d.api_base)
-        if server is not None and server.loaded is not None:
+        if server is not None and server.loaded is not None and model not in server.loaded:
             server.loaded = server.loaded | {model}
 
     # -- reads (the view strategies get) ---------------------------------------------------

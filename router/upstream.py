@@ -28,8 +28,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends re
 POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COUNT = re.compile(rb'\s*:\s*(\d+)')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
 # The end of an OpenAI stream: at a line's start, since a model may well write "data: [DONE]"
 # in its answer (it arrives inside a JSON string, where a line break is escaped).
@@ -42,8 +41,13 @@ def usage_tokens(body: bytes) -> tuple[int, int]:
     """(total, prompt) tokens from a response body's ``usage``, found without decoding
     it (every server puts usage at the end)."""
     start = max(0, len(body) - 1024)
-    total, prompt = _TOTAL_TOKENS.search(body, start), _PROMPT_TOKENS.search(body, start)
-    return (int(total.group(1)) if total else 0), (int(prompt.group(1)) if prompt else 0)
+    return _count_after(body, b'"total_tokens"', start), _count_after(body, b'"prompt_tokens"', start)
+
+
+def _count_after(body: bytes, key: bytes, start: int) -> int:
+    at = body.rfind(key, start)
+    m = _COUNT.match(body, at + len(key)) if at >= 0 else None
+    return int(m.group(1)) if m else 0
 
 
 OVERHEAD_HEADER = "x-router-overhead-ms"  # time in the proxy before the response (streams: before the first byte)
@@ -73,7 +77,7 @@ class Attempt:
                 self.capture += data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a __setattr__ per field, per request
 class Call:
     """Everything one attempt needs, built by the proxy."""
 
@@ -86,6 +90,7 @@ class Call:
     stream: bool
     ctx: Context
     deadline: float  # loop time by which the answer (or, streaming, the first chunk) must be there
+    loop: asyncio.AbstractEventLoop
     log_exception: Callable[[str], None]
     started: float = 0.0  # perf_counter() when the request arrived
     waited: float = 0.0  # seconds the request already spent waiting (earlier attempts, backoff, queue)
@@ -97,7 +102,8 @@ class Call:
 
 async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     dep = attempt.deployment
-    remaining = c.deadline - asyncio.get_running_loop().time()
+    loop = c.loop
+    remaining = c.deadline - loop.time()
     if remaining <= 0:
         raise UpstreamTimeout("the request's deadline passed before this attempt")
     if c.stream:
@@ -108,7 +114,7 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     try:
         async with UpstreamErrors(dep, limit):
             resp = await pool.request("POST", c.url, c.headers.items(), c.payload, connect_timeout=min(CONNECT_TIMEOUT, limit),
-                                      deadline=asyncio.get_running_loop().time() + limit)
+                                      deadline=loop.time() + limit)
             if resp.status >= 400:
                 raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
                                      resp.headers.get("retry-after"))
@@ -141,7 +147,7 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
         async with guard:
             resp = await pool.request("POST", c.url, c.headers.items(), c.payload, pool_timeout=min(POOL_WAIT, idle or POOL_WAIT),
                                       connect_timeout=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), idle_timeout=idle,
-                                      deadline=asyncio.get_running_loop().time() + remaining)
+                                      deadline=c.loop.time() + remaining)
             if resp.status >= 400:
                 raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
                                      resp.headers.get("retry-after"))

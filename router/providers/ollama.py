@@ -37,7 +37,7 @@ _OLLAMA_OPTIONS = ("top_k", "min_p", "repeat_penalty", "repeat_last_n", "num_ctx
 _FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen, which would cost a __setattr__ per field
 class Context:
     """Per-request facts the translation needs: the name the client asked for, the
     response id and creation time, and whether the client asked for stream usage."""

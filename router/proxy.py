@@ -133,6 +133,7 @@ class Outcome:
     body: dict[str, Any] | None = None  # kept only with --log-bodies
     capture: bool = False  # keep the response for the cache
     started: float = 0.0  # perf_counter() at arrival
+    rid: str = ""  # the request id
     waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
 
     @property
@@ -191,7 +192,7 @@ class Proxy:
         routing = self.routing  # this request finishes on the configuration it started with
         rid = request_id(request)
         decision: RouteDecision | None = None
-        outcome = Outcome(started=time.perf_counter())
+        outcome = Outcome(started=time.perf_counter(), rid=rid)
         model = "?"
         try:
             limits = routing.config.limits
@@ -314,7 +315,7 @@ class Proxy:
                 break
             if outcome.tried and outcome.tried[-1].deployment is not dep:
                 prev = outcome.tried[-1].deployment
-                self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=request_id(request),
+                self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=outcome.rid,
                                  from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
                 self.metrics.add(self.metrics.child(self.metrics.fallbacks, prev.provider, dep.provider))
             try:
@@ -370,7 +371,7 @@ class Proxy:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
-        rid = request_id(request)
+        rid = outcome.rid
         headers = {"Content-Type": "application/json", "x-request-id": rid}
         if dep.api_key:
             headers["Authorization"] = f"Bearer {dep.api_key}"

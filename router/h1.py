@@ -239,10 +239,13 @@ class _Connection(asyncio.Protocol):
         self.response = Response(self)
         self.head = self.loop.create_future()
         self.received = False
-        if isinstance(data, list):
-            self.transport.writelines(data)
-        else:
-            self.transport.write(data)
+        try:
+            if isinstance(data, list):
+                self.transport.writelines(data)
+            else:
+                self.transport.write(data)
+        except (RuntimeError, OSError):  # closed under us, before connection_lost was delivered
+            self.abort()
         return self.response
 
     def finished(self, resp: Response) -> None:
@@ -300,6 +303,7 @@ class _Connection(asyncio.Protocol):
             self._protocol_error(f"not a valid HTTP response ({exc})")
 
     def eof_received(self) -> bool:
+        self.closed = True  # the server is done with this connection: never hand it out again
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -373,7 +377,7 @@ class _Origin:
         while True:
             while self.idle:
                 conn = self.idle.pop()
-                if conn.closed:
+                if conn.closed or conn.transport is None or conn.transport.is_closing():
                     continue
                 if now - conn.idle_since > keepalive:
                     conn.abort()

@@ -380,8 +380,10 @@ class Proxy:
             response_headers["x-router-cache"] = outcome.cache
         if outcome.capture and stream:
             attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
-        c = Call(request, endpoint, url, payload, headers, response_headers,
-                 stream, Context(decision.model, prefix + new_id(), int(time.time()), include_usage), deadline, loop,
+        # a response id and timestamp only where the adapter writes the responses itself
+        ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage) \
+            if ADAPTERS[dep.wire].rewrites else Context(decision.model, "", 0, include_usage)
+        c = Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)

@@ -20,6 +20,8 @@ OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "emb
 
 
 class Adapter(Protocol):
+    rewrites: bool  # builds its own response objects (needs a Context with a fresh id); False: bytes pass through
+
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         """Return the upstream URL and JSON payload for ``body`` (already validated),
         sending ``model`` as the model name. May raise ``BadRequest``."""
@@ -41,6 +43,8 @@ class Adapter(Protocol):
 
 class OpenAICompatible:
     """Pass-through: only the model name (and a default ``max_tokens``) change."""
+
+    rewrites = False
 
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         body = dict(body)
@@ -64,6 +68,8 @@ class OpenAICompatible:
 
 
 class Ollama:
+    rewrites = True
+
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         payload = ollama.BUILDERS[endpoint](body, model, deployment.max_tokens)
         return deployment.api_base + ollama.PATHS[endpoint], orjson.dumps(payload)

@@ -156,6 +156,10 @@ class Response:
         self._consumed(self._size)
         return data
 
+    def at_eof(self) -> bool:
+        """The whole body has arrived and been read: nothing more will come."""
+        return self.complete and not self._chunks
+
     def release(self) -> None:
         """Done with it: a connection whose response was read to the end is reused."""
         self._conn.finished(self)

@@ -37,6 +37,15 @@ _EVENT_END = (b"\n\n", b"\r\r", b"\r\n\r\n")
 LINE_LIMIT = 1 << 20  # bytes of an unfinished SSE line held back before it is relayed anyway
 
 
+class EventStream(web.StreamResponse):
+    """An SSE response whose headers go out with its first bytes, not in a write of
+    their own (aiohttp's ``web.Response`` does the same for whole bodies; the class
+    attribute is aiohttp's, and without it headers are simply sent at ``prepare``).
+    A stream that arrives whole then leaves in one write: headers, events, end."""
+
+    _send_headers_immediately = False
+
+
 def usage_tokens(body: bytes) -> tuple[int, int]:
     """(total, prompt) tokens from a response body's ``usage``, found without decoding
     it (every server puts usage at the end)."""
@@ -160,8 +169,8 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
         resp.deadline = None  # the first chunk is in: from here on only the idle bound applies
         attempt.ttft = attempt.upstream = time.perf_counter() - sent
         attempt.overhead = c.overhead(attempt.upstream)
-        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **c.response_headers,
-                                                      OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
+        out = EventStream(status=200, headers={**SSE_HEADERS, **c.response_headers,
+                                               OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
         await out.prepare(c.request)
         attempt.status = 200
         # From here on the client has our 200: every failure must end the stream
@@ -180,10 +189,8 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
             attempt.error = RouterError("internal error while relaying the stream")
             end = error_event(attempt.error.message)
         try:
-            if end:
-                await out.write(end)
-                attempt.captured(end)
-            await out.write_eof()
+            attempt.captured(end)
+            await out.write_eof(end)  # the last bytes and the chunked terminator in one write
         except ConnectionResetError:
             attempt.client_gone = True
         return out
@@ -233,6 +240,7 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
     tail = b"\n"  # the last bytes seen, for matches across chunks (the stream starts at a line start)
     edge = b"\n\n"  # the last bytes written (at least 4 of them)
     held = bytearray()  # the start of a line whose end has not arrived
+    last = b""  # bytes that arrived with the upstream's end: they leave with our end, in one write
     events = 0
     finished = done = False
     while chunk:
@@ -263,8 +271,11 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             data = bytes(held[:cut])
             del held[:cut]
         if data:
-            await out.write(data)
-            attempt.captured(data)
+            if resp.at_eof():  # nothing more will come (no waiting is involved in holding these)
+                last = data
+            else:
+                await out.write(data)
+                attempt.captured(data)
             edge = data if len(data) >= 4 else (edge + data)[-4:]
         try:
             async with guard:
@@ -275,9 +286,9 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
     attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
     if done:  # whatever followed [DONE], and a blank line if the upstream left its last event open
         rest = bytes(held)
-        return rest + _separator(edge + rest)
+        return last + rest + _separator(edge + rest)
     attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")
-    return _separator(edge) + error_event(attempt.error.message, attempt.error.type, attempt.error.code)
+    return last + _separator(edge) + error_event(attempt.error.message, attempt.error.type, attempt.error.code)
 
 
 def _separator(written: bytes) -> bytes:

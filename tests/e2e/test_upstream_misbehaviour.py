@@ -176,3 +176,35 @@ async def test_a_stream_cut_short_before_any_finish_reason_ends_with_an_error_no
     events = [e[6:] for e in body.decode().split("\n\n") if e.startswith("data: ")]
     assert status == 200 and orjson.loads(events[0])["choices"][0]["delta"]["content"] == "Hel"
     assert orjson.loads(events[-1])["error"]["code"] == "stream_truncated" and "[DONE]" not in events
+
+
+async def test_each_chunk_reaches_the_client_before_the_upstream_sends_the_next(scripted):
+    """No coalescing: the backend sends one event and waits; the client must get that
+    event while the backend is still waiting (a proxy that held bytes back, e.g. to
+    send them with the next ones, would deadlock this test into its timeout)."""
+    backend, url, _ = scripted
+    go_on = asyncio.Event()
+    first = b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+    rest = (b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+            b"data: [DONE]\n\n")
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(first)
+        await go_on.wait()
+        await resp.write(rest)
+        await resp.write_eof()
+        return resp
+
+    backend.reply = reply
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + "/v1/chat/completions", data=orjson.dumps(chat("compat", stream=True))) as r:
+            assert r.status == 200
+            got = b""
+            while not got.endswith(b"\n\n"):
+                got += await asyncio.wait_for(r.content.readany(), 5)
+            assert got == first  # the headers and the first event, while the backend still holds the rest
+            go_on.set()
+            got += await r.content.read()
+    assert got == first + rest

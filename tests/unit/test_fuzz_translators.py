@@ -48,6 +48,9 @@ class _Upstream:
     def __init__(self, pieces: list[bytes], drop: bool = False) -> None:
         self.pieces, self.drop = list(pieces), drop
 
+    def at_eof(self) -> bool:
+        return not self.pieces and not self.drop
+
     async def readany(self) -> bytes:
         if self.pieces:
             return self.pieces.pop(0)
@@ -81,6 +84,7 @@ def relay(pieces: list[bytes], translator: StreamTranslator | None, drop: bool =
             return error_event(exc.message, exc.type, exc.code)
 
     end = asyncio.run(run())
+    attempt.captured(end)  # _stream keeps the closing bytes too (with the upstream's last ones, they go out together)
     return bytes(client.body) + end, attempt
 
 

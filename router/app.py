@@ -19,7 +19,7 @@ from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
 from router.probes import Monitor, health_rows
-from router.proxy import CLIENT_KEY, Proxy, Routing, request_id
+from router.proxy import CLIENT_KEY, Proxy, Routing, assign_request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import openapi
@@ -48,7 +48,7 @@ def _error(exc: RouterError, rid: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keys (``router.access``), OpenAI-shaped errors for everything (404s, 405s,
     bugs), and x-request-id."""
-    rid = request_id(request)
+    rid = assign_request_id(request)
     try:
         request[CLIENT_KEY] = request.app[PROXY].routing.access.authorize(request.path, request.headers)
     except RouterError as exc:

@@ -68,14 +68,20 @@ def new_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):022x}"
 
 
-def request_id(request: web.Request) -> str:
-    """The client's ``x-request-id`` if it is sane, else a new one; fixed per request."""
-    rid = request.get(REQUEST_ID)
-    if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else new_id()
-        request[REQUEST_ID] = rid
+def assign_request_id(request: web.Request) -> str:
+    """Fix the request's id: the client's ``x-request-id`` if it is sane, else a new one
+    (the middleware does it first thing, so later reads find it without a miss)."""
+    given = request.headers.get("x-request-id", "")
+    rid = request[REQUEST_ID] = given if 0 < len(given) <= 128 and given.isprintable() else new_id()
     return rid
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id (assigned on first use)."""
+    try:
+        return request[REQUEST_ID]
+    except KeyError:
+        return assign_request_id(request)
 
 
 async def _read_body(request: web.Request, timeout: float) -> bytes:

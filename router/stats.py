@@ -9,6 +9,7 @@ the Prometheus exporter will read the same object.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,7 @@ class RoutingStats:
         us = seconds * 1e6
         self.decisions += 1
         self.decision_us_sum += us
-        for i, bound in enumerate(BUCKETS_US):
-            if us <= bound:
-                self.decision_us_buckets[i] += 1
-                break
-        else:
-            self.decision_us_buckets[-1] += 1
+        self.decision_us_buckets[bisect_left(BUCKETS_US, us)] += 1  # the first bound >= us, else the overflow
         if resolved is None:
             self.no_route += 1
         else:

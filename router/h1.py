@@ -463,11 +463,11 @@ class _Origin:
 class Pool:
     """Keep-alive connections per server, at most ``limit`` open to each."""
 
-    def __init__(self, limit: int = 256, keepalive: float = 30.0) -> None:
+    def __init__(self, limit: int = 256, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.limit = limit
         self.keepalive = keepalive  # seconds an idle connection is kept
         self._origins: dict[tuple[str, str, int], _Origin] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # None: the system's trust store, made at the first https request
         self._loop: asyncio.AbstractEventLoop | None = None  # the one loop this pool serves (found at first use)
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -5,6 +5,8 @@ servers that misbehave)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from typing import Awaitable, Callable
 
 import pytest
@@ -357,3 +359,34 @@ def test_targets() -> None:
     assert (t.port, t.host_header, t.tls) == (443, "api.example.com", True)
     with pytest.raises(ValueError):
         h1.target("ftp://x/y")
+
+
+async def test_https_with_certificate_checks(tmp_path) -> None:
+    """An https api_base: TLS with the server's certificate checked against the trust store
+    (here one holding only a self-signed certificate made for this test); a server whose
+    certificate is not trusted is a ConnectError, never a silent plain-text fallback."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    srv = Server(keepalive_server(JSON_OK))
+
+    async def tls_serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv._serve(reader, writer)
+
+    server = await asyncio.start_server(tls_serve, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    try:
+        trusting = Pool(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        for _ in range(2):
+            resp = await trusting.request("POST", url, [], b"{}")
+            assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+            resp.release()
+        await trusting.close()
+        assert srv.connections == 1 and srv.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+        with pytest.raises(ConnectError):  # the default trust store does not know this certificate
+            await Pool().request("POST", url, [], b"{}")
+    finally:
+        server.close()

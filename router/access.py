@@ -93,6 +93,8 @@ class RateLimits:
 
     def admit(self, key: ApiKey | None, global_limit: int | None, now: float | None = None) -> None:
         """Count one request, or raise 429 with the seconds left in this minute."""
+        if global_limit is None and (key is None or key.rpm_limit is None):
+            return  # nothing limits this request, so nothing to count
         now = time.time() if now is None else now
         minute = int(now // 60)
         if minute != self._minute:

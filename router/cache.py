@@ -146,13 +146,13 @@ def cache_control(headers: Any, body: dict[str, Any]) -> tuple[bool, bool]:
     """(may read, may store) for this request. Pops LiteLLM's ``cache`` body field,
     which must not reach the backend."""
     read = write = True
-    for part in headers.get("Cache-Control", "").lower().split(","):
+    for part in (headers.get("Cache-Control") or "").lower().split(","):
         part = part.strip()
         if part == "no-cache":
             read = False
         elif part == "no-store":
             write = False
-    field = body.pop("cache", None)
+    field = body.pop("cache", None) if "cache" in body else None
     if isinstance(field, dict):
         if field.get("no-cache"):
             read = False

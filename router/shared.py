@@ -141,9 +141,13 @@ class RedisShare:
                 self._down(exc)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             self._wake.clear()
+            # asyncio.timeout, not asyncio.wait_for: on 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set (a request woke the loop just as stop() cancelled
+            # it), and stop() then waited for this loop forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), backoff)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     async def _listen_loop(self) -> None:

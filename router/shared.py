@@ -49,6 +49,7 @@ from router.state import WINDOW, StateTable
 SYNC_INTERVAL = 0.5
 HEARTBEAT_TTL = 5
 MAX_BACKOFF = 10.0
+STOP_WAIT = 3.0  # seconds stop() waits for the sharing tasks
 
 
 class RedisShare:
@@ -70,6 +71,7 @@ class RedisShare:
         self._wake = asyncio.Event()
         self._own_fails: Counter[tuple[str, int]] = Counter()  # (id, minute) -> failures we saw
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.limits: RateLimits | None = None  # per-key and global requests-per-minute counters
 
     def key(self, *parts: object) -> str:
@@ -101,16 +103,24 @@ class RedisShare:
     async def start(self) -> None:
         self.client = aioredis.from_url(self.url, password=self.password, socket_timeout=1.0,
                                         socket_connect_timeout=1.0, health_check_interval=0)
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._sync_loop()), asyncio.create_task(self._listen_loop())]
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): redis-py can turn a cancellation that lands inside a
+        # command into a connection error, which the loops treat as Redis being down; the
+        # flag ends them at their next turn, and the wait for them is bounded.
+        self._stopping = True
+        self._wake.set()
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+            for t in done:
+                if not t.cancelled():
+                    t.exception()  # retrieved: a loop's last error does not matter at shutdown
+            if pending:
+                self.log.warning("Redis sharing tasks did not stop in time; leaving them to end on their own")
         if self.client is not None:
             try:
                 await self._flush()
@@ -130,7 +140,7 @@ class RedisShare:
 
     async def _sync_loop(self) -> None:
         backoff = self.interval
-        while True:
+        while not self._stopping:
             try:
                 await self._flush()
                 await self._refresh()
@@ -140,6 +150,8 @@ class RedisShare:
             except (RedisError, OSError) as exc:
                 self._down(exc)
                 backoff = min(MAX_BACKOFF, backoff * 2)
+            if self._stopping:
+                break
             self._wake.clear()
             # asyncio.timeout, not asyncio.wait_for: on 3.11 wait_for swallows a cancellation
             # that arrives as the event is set (a request woke the loop just as stop() cancelled
@@ -152,7 +164,7 @@ class RedisShare:
 
     async def _listen_loop(self) -> None:
         backoff = self.interval
-        while True:
+        while not self._stopping:
             try:
                 async with self.client.pubsub() as pubsub:
                     await pubsub.subscribe(self.key("events"))

@@ -171,19 +171,23 @@ class Response:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
-        loop = self._loop
-        fut = self._waiter = loop.create_future()
-        delay = self.idle_timeout
-        if self.deadline is not None:
-            left = self.deadline - loop.time()
-            delay = left if delay is None else min(delay, left)
-        timer = loop.call_later(max(0.0, delay), _expire, fut) if delay is not None else None
+        fut = self._waiter = self._loop.create_future()
+        timer = self._arm(fut)
         try:
             await fut
         finally:
             self._waiter = None
             if timer is not None:
                 timer.cancel()
+
+    def _arm(self, fut: asyncio.Future[None]) -> asyncio.TimerHandle | None:
+        """A timer that fails ``fut`` with TimeoutError when the idle bound or the deadline
+        (whichever comes first) passes; None when neither is set."""
+        delay = self.idle_timeout
+        if self.deadline is not None:
+            left = self.deadline - self._loop.time()
+            delay = left if delay is None else min(delay, left)
+        return self._loop.call_later(max(0.0, delay), _expire, fut) if delay is not None else None
 
     def _consumed(self, n: int) -> None:
         self._size -= n
@@ -534,12 +538,7 @@ async def _head(conn: _Connection, resp: Response) -> None:
     if head.done():
         head.result()
         return
-    loop = conn.loop
-    delay = resp.idle_timeout
-    if resp.deadline is not None:
-        left = resp.deadline - loop.time()
-        delay = left if delay is None else min(delay, left)
-    timer = loop.call_later(max(0.0, delay), _expire, head) if delay is not None else None
+    timer = resp._arm(head)
     try:
         await head
     finally:

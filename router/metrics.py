@@ -4,9 +4,11 @@ One ``Metrics`` per app, on its own registry. The request path does not touch
 prometheus_client's objects (their locks and layers were a few percent of the
 proxy's CPU per request): ``add``/``observe``/``set`` note the change in plain
 dicts, and ``flush`` applies everything noted once per event-loop turn (and before
-every scrape), so ``/metrics`` never lags behind a finished request. With ``--workers N`` the supervisor
-sets ``PROMETHEUS_MULTIPROC_DIR`` and every worker writes there; whichever worker
-answers ``/metrics`` aggregates all of them (prometheus_client multiprocess mode).
+every scrape), so ``/metrics`` never lags behind a finished request.
+
+With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` and every
+worker writes there; whichever worker answers ``/metrics`` aggregates all of them
+(prometheus_client multiprocess mode).
 
 Labels stay bounded: ``model_group`` is the configured name (group, alias,
 capability) or, for name-based routes, the rule that matched (e.g.

@@ -376,7 +376,6 @@ class Proxy:
         stream = endpoint != "embeddings" and body.get("stream") is True
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
         rid = outcome.rid
         headers = {"Content-Type": "application/json", "x-request-id": rid}
         if dep.api_key:
@@ -386,9 +385,11 @@ class Proxy:
             response_headers["x-router-cache"] = outcome.cache
         if outcome.capture and stream:
             attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
-        # a response id and timestamp only where the adapter writes the responses itself
-        ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage) \
-            if ADAPTERS[dep.wire].rewrites else Context(decision.model, "", 0, include_usage)
+        if ADAPTERS[dep.wire].rewrites:  # a response id and timestamp only where the adapter writes the responses
+            prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
+            ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage)
+        else:
+            ctx = Context(decision.model, "", 0, include_usage)
         c = Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
         self.state.started(dep)

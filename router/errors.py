@@ -24,6 +24,7 @@ class RouterError(Exception):
     code: str | None = None
     retryable = False  # may another attempt (another deployment, a retry) succeed?
     counts = False  # does it count against the deployment's health?
+    unreachable = False  # the server could not be reached (refused, connect timeout, reset before any answer)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -122,6 +123,7 @@ class UpstreamUnavailable(UpstreamError):
     """Could not connect: refused, reset, DNS failure."""
 
     code = "upstream_unavailable"
+    unreachable = True
 
 
 class UpstreamTimeout(UpstreamError):

@@ -47,7 +47,7 @@ from router.cache import Cache, Entry, cache_control, cache_key
 from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
-from router.h1 import Pool
+from router.h1 import Pool, Target
 from router.upstream import SSE_HEADERS, Attempt, Call, call
 from router.validate import parse_body
 
@@ -434,6 +434,13 @@ class Proxy:
             elif error is None and not attempt.client_gone:
                 self._transition(dep, self.state.succeeded(dep))
                 self.state.loaded(dep, upstream)  # it served, so its model is loaded now
+
+    def resent(self, target: Target) -> None:
+        """router.h1 sent a request a second time (a kept connection closed under it)."""
+        server = target.host_header
+        self.metrics.add(self.metrics.child(self.metrics.resends, server))
+        self.log.debug("Resent a request on a new connection: the kept one was closed by the server before it "
+                       "read the request", server=server)
 
     def _transition(self, dep: Deployment, t: Transition | None) -> None:
         if t is None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from router.domain import Deployment
-from router.h1 import ConnectError, Disconnected, HTTPError, Pool, PoolTimeout, Response
+from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
 from router.providers import ADAPTERS
 from router.providers.ollama import Context, StreamTranslator, error_event
@@ -313,10 +313,18 @@ class UpstreamErrors:
         where = f"{self.dep.provider} ({self.dep.api_base})"
         if isinstance(exc, PoolTimeout):
             raise UpstreamTimeout(f"{where}: {exc}") from None
+        if isinstance(exc, ConnectTimeout):
+            err = UpstreamTimeout(f"cannot connect to {where}: {exc}")
+            err.unreachable = True
+            raise err from None
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(f"{where} did not answer within {self.limit:g} s" if self.limit else f"{where} timed out") from None
         if isinstance(exc, ConnectError):
             raise UpstreamUnavailable(f"cannot connect to {where}: {exc}") from None
+        if isinstance(exc, NoAnswer):
+            err = UpstreamError(f"{where} closed the connection without answering")
+            err.unreachable = True
+            raise err from None
         if isinstance(exc, Disconnected):
             raise UpstreamError(f"{where} dropped the connection mid-response") from None
         if isinstance(exc, HTTPError):

@@ -371,7 +371,6 @@ class Proxy:
                        outcome: Outcome) -> web.StreamResponse:
         attempt = Attempt(dep)
         outcome.tried.append(attempt)
-        self._transition(dep, self.state.picked(dep))
         url, payload = ADAPTERS[dep.wire].upstream_request(endpoint, body, dep, upstream)
         stream = endpoint != "embeddings" and body.get("stream") is True
         options = body.get("stream_options")
@@ -392,6 +391,12 @@ class Proxy:
             ctx = Context(decision.model, "", 0, include_usage)
         c = Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
+        # From the pick on, every exit goes through the finally below, which releases
+        # what the pick took (a half-open trial) whatever the outcome.
+        health = self.state[dep.id].health
+        trial_before = health.trial_in_flight
+        self._transition(dep, self.state.picked(dep))
+        trial = health.trial_in_flight and not trial_before  # this attempt is the half-open trial
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)
         self.metrics.add(in_flight)
@@ -430,10 +435,13 @@ class Proxy:
             if error is not None and error.counts:
                 retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
                 self._transition(dep, self.state.failed(dep, f"{error.error_class}: {error.message}",
-                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after))
+                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after,
+                                                        unreachable=error.unreachable))
             elif error is None and not attempt.client_gone:
                 self._transition(dep, self.state.succeeded(dep))
                 self.state.loaded(dep, upstream)  # it served, so its model is loaded now
+            elif trial:  # no verdict (client gone, a 4xx passed through, model not found, a bug): the next request tries
+                self.state.released(dep)
 
     def resent(self, target: Target) -> None:
         """router.h1 sent a request a second time (a kept connection closed under it)."""

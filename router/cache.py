@@ -1,10 +1,10 @@
 """The response cache (``litellm_settings.cache: true``), local or in Redis.
 
-The key is a SHA-256 of the model group, the endpoint, whether it streams, and
-the request fields that change the answer (messages, prompt, temperature,
-max_tokens, tools, …) serialised with sorted keys — so two bodies that differ
-only in key order or in fields that do not matter (``user``, ``metadata``) share
-an entry. Only complete, successful answers are stored: a streamed answer once
+The key is a SHA-256 of the model name, the endpoint, whether it streams, and
+every request field except the few known not to change the answer (``IGNORED``:
+``user``, ``metadata``, ...) serialised with sorted keys — so two bodies that
+differ only in key order or in those fields share an entry, and any other
+difference (``guided_choice``, ``grammar``, ``think``, ...) is another entry. Only complete, successful answers are stored: a streamed answer once
 it ended properly, never a partial one, and never one over ``max_entry_bytes``.
 
 Per request: ``Cache-Control: no-cache`` (or LiteLLM's body field
@@ -26,17 +26,19 @@ from redis.exceptions import RedisError
 
 from router import log
 
-# Request fields that can change the answer.
-RELEVANT = (
-    "messages", "prompt", "input", "suffix", "temperature", "top_p", "top_k", "min_p", "max_tokens",
-    "max_completion_tokens", "n", "stop", "seed", "tools", "tool_choice", "functions", "function_call",
-    "response_format", "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "logprobs",
-    "top_logprobs", "echo", "best_of", "encoding_format", "dimensions", "stream_options", "options", "format",
-)
+# Body fields known not to change the answer; every other field is part of the key
+# (a field we do not know — guided_choice, grammar, think, ... — might change it).
+# ``model``: the requested name is already in the key; ``stream``: so is whether
+# it streams; ``cache``: the per-request cache control (popped before the key is
+# made anyway); ``user``, ``metadata``: bookkeeping the backends do not answer by.
+IGNORED = frozenset({"model", "stream", "cache", "user", "metadata"})
 
 
 def cache_key(group: str, endpoint: str, stream: bool, body: dict[str, Any]) -> str:
-    relevant = {k: body[k] for k in RELEVANT if k in body}
+    """SHA-256 of the model name, endpoint, streaming or not, and every body field
+    but ``IGNORED``, with sorted keys. ``stream_options`` counts only for streams
+    (``include_usage`` adds a chunk to a stream; a JSON answer ignores it)."""
+    relevant = {k: v for k, v in body.items() if k not in IGNORED and (stream or k != "stream_options")}
     raw = orjson.dumps([group, endpoint, stream, relevant], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()
 

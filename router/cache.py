@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router import log
 
@@ -53,8 +53,14 @@ class Entry:
 
     @staticmethod
     def decode(raw: bytes) -> Entry:
-        head, _, body = raw.partition(b"\n")
-        return Entry(body, orjson.loads(head))
+        """The entry ``encode`` wrote; ``ValueError`` for anything else (garbage, a
+        truncated value, another program's value under our key)."""
+        head, sep, body = raw.partition(b"\n")
+        headers = orjson.loads(head)  # orjson.JSONDecodeError is a ValueError
+        if not sep or not body or not isinstance(headers, dict) \
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise ValueError("not a cache entry")
+        return Entry(body, headers)
 
 
 class Cache(Protocol):
@@ -107,12 +113,15 @@ class LocalCache:
 
 class RedisCache:
     """Entries under ``{namespace}cache:{key}`` with the TTL; a Redis failure is a miss
-    (logged once), never a failed request."""
+    (logged once), never a failed request. So is an entry that cannot be read
+    (garbage, or not a string): it is deleted, and the first one is logged at
+    warning (its key, never its value)."""
 
     def __init__(self, url: str, password: str | None, namespace: str, ttl: float, max_entry_bytes: int) -> None:
         self.ttl, self.max_entry_bytes, self.namespace = ttl, max_entry_bytes, namespace
         self.client = aioredis.from_url(url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._ok = True
+        self.corrupt = 0  # unreadable entries found (and deleted)
         self.log = log.get("CACHE")
 
     def _failed(self, exc: BaseException) -> None:
@@ -121,15 +130,34 @@ class RedisCache:
         self._ok = False
 
     async def get(self, key: str) -> Entry | None:
+        name = self.namespace + "cache:" + key
         try:
-            raw = await self.client.get(self.namespace + "cache:" + key)
+            raw = await self.client.get(name)
+        except ResponseError as exc:  # WRONGTYPE: something else lives under our key
+            return await self._unreadable(name, exc)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
         if not self._ok:
             self.log.info("Redis cache is back")
             self._ok = True
-        return Entry.decode(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return Entry.decode(raw)
+        except ValueError as exc:
+            return await self._unreadable(name, exc)
+
+    async def _unreadable(self, name: str, exc: BaseException) -> None:
+        """A miss; the entry is deleted so that the answer about to be stored replaces it."""
+        self.corrupt += 1
+        (self.log.warning if self.corrupt == 1 else self.log.debug)(
+            "Unreadable response-cache entry deleted (a miss)", key=name, error=type(exc).__name__)
+        try:
+            await self.client.delete(name)
+        except (RedisError, OSError) as err:
+            self._failed(err)
+        return None
 
     async def set(self, key: str, entry: Entry) -> None:
         raw = entry.encode()

@@ -8,14 +8,25 @@ the code never handles transport exceptions.
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
 
+# The longest a backend's Retry-After is believed: a larger value is clamped to this,
+# both for the deployment's cooldown and for what the client is told.
+MAX_RETRY_AFTER = 3600.0
+
 
 def retry_after(seconds: float) -> dict[str, str]:
-    """``Retry-After`` in whole seconds, rounded up, at least 1."""
-    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+    """``Retry-After`` in whole seconds, rounded up, between 1 and ``MAX_RETRY_AFTER``
+    (nan counts as 1)."""
+    if not 1 <= seconds <= MAX_RETRY_AFTER:  # also nan and ±inf
+        seconds = MAX_RETRY_AFTER if seconds > MAX_RETRY_AFTER else 1
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class RouterError(Exception):
@@ -175,13 +186,30 @@ _CONTEXT_WORDS = ("context length", "context window", "maximum context", "contex
                   "exceeds the available context", "prompt is too long")
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A backend's ``Retry-After`` in seconds, within [0, MAX_RETRY_AFTER]: delta-seconds
+    or an HTTP date (seconds from ``now``; a past date is 0). Anything else (garbage,
+    negative, nan, inf, a number too large for a float) is absent: the configured rest
+    applies. Never raises."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        return None  # an HTTP date: rare from inference servers; the configured rest applies
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        try:
+            # an HTTP date is GMT; a zone-less one is taken as GMT too
+            stamp = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=timezone.utc).timestamp()
+        except (ValueError, OverflowError, OSError):
+            return None
+        seconds = max(0.0, stamp - (time.time() if now is None else now))
+    if not 0.0 <= seconds < math.inf:  # nan, inf, negative
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def upstream_error(status: int, body: bytes, provider: str, retry_after: str | None = None) -> RouterError:

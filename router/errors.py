@@ -36,6 +36,7 @@ class RouterError(Exception):
     retryable = False  # may another attempt (another deployment, a retry) succeed?
     counts = False  # does it count against the deployment's health?
     unreachable = False  # the server could not be reached (refused, connect timeout, reset before any answer)
+    attempts: tuple[tuple[str, str, str], ...] = ()  # (deployment id, error class, message) per attempt, when several failed
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -116,8 +117,12 @@ class CapacityExceeded(RouterError):
     code = "max_parallel_requests"
     retryable = True
 
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a candidate is expected to take requests again
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+        return retry_after(self.retry_after)
 
 
 class UpstreamError(RouterError):

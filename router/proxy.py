@@ -345,8 +345,15 @@ class Proxy:
         if not errors:
             raise CapacityExceeded(f"No deployment for `{decision.model}` can take the request now "
                                    f"(busy at max_parallel_requests for {routing.config.router.queue_timeout:g} s, "
-                                   "cooling down or unreachable); retry shortly.")
+                                   "cooling down or unreachable); retry shortly.", self._soonest(plan))
         raise _aggregate(errors)
+
+    def _soonest(self, plan: list[tuple[Deployment, str]]) -> float:
+        """Seconds until the first of ``plan`` is expected back: its cooldown's end when every
+        one of them is cooling down, else 1 (busy ones free up at any moment)."""
+        now = time.time()
+        left = [self.state[d.id].health.cooldown_until - now for d, _ in plan]
+        return max(1.0, min(left)) if left and min(left) > 0 else 1.0
 
     def _ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
         """May ``dep`` take an attempt now (capacity aside)? The decision's first pick was
@@ -577,11 +584,16 @@ def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, s
 
 
 def _aggregate(errors: list[tuple[Deployment, RouterError]]) -> RouterError:
-    """Every attempt failed: the last error's status and type, with every attempt named."""
+    """Every attempt failed: the last error (its class, status, type, code and
+    ``retryable`` kept) naming every attempt, which it also keeps in ``attempts``. A 429
+    carries the smallest ``Retry-After`` any rate-limited candidate gave, so a client
+    waits for the first one to be free, not for none."""
     last = errors[-1][1]
     if len(errors) == 1:
         return last
-    detail = "; ".join(f"{d.id}: {e.message}" for d, e in errors)
-    err = RouterError(f"All {len(errors)} attempts failed: {detail}", status=last.status, code=last.code)
-    err.type = last.type
-    return err
+    last.attempts = tuple((d.id, e.error_class, e.message) for d, e in errors)
+    last.message = f"All {len(errors)} attempts failed: " + "; ".join(f"{d.id}: {e.message}" for d, e in errors)
+    waits = [e.retry_after for _, e in errors if isinstance(e, UpstreamRateLimited) and e.retry_after is not None]
+    if isinstance(last, UpstreamRateLimited) and waits:
+        last.retry_after = min(waits)
+    return last

@@ -90,3 +90,19 @@ async def test_a_probe_ends_a_cooldown_caused_by_refused_connections(tmp_path):
         while f.health("primary-1")["state"] != "half_open":  # well before 60 s
             await asyncio.sleep(0.02)
         assert (await f.chat())["x-router-deployment"] == "primary-1"
+
+
+async def test_when_every_candidate_is_rate_limited_the_429_carries_the_smallest_retry_after(tmp_path):
+    async with Faulty(tmp_path, cooldown_time=60) as f:
+        (a, b), waits = f.pair, {}
+        a.faults.status, a.faults.retry_after = 429, 30
+        b.faults.status, b.faults.retry_after = 429, 20
+        with pytest.raises(openai.RateLimitError) as info:
+            await f.chat("pair")
+        headers = info.value.response.headers
+        assert headers["x-router-attempts"] == "2" and headers["retry-after"] == "20"
+        assert info.value.code == "rate_limited" and "All 2 attempts failed" in info.value.message
+        # both rest now: a request meanwhile is told when the first one is back, not "1"
+        for dep in ("pair-a", "pair-b"):
+            waits[dep] = f.health(dep)["cooldown_left_s"]
+        assert 15 < min(waits.values()) <= 20 and max(waits.values()) > 25

@@ -39,8 +39,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
-READ_HIGH = 256 * 1024  # unread body bytes at which reading from the socket pauses
-READ_LOW = 64 * 1024  # ... and below which it resumes
+READ_HIGH = 64 * 1024  # unread body bytes at which reading from the socket pauses
+READ_LOW = 16 * 1024  # ... and below which it resumes
+READ_SIZE = 64 * 1024  # the most one socket read takes: unread bytes stay below READ_HIGH + READ_SIZE
+PIECE = 16 * 1024  # the most readany() returns at once
 MAX_BODY = 512 * 1024 * 1024  # a whole (non-streamed) answer larger than this is refused
 
 
@@ -123,14 +125,24 @@ class Response:
 
     # -- reading (the caller) -------------------------------------------------------------------
 
-    async def readany(self) -> bytes:
-        """Whatever body bytes are buffered (waiting for some if none are); b"" at the end."""
+    async def readany(self, limit: int = PIECE) -> bytes:
+        """Buffered body bytes, at most ``limit`` of them (waiting for some if none are); b"" at
+        the end. Bounded so that a relay holds one piece at a time, not everything buffered."""
         while not self._chunks:
             if self.complete:
                 return b""
             await self._wait()
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join([chunks.popleft() for _ in range(len(chunks))])
+        data = chunks.popleft()
+        if len(data) > limit:  # one socket read larger than a piece: the rest stays first in line
+            chunks.appendleft(data[limit:])
+            data = data[:limit]
+        elif chunks and len(data) + len(chunks[0]) <= limit:
+            parts, n = [data], len(data)
+            while chunks and n + len(chunks[0]) <= limit:
+                parts.append(chunks.popleft())
+                n += len(parts[-1])
+            data = b"".join(parts)
         self._consumed(len(data))
         return data
 
@@ -221,8 +233,10 @@ def _expire(fut: asyncio.Future[None]) -> None:
         fut.set_exception(TimeoutError())
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: at most one request on it at a time."""
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection: at most one request on it at a time. Each socket read
+    goes into the pool's buffer, so it is at most ``READ_SIZE`` bytes (the loop's own
+    buffer would take up to 256 KB at once: a reader that lags then holds that much)."""
 
     def __init__(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
@@ -239,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.interim = False  # parsing a 1xx answer, which precedes the real one
         self.keep_alive = False  # the current response allows reuse (llhttp forgets once the message is complete)
+        self.buffer = origin.pool.buffer
 
     # -- the pool's side -------------------------------------------------------------------------
 
@@ -298,7 +313,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buffer[:nbytes])  # body bytes leave the parser as copies: the buffer is free again
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.response is None:  # bytes nobody asked for: this connection is out of step
             self.abort()
             return
@@ -473,6 +494,7 @@ class Pool:
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._ssl = ssl_context  # None: the system's trust store, made at the first https request
         self._loop: asyncio.AbstractEventLoop | None = None  # the one loop this pool serves (found at first use)
+        self.buffer = memoryview(bytearray(READ_SIZE))  # every connection's socket reads (each used at once, then free)
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

@@ -50,8 +50,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
-READ_HIGH = 256 * 1024  # unread body bytes at which reading from the socket pauses
-READ_LOW = 64 * 1024  # ... and below which it resumes
+READ_HIGH = 64 * 1024  # unread body bytes at which reading from the socket pauses
+READ_LOW = 16 * 1024  # ... and below which it resumes
+READ_SIZE = 64 * 1024  # the most one socket read takes: unread bytes stay below READ_HIGH + READ_SIZE
+PIECE = 16 * 1024  # the most readany() returns at once
 MAX_BODY = 512 * 1024 * 1024  # a whole (non-streamed) answer larger than this is refused
 MAX_HEAD = 64 * 1024  # bytes of a response head (with any 1xx answers before it)
 MAX_HEADER_LINE = 8190  # bytes of one header's name and value (aiohttp's line limit)
@@ -147,14 +149,24 @@ class Response:
 
     # -- reading (the caller) -------------------------------------------------------------------
 
-    async def readany(self) -> bytes:
-        """Whatever body bytes are buffered (waiting for some if none are); b"" at the end."""
+    async def readany(self, limit: int = PIECE) -> bytes:
+        """Buffered body bytes, at most ``limit`` of them (waiting for some if none are); b"" at
+        the end. Bounded so that a relay holds one piece at a time, not everything buffered."""
         while not self._chunks:
             if self.complete:
                 return b""
             await self._wait()
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join([chunks.popleft() for _ in range(len(chunks))])
+        data = chunks.popleft()
+        if len(data) > limit:  # one socket read larger than a piece: the rest stays first in line
+            chunks.appendleft(data[limit:])
+            data = data[:limit]
+        elif chunks and len(data) + len(chunks[0]) <= limit:
+            parts, n = [data], len(data)
+            while chunks and n + len(chunks[0]) <= limit:
+                parts.append(chunks.popleft())
+                n += len(parts[-1])
+            data = b"".join(parts)
         self._consumed(len(data))
         return data
 
@@ -253,8 +265,10 @@ def _expire(fut: asyncio.Future[None]) -> None:
         fut.set_exception(TimeoutError())
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: at most one request on it at a time."""
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection: at most one request on it at a time. Each socket read
+    goes into the pool's buffer, so it is at most ``READ_SIZE`` bytes (the loop's own
+    buffer would take up to 256 KB at once: a reader that lags then holds that much)."""
 
     def __init__(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
@@ -275,6 +289,7 @@ class _Connection(asyncio.Protocol):
         self.header_count = 0
         self.interim = False  # parsing a 1xx answer, which precedes the real one
         self.keep_alive = False  # the current response allows reuse (llhttp forgets once the message is complete)
+        self.buffer = origin.pool.buffer
 
     # -- the pool's side -------------------------------------------------------------------------
 
@@ -335,7 +350,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buffer[:nbytes])  # body bytes leave the parser as copies: the buffer is free again
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.response is None:  # bytes nobody asked for: this connection is out of step
             self.abort()
             return
@@ -561,6 +582,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None  # the one loop this pool serves (found at first use)
         self.resends = 0  # requests sent a second time (see the module's resend rule)
         self.on_resend: Callable[[Target], None] | None = None  # told of each resend
+        self.buffer = memoryview(bytearray(READ_SIZE))  # every connection's socket reads (each used at once, then free)
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

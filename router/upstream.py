@@ -34,7 +34,7 @@ _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
 # in its answer (it arrives inside a JSON string, where a line break is escaped).
 _DONE = re.compile(rb"[\r\n]data: ?\[DONE\]")
 _EVENT_END = (b"\n\n", b"\r\r", b"\r\n\r\n")
-LINE_LIMIT = 1 << 20  # bytes of an unfinished SSE line held back before it is relayed anyway
+LINE_LIMIT = 64 * 1024  # bytes of an unfinished SSE line held back before it is relayed anyway (bounds a slow stream)
 
 
 class EventStream(web.StreamResponse):

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from router import __version__, log, systemd
+from router.checks import unix_socket
 from router.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 EXIT_CONFIG = 2
@@ -372,18 +373,25 @@ def cmd_test_routing(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == 200 for r in rows) else 1
 
 
+def _server_key(api_base: str) -> tuple[str, int]:
+    """(host, port) of an api_base; (socket path, 0) for a unix socket."""
+    sock = unix_socket(api_base)
+    if sock is not None:
+        return sock, 0
+    url = urlsplit(api_base)
+    return url.hostname or "127.0.0.1", url.port or 80
+
+
 def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
-    """One simulated server per api_base: (kind, host, port, model names it serves)."""
+    """One simulated server per api_base: (kind, host, port, model names it serves);
+    host is the socket's path (port 0) for a unix-socket api_base."""
     servers: dict[tuple[str, int], tuple[str, list[str]]] = {}
     for d in list(config.deployments) + list(config.catchalls.values()):
-        url = urlsplit(d.api_base)
-        key = (url.hostname or "127.0.0.1", url.port or 80)
-        kind, models = servers.setdefault(key, (d.kind, []))
+        kind, models = servers.setdefault(_server_key(d.api_base), (d.kind, []))
         if d.upstream_model and "*" not in d.upstream_model and d.upstream_model not in models:
             models.append(d.upstream_model)
     for name, spec in config.mappings.exact_matches.items():
-        url = urlsplit(config.mappings.providers[spec.provider].api_base)
-        entry = servers.get((url.hostname or "127.0.0.1", url.port or 80))
+        entry = servers.get(_server_key(config.mappings.providers[spec.provider].api_base))
         if entry and name not in entry[1]:
             entry[1].append(name)
     return [(kind, host, port, models) for (host, port), (kind, models) in servers.items()]
@@ -396,7 +404,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = load_or_exit(args)
     specs = simulator_specs(config)
     for kind, host, port, models in specs:
-        log.get("SIMULATE").info(f"{kind} on http://{host}:{port}", models=",".join(models))
+        log.get("SIMULATE").info(f"{kind} on " + (f"unix://{host}" if host.startswith("/") else f"http://{host}:{port}"),
+                                 models=",".join(models))
     try:
         asyncio.run(run_simulators(specs, ttft=args.ttft, tokens_per_s=args.tokens_per_s))
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from router.config import Config, ConfigError, load_config
 from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
-from router.probes import Monitor, health_rows
+from router.probes import Monitor, UnixSessions, health_rows
 from router.proxy import CLIENT_KEY, Proxy, Routing, assign_request_id
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
@@ -193,6 +193,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None))
     proxy = app[PROXY]
     proxy.session = session  # probes and warm-ups
+    app[MONITOR]["unix"] = UnixSessions()  # probes of backends on unix sockets
     proxy.loop = asyncio.get_running_loop()
     proxy.pool = Pool(limit=config.router.max_connections_per_backend)  # the requests themselves
     proxy.pool.on_resend = proxy.resent
@@ -212,6 +213,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await proxy.state.share.stop()
         proxy.state.share = None
     await session.close()
+    await app[MONITOR]["unix"].close()
     await proxy.pool.close()
 
 
@@ -242,7 +244,8 @@ def _start_monitor(app: web.Application) -> None:
     config = proxy.config
     monitor = Monitor(proxy.session, _all_deployments(config), proxy.state,
                       interval=config.router.monitor_interval,
-                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition)
+                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition,
+                      unix_sessions=app[MONITOR]["unix"])
     app[MONITOR]["monitor"] = monitor
     app[MONITOR]["task"] = asyncio.create_task(monitor.run())
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from router.yamlsource import Path, Source
 
@@ -117,17 +117,24 @@ def unknown_keys(src: Source, m: Mapping[str, Any], path: Path, known: set[str],
             src.warn(path + (key,), "unknown key; ignored")
 
 
-def check_url(src: Source, path: Path, url: str | None) -> str | None:
-    """Validate an api_base; return it without a trailing slash (``None`` if invalid)."""
+UNIX_PATH_MAX = 107  # bytes of a unix socket path (sun_path is 108 with its NUL, on Linux)
+
+
+def check_url(src: Source, path: Path, url: str | None, wire: str | None = None) -> str | None:
+    """Validate an api_base; return it without a trailing slash (``None`` if invalid).
+    ``unix:///absolute/path.sock`` is a unix socket, for OpenAI-compatible servers
+    (``wire`` "openai"; Ollama cannot listen on one)."""
     if url is None:
         return None
+    if url.startswith("unix:"):
+        return _check_unix(src, path, url, wire)
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # "http://[::1": invalid IPv6 URL
-        src.error(path, f"must be an http(s) URL, got {url!r} ({exc})")
+        src.error(path, f"must be an http(s) URL or unix:///path/to.sock, got {url!r} ({exc})")
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        src.error(path, f"must be an http(s) URL, got {url!r}")
+        src.error(path, f"must be an http(s) URL or unix:///path/to.sock, got {url!r}")
         return None
     try:
         parts.port
@@ -140,10 +147,64 @@ def check_url(src: Source, path: Path, url: str | None) -> str | None:
     return url.rstrip("/")
 
 
+def _check_unix(src: Source, path: Path, url: str, wire: str | None) -> str | None:
+    sock = url[len("unix://"):].rstrip("/") if url.startswith("unix://") else None
+    if sock is None or (sock and not sock.startswith("/")):
+        src.error(path, f"a unix socket must be given by its absolute path, as unix:///run/llm/vllm.sock (three slashes), got {url!r}")
+        return None
+    if not sock:
+        src.error(path, f"names no socket path: write unix:///run/llm/vllm.sock, got {url!r}")
+        return None
+    if "\0" in sock:
+        src.error(path, "the socket path contains a NUL character")
+        return None
+    if len(sock.encode()) > UNIX_PATH_MAX:
+        src.error(path, f"the socket path is {len(sock.encode())} bytes long; unix sockets allow at most {UNIX_PATH_MAX}")
+        return None
+    if sock.endswith("/v1"):
+        src.error(path, f"the whole path is the socket and requests go to /v1/... on it: write unix://{sock[:-3]}, not {url!r}")
+        return None
+    if wire == "ollama":
+        src.error(path, "Ollama cannot listen on a unix socket; unix:// is for OpenAI-compatible servers "
+                        "(vLLM --uds, llama-server --host /path.sock): give Ollama's http://host:port")
+        return None
+    return "unix://" + sock
+
+
 def api_root(url: str, wire: str) -> str:
     """Where a wire format's paths hang off ``url``: for OpenAI-compatible servers a
     bare ``http://host:port`` gets ``/v1`` (what vLLM and llama.cpp serve), a URL
-    with a path is used as given (the OpenAI SDK's rule); Ollama's is the root."""
+    with a path is used as given (the OpenAI SDK's rule); Ollama's is the root.
+    ``unix:///path.sock`` becomes ``http+unix://%2Fpath.sock/v1`` (the socket
+    percent-encoded in place of host:port, as requests-unixsocket writes it), so the
+    request paths append to it as to any URL and ``router.h1`` connects to the socket."""
+    if url.startswith("unix://"):
+        return "http+unix://" + quote(url[len("unix://"):], safe="") + ("/v1" if wire == "openai" else "")
     if wire == "openai" and urlsplit(url).path.strip("/") == "":
         return url + "/v1"
     return url
+
+
+def unix_socket(api_base: str) -> str | None:
+    """The socket path of a unix api_base (either form), else None."""
+    if api_base.startswith("unix://"):
+        return api_base[len("unix://"):]
+    if api_base.startswith("http+unix://"):
+        return unquote(urlsplit(api_base).netloc)
+    return None
+
+
+def shown(api_base: str) -> str:
+    """An api_base as people wrote it: ``unix:///run/llm/vllm.sock`` rather than its
+    percent-encoded ``http+unix://`` form (for /health, explain, error messages, logs)."""
+    sock = unix_socket(api_base) if api_base.startswith("http+unix://") else None
+    return api_base if sock is None else "unix://" + sock
+
+
+def http_url(url: str) -> str:
+    """``url`` for an HTTP client connected to the socket itself (aiohttp's UnixConnector):
+    ``http+unix://%2F…sock/v1/models`` → ``http://localhost/v1/models``; others unchanged."""
+    if not url.startswith("http+unix://"):
+        return url
+    parts = urlsplit(url)
+    return parts._replace(scheme="http", netloc="localhost").geturl()

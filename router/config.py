@@ -377,6 +377,8 @@ def _provider_for(src: Source, path: Path, kind: str, api_base: str | None, info
 
 
 def _same_server(a: str, b: str) -> bool:
+    if a.startswith("unix:") or b.startswith("unix:"):
+        return a == b  # the same socket path (checked and normalised by check_url)
     pa, pb = urlsplit(a), urlsplit(b)
     host = lambda p: {"localhost": "127.0.0.1"}.get(p.hostname or "", p.hostname)  # noqa: E731
     port = lambda p: p.port or (443 if p.scheme == "https" else 80)  # noqa: E731
@@ -409,7 +411,7 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             src.error(pp + ("model",), f"unknown provider prefix in {model!r} (supported: {', '.join(p + '/' for p in PREFIX_KINDS)})")
             continue
         raw_base = get(src, params, "api_base", pp, "str")
-        api_base = check_url(src, pp + ("api_base",), raw_base)
+        api_base = check_url(src, pp + ("api_base",), raw_base, WIRE_FORMATS[kind])
         provider = _provider_for(src, path, kind, api_base, info, providers)
         if provider in providers:
             kind = providers[provider].kind if WIRE_FORMATS[providers[provider].kind] == WIRE_FORMATS[kind] else kind
@@ -421,6 +423,8 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             if raw_base is None and "api_base" not in params:
                 src.error(pp, f"api_base is required (or model_info.provider naming a provider with an api_base) for {model!r}")
             continue
+        if raw_base is None and api_base.startswith("unix:") and check_url(src, path + ("model_info", "provider"), api_base, WIRE_FORMATS[kind]) is None:
+            continue  # an Ollama-format deployment on an OpenAI-compatible provider's socket
         api_base = api_root(api_base, WIRE_FORMATS[kind])
         dep_id = info.get("id")
         if dep_id is not None and not isinstance(dep_id, str):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from router.checks import shown
+
 # Provider kinds we know how to talk to, and the wire format each one speaks.
 WIRE_FORMATS: Mapping[str, str] = MappingProxyType(
     {
@@ -129,7 +131,7 @@ class RouteDecision:
             "matched": self.matched or None,
             "strategy": self.strategy or None,
             "candidates": [
-                {"deployment": d.id, "provider": d.provider, "model": self.upstream_name(d) or None, "api_base": d.api_base}
+                {"deployment": d.id, "provider": d.provider, "model": self.upstream_name(d) or None, "api_base": shown(d.api_base)}
                 for d in self.candidates
             ],
             "scores": {dep_id: score for dep_id, score in self.scores},

@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -66,7 +66,7 @@ class HTTPError(Exception):
 
 
 class ConnectError(HTTPError):
-    """The TCP (or TLS) connection could not be opened."""
+    """The TCP (or TLS, or unix socket) connection could not be opened."""
 
 
 class Disconnected(HTTPError):
@@ -103,12 +103,21 @@ class Target:
     tls: bool
     host_header: str
     path: str
+    unix: str | None = None  # the socket's path, for an http+unix URL
 
 
 @lru_cache(maxsize=4096)
 def target(url: str) -> Target:
-    """Split ``url`` (http or https) once per distinct URL."""
+    """Split ``url`` once per distinct URL: http, https, or ``http+unix://`` with the
+    socket's path percent-encoded in place of host:port (``http+unix://%2Frun%2Fvllm.sock/v1/models``,
+    requests-unixsocket's form), sent with ``Host: localhost``."""
     u = urlsplit(url)
+    if u.scheme == "http+unix":
+        sock = unquote(u.netloc)
+        if not sock.startswith("/"):
+            raise ValueError(f"not an absolute socket path: {url!r}")
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        return Target(("http+unix", sock, 0), "localhost", 0, False, "localhost", path, sock)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
     tls = u.scheme == "https"
@@ -522,9 +531,12 @@ class _Origin:
         t = self.target
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(self, loop), t.host, t.port,
-                                                       ssl=self.pool.ssl_context() if t.tls else None,
-                                                       server_hostname=t.host if t.tls else None)
+                if t.unix is not None:
+                    _, conn = await loop.create_unix_connection(lambda: _Connection(self, loop), t.unix)
+                else:
+                    _, conn = await loop.create_connection(lambda: _Connection(self, loop), t.host, t.port,
+                                                           ssl=self.pool.ssl_context() if t.tls else None,
+                                                           server_hostname=t.host if t.tls else None)
         except TimeoutError:
             self._slot_freed()
             raise ConnectTimeout(f"connecting took longer than {timeout:g} s") from None

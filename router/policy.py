@@ -155,7 +155,7 @@ def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
         if not isinstance(kind, str) or kind not in WIRE_FORMATS:
             src.error(p + ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(WIRE_FORMATS))})")
             continue
-        base = check_url(src, p + ("api_base",), get(src, spec, "api_base", p, "str", required=True))
+        base = check_url(src, p + ("api_base",), get(src, spec, "api_base", p, "str", required=True), WIRE_FORMATS[kind])
         if base:
             out[name] = Provider(name, kind, base, get(src, spec, "description", p, "str", default=""))
     return out

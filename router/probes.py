@@ -6,7 +6,9 @@ its load and warmth — never a completion, as LiteLLM's ``/health`` does (a pai
 generation per deployment; parallel checks that overwhelm Ollama). ``/health``
 runs a fresh round and reports it: a deployment is healthy when its server
 answers, lists its model (llama.cpp servers serve their one model under any
-name, so only the answer counts there) and it is not cooling down.
+name, so only the answer counts there) and it is not cooling down. A server on a
+unix socket is probed through an aiohttp session of its own (``UnixConnector``
+connects to one path): ``UnixSessions``, which lives as long as the app.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any, Callable, Iterable
 
 import aiohttp
 import orjson
+from aiohttp.client_exceptions import UnixClientConnectorError
 
+from router.checks import http_url, shown, unix_socket
 from router.domain import Deployment
 from router.routing.rules import parse_size
 from router.health import Transition
@@ -59,7 +63,7 @@ def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[di
             "model_name": d.model_name,
             "model": d.upstream_model or "*",
             "provider": d.provider,
-            "api_base": d.api_base,
+            "api_base": shown(d.api_base),
             "healthy": healthy,
             "error": error,
             "probe_latency_ms": server.latency_ms,
@@ -125,6 +129,8 @@ def _describe(exc: BaseException) -> str:
         return f"no answer within {META_TIMEOUT:g} s"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status} from the model listing"
+    if isinstance(exc, UnixClientConnectorError):  # its text names localhost:80, not the socket
+        return f"cannot connect to unix socket {exc.path}: {exc.os_error.strerror or exc.os_error}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -138,13 +144,15 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout: float, he
 async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float) -> ServerState:
     """One probe of ``d``'s server: its models with sizes and contexts, and where the
     server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models
-    (Ollama /api/ps); for llama-cpp-python only whether it answers (_LIVENESS_ONLY)."""
+    (Ollama /api/ps); for llama-cpp-python only whether it answers (_LIVENESS_ONLY).
+    For a unix-socket server ``session`` must be one connected to that socket."""
+    base = http_url(d.api_base)
     headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
     state = ServerState(updated_at=time.time())
     start = time.monotonic()
     if d.kind in _LIVENESS_ONLY:
         try:
-            async with session.get(_root(d.api_base) + "/health", headers=headers,
+            async with session.get(_root(base) + "/health", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=META_TIMEOUT)) as resp:
                 await resp.read()
                 state.reachable = resp.status < 500
@@ -153,7 +161,7 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
         state.latency_ms = round((time.monotonic() - start) * 1000, 1)
         return state
     try:
-        listing = await _get_json(session, d.api_base + _LISTING[d.wire], META_TIMEOUT, headers)
+        listing = await _get_json(session, base + _LISTING[d.wire], META_TIMEOUT, headers)
     except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
         state.error = _describe(exc)
         return state
@@ -162,19 +170,19 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
     state.models, state.reachable = frozenset(names), True
     try:
         if d.kind == "ollama":
-            ps = await _get_json(session, d.api_base + "/api/ps", warm_timeout, headers)
+            ps = await _get_json(session, base + "/api/ps", warm_timeout, headers)
             loaded = [m for m in (ps.get("models") or []) if isinstance(m, dict)]
             state.loaded = frozenset(str(m.get("name") or m.get("model")) for m in loaded)
             for m in loaded:
                 if isinstance(m.get("context_length"), int):
                     state.contexts.setdefault(str(m.get("name")), m["context_length"])
         elif d.kind == "llama_cpp_native":
-            slots = parse_slots(await _get_json(session, _root(d.api_base) + "/slots", warm_timeout, headers))
+            slots = parse_slots(await _get_json(session, _root(base) + "/slots", warm_timeout, headers))
             if slots:
                 state.slots, state.running = slots
                 state.waiting = 0
         elif d.kind == "vllm":
-            async with session.get(_root(d.api_base) + "/metrics", headers=headers,
+            async with session.get(_root(base) + "/metrics", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=warm_timeout)) as resp:
                 text = (await resp.read()).decode("utf-8", "replace") if resp.status == 200 else ""
             running = parse_prometheus_sum(text, "vllm:num_requests_running")
@@ -194,8 +202,10 @@ class Monitor:
 
     def __init__(self, session: aiohttp.ClientSession, deployments: Iterable[Deployment], state: StateTable,
                  interval: float = MONITOR_INTERVAL, warm_timeout: float = 0.1,
-                 on_transition: Callable[[Deployment, Transition], None] | None = None) -> None:
+                 on_transition: Callable[[Deployment, Transition], None] | None = None,
+                 unix_sessions: UnixSessions | None = None) -> None:
         self.session = session
+        self.unix_sessions = unix_sessions if unix_sessions is not None else UnixSessions()
         self.state = state
         self.interval = interval
         self.warm_timeout = warm_timeout
@@ -218,7 +228,7 @@ class Monitor:
         await asyncio.shield(self._round)
 
     async def _probe_all(self) -> None:
-        results = await asyncio.gather(*(probe_state(self.session, d, self.warm_timeout) for d in self._targets.values()))
+        results = await asyncio.gather(*(probe_state(self._session_for(d), d, self.warm_timeout) for d in self._targets.values()))
         now = time.time()
         for base, server in zip(self._targets, results):
             self.state.servers[base] = server
@@ -231,6 +241,32 @@ class Monitor:
         while True:
             await self.probe_all()
             await asyncio.sleep(self.interval)
+
+    def _session_for(self, d: Deployment) -> aiohttp.ClientSession:
+        sock = unix_socket(d.api_base)
+        return self.session if sock is None else self.unix_sessions.get(sock)
+
+
+class UnixSessions:
+    """One aiohttp session per unix socket, made at first use (aiohttp's UnixConnector
+    connects to a single path). Kept across reloads, closed with the app: a monitor
+    round under way when a reload replaces its monitor keeps a working session."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def get(self, sock: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(sock)
+        if session is None or session.closed:
+            session = self._sessions[sock] = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=sock, keepalive_timeout=30), skip_auto_headers=("User-Agent",),
+                timeout=aiohttp.ClientTimeout(total=None))
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
 
 async def warm_up(session: aiohttp.ClientSession, d: Deployment, model: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from router.checks import shown
 from router.domain import Deployment
 from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
@@ -346,7 +347,7 @@ class UpstreamErrors:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, (RouterError, asyncio.CancelledError)):
             return False
-        where = f"{self.dep.provider} ({self.dep.api_base})"
+        where = f"{self.dep.provider} ({shown(self.dep.api_base)})"
         if isinstance(exc, PoolTimeout):
             raise UpstreamTimeout(f"{where}: {exc}") from None
         if isinstance(exc, ConnectTimeout):

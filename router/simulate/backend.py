@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -106,7 +107,7 @@ class SimulatedBackend:
         self.loaded: dict[str, float] = {}  # ollama: canonical name -> expires at (time.time())
         self.created = int(time.time())
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: web.BaseSite | None = None
         self._inflight: dict[int, web.Request] = {}  # id(request) -> open request (not /__sim/*)
         self._stopping = False
         self.host = "127.0.0.1"
@@ -135,8 +136,17 @@ class SimulatedBackend:
 
     @property
     def base_url(self) -> str:
-        """``http://HOST:PORT`` of the started server."""
-        return f"http://{self.host}:{self.port}"
+        """``http://HOST:PORT`` of the started server, or ``unix:///PATH`` on a unix socket
+        (an OpenAI-compatible api_base as written: the HTTP paths are ``/v1/...`` on it)."""
+        return f"unix://{self.host}" if self.unix else f"http://{self.host}:{self.port}"
+
+    @property
+    def unix(self) -> bool:
+        """Listening on a unix socket (``host`` is its path)."""
+        return self.host.startswith("/")
+
+    def _new_site(self, runner: web.AppRunner, host: str, port: int) -> web.BaseSite:
+        return web.UnixSite(runner, host) if host.startswith("/") else web.TCPSite(runner, host, port)
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp application serving this backend (run it with any runner)."""
@@ -150,15 +160,21 @@ class SimulatedBackend:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Serve on ``host:port`` (``port=0`` picks a free port, see :attr:`port`)."""
+        """Serve on ``host:port`` (``port=0`` picks a free port, see :attr:`port`), or,
+        when ``host`` is an absolute path, on a unix socket there (as llama-server's
+        ``--host /path.sock`` does; a stale socket file is replaced)."""
         self._stopping = False
         runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        site = self._new_site(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self._runner, self._site = runner, site
         self.host = host
-        self.port = runner.addresses[0][1]
+        self.port = 0 if host.startswith("/") else runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Stop serving (open requests are cut off at once, not counted as disconnects).
@@ -174,6 +190,9 @@ class SimulatedBackend:
                 await _close_site(site)
             await self._cut_connections(runner)
             await runner.cleanup()
+            if self.unix:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.host)  # Python 3.11's unix server leaves its socket file behind
 
     @property
     def listening(self) -> bool:
@@ -235,7 +254,7 @@ class SimulatedBackend:
             raise RuntimeError("the simulated backend is not started")
         if self._site is not None:
             return
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = self._new_site(self._runner, self.host, self.port)
         await site.start()
         self._site = site
 
@@ -442,7 +461,7 @@ class SimulatedBackend:
         return self.json(self.stats.as_dict())
 
 
-async def _close_site(site: web.TCPSite) -> None:
+async def _close_site(site: web.BaseSite) -> None:
     """Stop a site's listening socket(s) without leaking connections that were being accepted.
 
     Closing an ``asyncio.Server`` while an accepted connection still waits for its

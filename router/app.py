@@ -194,7 +194,8 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     proxy.session = session  # probes and warm-ups
     proxy.loop = asyncio.get_running_loop()
-    proxy.pool = Pool(limit=config.router.max_connections_per_backend, keepalive=30)  # the requests themselves
+    proxy.pool = Pool(limit=config.router.max_connections_per_backend)  # the requests themselves
+    proxy.pool.on_resend = proxy.resent
     url = redis_url(config.router)
     if url:
         share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)

@@ -1,10 +1,10 @@
 """The response cache (``litellm_settings.cache: true``), local or in Redis.
 
-The key is a SHA-256 of the model group, the endpoint, whether it streams, and
-the request fields that change the answer (messages, prompt, temperature,
-max_tokens, tools, …) serialised with sorted keys — so two bodies that differ
-only in key order or in fields that do not matter (``user``, ``metadata``) share
-an entry. Only complete, successful answers are stored: a streamed answer once
+The key is a SHA-256 of the model name, the endpoint, whether it streams, and
+every request field except the few known not to change the answer (``IGNORED``:
+``user``, ``metadata``, ...) serialised with sorted keys — so two bodies that
+differ only in key order or in those fields share an entry, and any other
+difference (``guided_choice``, ``grammar``, ``think``, ...) is another entry. Only complete, successful answers are stored: a streamed answer once
 it ended properly, never a partial one, and never one over ``max_entry_bytes``.
 
 Per request: ``Cache-Control: no-cache`` (or LiteLLM's body field
@@ -22,21 +22,23 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router import log
 
-# Request fields that can change the answer.
-RELEVANT = (
-    "messages", "prompt", "input", "suffix", "temperature", "top_p", "top_k", "min_p", "max_tokens",
-    "max_completion_tokens", "n", "stop", "seed", "tools", "tool_choice", "functions", "function_call",
-    "response_format", "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "logprobs",
-    "top_logprobs", "echo", "best_of", "encoding_format", "dimensions", "stream_options", "options", "format",
-)
+# Body fields known not to change the answer; every other field is part of the key
+# (a field we do not know — guided_choice, grammar, think, ... — might change it).
+# ``model``: the requested name is already in the key; ``stream``: so is whether
+# it streams; ``cache``: the per-request cache control (popped before the key is
+# made anyway); ``user``, ``metadata``: bookkeeping the backends do not answer by.
+IGNORED = frozenset({"model", "stream", "cache", "user", "metadata"})
 
 
 def cache_key(group: str, endpoint: str, stream: bool, body: dict[str, Any]) -> str:
-    relevant = {k: body[k] for k in RELEVANT if k in body}
+    """SHA-256 of the model name, endpoint, streaming or not, and every body field
+    but ``IGNORED``, with sorted keys. ``stream_options`` counts only for streams
+    (``include_usage`` adds a chunk to a stream; a JSON answer ignores it)."""
+    relevant = {k: v for k, v in body.items() if k not in IGNORED and (stream or k != "stream_options")}
     raw = orjson.dumps([group, endpoint, stream, relevant], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()
 
@@ -51,8 +53,14 @@ class Entry:
 
     @staticmethod
     def decode(raw: bytes) -> Entry:
-        head, _, body = raw.partition(b"\n")
-        return Entry(body, orjson.loads(head))
+        """The entry ``encode`` wrote; ``ValueError`` for anything else (garbage, a
+        truncated value, another program's value under our key)."""
+        head, sep, body = raw.partition(b"\n")
+        headers = orjson.loads(head)  # orjson.JSONDecodeError is a ValueError
+        if not sep or not body or not isinstance(headers, dict) \
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise ValueError("not a cache entry")
+        return Entry(body, headers)
 
 
 class Cache(Protocol):
@@ -105,12 +113,15 @@ class LocalCache:
 
 class RedisCache:
     """Entries under ``{namespace}cache:{key}`` with the TTL; a Redis failure is a miss
-    (logged once), never a failed request."""
+    (logged once), never a failed request. So is an entry that cannot be read
+    (garbage, or not a string): it is deleted, and the first one is logged at
+    warning (its key, never its value)."""
 
     def __init__(self, url: str, password: str | None, namespace: str, ttl: float, max_entry_bytes: int) -> None:
         self.ttl, self.max_entry_bytes, self.namespace = ttl, max_entry_bytes, namespace
         self.client = aioredis.from_url(url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._ok = True
+        self.corrupt = 0  # unreadable entries found (and deleted)
         self.log = log.get("CACHE")
 
     def _failed(self, exc: BaseException) -> None:
@@ -119,15 +130,34 @@ class RedisCache:
         self._ok = False
 
     async def get(self, key: str) -> Entry | None:
+        name = self.namespace + "cache:" + key
         try:
-            raw = await self.client.get(self.namespace + "cache:" + key)
+            raw = await self.client.get(name)
+        except ResponseError as exc:  # WRONGTYPE: something else lives under our key
+            return await self._unreadable(name, exc)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
         if not self._ok:
             self.log.info("Redis cache is back")
             self._ok = True
-        return Entry.decode(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return Entry.decode(raw)
+        except ValueError as exc:
+            return await self._unreadable(name, exc)
+
+    async def _unreadable(self, name: str, exc: BaseException) -> None:
+        """A miss; the entry is deleted so that the answer about to be stored replaces it."""
+        self.corrupt += 1
+        (self.log.warning if self.corrupt == 1 else self.log.debug)(
+            "Unreadable response-cache entry deleted (a miss)", key=name, error=type(exc).__name__)
+        try:
+            await self.client.delete(name)
+        except (RedisError, OSError) as err:
+            self._failed(err)
+        return None
 
     async def set(self, key: str, entry: Entry) -> None:
         raw = entry.encode()

@@ -8,14 +8,25 @@ the code never handles transport exceptions.
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
 
+# The longest a backend's Retry-After is believed: a larger value is clamped to this,
+# both for the deployment's cooldown and for what the client is told.
+MAX_RETRY_AFTER = 3600.0
+
 
 def retry_after(seconds: float) -> dict[str, str]:
-    """``Retry-After`` in whole seconds, rounded up, at least 1."""
-    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+    """``Retry-After`` in whole seconds, rounded up, between 1 and ``MAX_RETRY_AFTER``
+    (nan counts as 1)."""
+    if not 1 <= seconds <= MAX_RETRY_AFTER:  # also nan and ±inf
+        seconds = MAX_RETRY_AFTER if seconds > MAX_RETRY_AFTER else 1
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class RouterError(Exception):
@@ -24,6 +35,8 @@ class RouterError(Exception):
     code: str | None = None
     retryable = False  # may another attempt (another deployment, a retry) succeed?
     counts = False  # does it count against the deployment's health?
+    unreachable = False  # the server could not be reached (refused, connect timeout, reset before any answer)
+    attempts: tuple[tuple[str, str, str], ...] = ()  # (deployment id, error class, message) per attempt, when several failed
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -104,8 +117,12 @@ class CapacityExceeded(RouterError):
     code = "max_parallel_requests"
     retryable = True
 
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a candidate is expected to take requests again
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+        return retry_after(self.retry_after)
 
 
 class UpstreamError(RouterError):
@@ -122,6 +139,7 @@ class UpstreamUnavailable(UpstreamError):
     """Could not connect: refused, reset, DNS failure."""
 
     code = "upstream_unavailable"
+    unreachable = True
 
 
 class UpstreamTimeout(UpstreamError):
@@ -173,13 +191,30 @@ _CONTEXT_WORDS = ("context length", "context window", "maximum context", "contex
                   "exceeds the available context", "prompt is too long")
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A backend's ``Retry-After`` in seconds, within [0, MAX_RETRY_AFTER]: delta-seconds
+    or an HTTP date (seconds from ``now``; a past date is 0). Anything else (garbage,
+    negative, nan, inf, a number too large for a float) is absent: the configured rest
+    applies. Never raises."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        return None  # an HTTP date: rare from inference servers; the configured rest applies
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        try:
+            # an HTTP date is GMT; a zone-less one is taken as GMT too
+            stamp = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=timezone.utc).timestamp()
+        except (ValueError, OverflowError, OSError):
+            return None
+        seconds = max(0.0, stamp - (time.time() if now is None else now))
+    if not 0.0 <= seconds < math.inf:  # nan, inf, negative
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def upstream_error(status: int, body: bytes, provider: str, retry_after: str | None = None) -> RouterError:

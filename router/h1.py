@@ -24,7 +24,18 @@ Shape (httpcore's, simplified):
   connection ended early), ``BadResponse`` (not HTTP), ``ResponseTooLarge``, and
   the builtin ``TimeoutError``; ``router.upstream`` turns them into ``RouterError``s.
 - Reading pauses while more than ``READ_HIGH`` bytes wait unread, so a slow client
-  slows the backend down instead of filling memory.
+  slows the backend down instead of filling memory. ``read()`` (the whole body at
+  once) never pauses: it is bounded by its ``limit`` instead.
+- A response head (status line, headers, any 1xx before them) larger than
+  ``MAX_HEAD`` bytes, a header line over ``MAX_HEADER_LINE`` or more than
+  ``MAX_HEADERS`` headers is a ``BadResponse`` and the connection is closed.
+- Resending (the rule): a request is sent a second time only when it went out on a
+  reused connection and the connection ended before a single byte of an answer came
+  back: the server closed it while it sat idle and never read our request. To keep
+  that race rare, a connection idle longer than ``keepalive`` (default
+  ``KEEPALIVE``, under uvicorn's and llama-server's 5 s; a server's own
+  ``Keep-Alive: timeout=N`` shortens it to N - 1) is never reused. Every resend is
+  reported to ``Pool.on_resend``.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ import ssl
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 import httptools
@@ -42,6 +53,10 @@ import httptools
 READ_HIGH = 256 * 1024  # unread body bytes at which reading from the socket pauses
 READ_LOW = 64 * 1024  # ... and below which it resumes
 MAX_BODY = 512 * 1024 * 1024  # a whole (non-streamed) answer larger than this is refused
+MAX_HEAD = 64 * 1024  # bytes of a response head (with any 1xx answers before it)
+MAX_HEADER_LINE = 8190  # bytes of one header's name and value (aiohttp's line limit)
+MAX_HEADERS = 128  # headers in one response head
+KEEPALIVE = 4.0  # seconds an idle connection may be reused: under the 5 s of uvicorn (vLLM, llama-cpp-python) and llama-server
 
 
 class HTTPError(Exception):
@@ -56,12 +71,20 @@ class Disconnected(HTTPError):
     """The connection ended before the response did."""
 
 
+class NoAnswer(Disconnected):
+    """The connection ended before a single byte of an answer (refused work, a reset)."""
+
+
 class BadResponse(HTTPError):
     """The server's bytes are not a valid HTTP/1.x response."""
 
 
 class ResponseTooLarge(HTTPError):
     """A body read whole was larger than the limit."""
+
+
+class ConnectTimeout(TimeoutError):
+    """Opening the connection took longer than its timeout (the server is unreachable)."""
 
 
 class PoolTimeout(TimeoutError):
@@ -104,7 +127,7 @@ class Response:
     """An answer whose status and headers are in; the body follows on demand."""
 
     __slots__ = ("_conn", "_loop", "status", "headers", "_raw", "_chunks", "_size", "_waiter", "_error",
-                 "complete", "_until_close", "idle_timeout", "deadline")
+                 "complete", "_until_close", "idle_timeout", "deadline", "_whole")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -120,6 +143,7 @@ class Response:
         self._until_close = False  # no length given: the body ends with the connection
         self.idle_timeout: float | None = None  # seconds any one wait for bytes may take
         self.deadline: float | None = None  # loop time by which every wait must be over
+        self._whole = False  # read whole (read / read_some): never pause, the caller's limit bounds it
 
     # -- reading (the caller) -------------------------------------------------------------------
 
@@ -136,6 +160,7 @@ class Response:
 
     async def read(self, limit: int = MAX_BODY) -> bytes:
         """The whole body (``ResponseTooLarge`` beyond ``limit`` bytes)."""
+        self._read_whole()
         while not self.complete:
             if self._size > limit:
                 raise ResponseTooLarge(f"the response body is larger than {limit} bytes")
@@ -149,12 +174,19 @@ class Response:
 
     async def read_some(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body: for an error message or a snippet, never more."""
+        self._read_whole()
         while self._size < n and not self.complete:
             await self._wait()
         data = b"".join(self._chunks)[:n]
         self._chunks.clear()
         self._consumed(self._size)
         return data
+
+    def _read_whole(self) -> None:
+        """Reading everything up to a limit: the unread bytes are the point, so the
+        socket must not pause at READ_HIGH (nothing would resume it)."""
+        self._whole = True
+        self._conn.resume()
 
     def at_eof(self) -> bool:
         """The whole body has arrived and been read: nothing more will come."""
@@ -204,7 +236,7 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > READ_HIGH:
+        if self._size > READ_HIGH and not self._whole:
             self._conn.pause()
         self._wake()
 
@@ -232,11 +264,15 @@ class _Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.head: asyncio.Future[None] | None = None  # done when the current response's headers are in
         self.closed = False
-        self.counted = True  # holds one of the origin's slots until it closes
+        self.counted = False  # holds one of the origin's slots until it closes (from when _connect hands it out)
         self.paused = False
         self.received = False  # any byte of the current response arrived
         self.reused = False  # has served an earlier request
         self.idle_since = 0.0
+        self.idle_limit = origin.pool.keepalive  # seconds it may sit idle and still be reused
+        self.head_bytes = 0  # bytes received for the current response while its head was incomplete
+        self.head_parsed = 0  # bytes of its head (and of any 1xx before it) parsed so far
+        self.header_count = 0
         self.interim = False  # parsing a 1xx answer, which precedes the real one
         self.keep_alive = False  # the current response allows reuse (llhttp forgets once the message is complete)
 
@@ -247,6 +283,7 @@ class _Connection(asyncio.Protocol):
         self.response = Response(self)
         self.head = self.loop.create_future()
         self.received = False
+        self.head_bytes = self.head_parsed = self.header_count = 0
         try:
             if isinstance(data, list):
                 self.transport.writelines(data)
@@ -303,12 +340,21 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self.received = True
+        head = self.head
+        in_head = head is not None and not head.done()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._protocol_error("the server switched protocols")
         except httptools.HttpParserError as exc:
             self._protocol_error(f"not a valid HTTP response ({exc})")
+        except BadResponse as exc:  # raised by a callback below
+            self._protocol_error(str(exc))
+        else:
+            if in_head and not head.done():  # type: ignore[union-attr]
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD + 65536:  # httptools would buffer a header of any length
+                    self._protocol_error(f"the response head is larger than {MAX_HEAD} bytes")
 
     def eof_received(self) -> bool:
         self.closed = True  # the server is done with this connection: never hand it out again
@@ -332,7 +378,22 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------------
 
+    def _head_grew(self, n: int) -> None:
+        """Count ``n`` parsed bytes of the head (a head may arrive whole in one read)."""
+        self.head_parsed += n
+        if self.head_parsed > MAX_HEAD:
+            raise BadResponse(f"the response head is larger than {MAX_HEAD} bytes")
+
+    def on_status(self, status: bytes) -> None:
+        self._head_grew(len(status) + 16)
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if len(name) + len(value) > MAX_HEADER_LINE:
+            raise BadResponse(f"a response header line is longer than {MAX_HEADER_LINE} bytes")
+        if self.header_count > MAX_HEADERS:
+            raise BadResponse(f"the response has more than {MAX_HEADERS} headers")
+        self._head_grew(len(name) + len(value) + 4)
         self.response._raw.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -341,6 +402,7 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue and friends: the real answer follows
             self.interim = True
+            self.header_count = 0
             resp._raw.clear()
             return
         resp.status = status
@@ -349,11 +411,28 @@ class _Connection(asyncio.Protocol):
         for name, value in resp._raw:
             headers[name.decode("latin-1").lower()] = value.decode("latin-1")
         resp._raw.clear()
+        hint = headers.get("keep-alive")
+        if hint is not None:
+            self._keep_alive_hint(hint)
         if ("content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
                 and status not in (204, 304)):
             resp._until_close = True
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
+
+    def _keep_alive_hint(self, value: str) -> None:
+        """``Keep-Alive: timeout=N``: the server closes idle connections after N s; reuse
+        ours for at most N - 1 (never longer than the pool's own bound)."""
+        for part in value.split(","):
+            name, _, number = part.strip().partition("=")
+            if name.strip().lower() == "timeout":
+                try:
+                    seconds = float(number)
+                except ValueError:
+                    return
+                if seconds == seconds:  # not NaN
+                    self.idle_limit = max(0.0, min(self.origin.pool.keepalive, seconds - 1.0))
+                return
 
     def on_body(self, body: bytes) -> None:
         self.response._feed(body)  # type: ignore[union-attr]
@@ -380,14 +459,13 @@ class _Origin:
 
     async def acquire(self, loop: asyncio.AbstractEventLoop, timeout: float | None, connect_timeout: float) -> _Connection:
         """A connection that is ours until released or closed."""
-        keepalive = self.pool.keepalive
         now = loop.time()
         while True:
             while self.idle:
                 conn = self.idle.pop()
                 if conn.closed or conn.transport is None or conn.transport.is_closing():
                     continue
-                if now - conn.idle_since > keepalive:
+                if now - conn.idle_since > conn.idle_limit:  # the server may be closing it right now
                     conn.abort()
                     continue
                 return conn
@@ -416,6 +494,10 @@ class _Origin:
             now = loop.time()  # a slot was freed (conn None): loop to take it
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Connection:
+        """Open a connection for the slot the caller took. The slot is freed here on any
+        failure, and only here: the connection holds it (``counted``, freed when it is
+        lost) from the moment it is handed out, never while it is still being opened
+        (a cancel or timeout after connection_made would otherwise free it twice)."""
         t = self.target
         try:
             async with asyncio.timeout(timeout):
@@ -424,13 +506,17 @@ class _Origin:
                                                        server_hostname=t.host if t.tls else None)
         except TimeoutError:
             self._slot_freed()
-            raise TimeoutError(f"connecting took longer than {timeout:g} s") from None
+            raise ConnectTimeout(f"connecting took longer than {timeout:g} s") from None
         except OSError as exc:
             self._slot_freed()
             raise ConnectError(exc.strerror or str(exc) or type(exc).__name__) from None
         except BaseException:
             self._slot_freed()
             raise
+        if conn.closed:  # lost between opening and now: its slot was never its own
+            self._slot_freed()
+            raise ConnectError("the connection closed as soon as it opened")
+        conn.counted = True
         return conn
 
     def put_back(self, conn: _Connection) -> None:
@@ -467,12 +553,14 @@ class _Origin:
 class Pool:
     """Keep-alive connections per server, at most ``limit`` open to each."""
 
-    def __init__(self, limit: int = 256, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, limit: int = 256, keepalive: float = KEEPALIVE, ssl_context: ssl.SSLContext | None = None) -> None:
         self.limit = limit
         self.keepalive = keepalive  # seconds an idle connection is kept
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._ssl = ssl_context  # None: the system's trust store, made at the first https request
         self._loop: asyncio.AbstractEventLoop | None = None  # the one loop this pool serves (found at first use)
+        self.resends = 0  # requests sent a second time (see the module's resend rule)
+        self.on_resend: Callable[[Target], None] | None = None  # told of each resend
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -512,16 +600,22 @@ class Pool:
             resp.idle_timeout, resp.deadline = idle_timeout, deadline
             try:
                 await _head(conn, resp)
-            except Disconnected:
+            except Disconnected as exc:
                 conn.abort()
                 if conn.reused and not conn.received:
-                    continue  # the server closed it while idle, before reading our request: once more, on a new one
+                    # the server closed it while idle, before reading our request: once more, on a new one
+                    self.resends += 1
+                    if self.on_resend is not None:
+                        self.on_resend(t)
+                    continue
+                if not conn.received:
+                    raise NoAnswer(str(exc)) from None
                 raise
             except BaseException:
                 conn.abort()
                 raise
             return resp
-        raise Disconnected("the server closed the connection before answering")
+        raise NoAnswer("the server closed the connection before answering")
 
     async def close(self) -> None:
         for origin in self._origins.values():

@@ -2,9 +2,16 @@
 
     healthy ──(more than error_threshold errors in cooldown_seconds)──▶ degraded
     healthy/degraded ──(more than allowed_fails failures in 60 s, or a 429)──▶ cooldown
-    cooldown ──(deadline passed, or the background probe reaches the server)──▶ half_open
+    cooldown ──(deadline passed, or the probe reaches a server that was unreachable)──▶ half_open
     half_open ──(the one trial request succeeds)──▶ healthy (or degraded)
     half_open ──(the trial fails)──▶ cooldown
+    half_open ──(the trial ends without a verdict: client gone, a 4xx, …)──▶ half_open, trial free
+
+A background probe (a model listing) proves only that the server is reachable,
+not that completions work: it ends a cooldown early only when every failure
+behind that cooldown was a reachability failure (connection refused, connect
+timeout, a close before any answer). A cooldown for 5xx answers, 429s or
+malformed bodies lasts its ``cooldown_time`` (or ``Retry-After``).
 
 Every method is synchronous and takes ``now``; methods that change the state
 return the ``Transition`` so the caller can log it once. A failure during a
@@ -59,6 +66,7 @@ class Health:
     last_failure_at: float | None = None
     last_reason: str | None = None
     trial_in_flight: bool = False
+    probe_may_end: bool = False  # every failure behind the current cooldown was "unreachable"
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -100,6 +108,11 @@ class Health:
             self.trial_in_flight = True
         return t
 
+    def released(self) -> None:
+        """The trial request ended without a verdict (the client left, a 4xx was passed
+        through, the model was not found, an internal error): the next request may try."""
+        self.trial_in_flight = False
+
     def succeeded(self, now: float) -> Transition | None:
         t = self.refresh(now)
         self.trial_in_flight = False
@@ -109,8 +122,10 @@ class Health:
         return t
 
     def failed(self, now: float, policy: Policy, reason: str, rate_limited: bool = False,
-               retry_after: float | None = None, others: int = 0) -> Transition | None:
-        """``others``: failures other router instances saw this minute (shared state)."""
+               retry_after: float | None = None, others: int = 0, unreachable: bool = False) -> Transition | None:
+        """``others``: failures other router instances saw this minute (shared state);
+        ``unreachable``: the server could not be reached at all (a probe that reaches it
+        may then end the cooldown early)."""
         self.refresh(now)
         self.trial_in_flight = False
         self.failures.append(now)
@@ -130,8 +145,11 @@ class Health:
         if cool_for is not None:
             self.cooldown_until = max(self.cooldown_until, now + cool_for)  # never shorten a cooldown
             self.state = State.COOLDOWN
+            reachability = unreachable and not rate_limited
             if old is State.COOLDOWN:
+                self.probe_may_end = self.probe_may_end and reachability
                 return None  # extended, not a new transition
+            self.probe_may_end = reachability
             return Transition(old, State.COOLDOWN, why, self.cooldown_until)
         if policy.degrade:
             errors = sum(1 for t in self.failures if now - t <= policy.degrade_seconds)
@@ -150,6 +168,7 @@ class Health:
             return None
         self.cooldown_until = max(self.cooldown_until, until)
         self.last_reason = reason
+        self.probe_may_end = False  # why it failed there is not known here: the deadline holds
         if self.state is State.COOLDOWN:
             return None
         old, self.state = self.state, State.COOLDOWN
@@ -157,9 +176,10 @@ class Health:
 
     def probe(self, now: float, reachable: bool) -> Transition | None:
         """The background probe reached (or not) the server. Reaching it ends a
-        cooldown early: the next request is the trial."""
+        cooldown caused only by the server being unreachable: the next request is the
+        trial. Any other cooldown runs to its deadline."""
         t = self.refresh(now)
-        if reachable and self.state is State.COOLDOWN:
+        if reachable and self.state is State.COOLDOWN and self.probe_may_end:
             old, self.state, self.cooldown_until = self.state, State.HALF_OPEN, now
             return Transition(old, State.HALF_OPEN, "probe reached the backend; next request is a trial")
         return t

@@ -67,6 +67,9 @@ class Metrics:
         self.cache = Counter("llm_router_cache", "Response cache lookups by result.", ["result"], registry=r)
         self.upstream_errors = Counter("llm_router_upstream_errors", "Failed attempts by deployment and error class.",
                                        ["deployment", "error_class"], registry=r)
+        self.resends = Counter("llm_router_upstream_resends", "Requests sent to a backend server a second time: a kept "
+                               "connection closed by the server (its keep-alive timeout) before it read the request.",
+                               ["server"], registry=r)
         self.tokens = Counter("llm_router_tokens", "Tokens by deployment and direction, where usage is known.",
                               ["deployment", "direction"], registry=r)
         self.effectiveness = Gauge("llm_router_load_balance_effectiveness",

@@ -47,7 +47,7 @@ from router.cache import Cache, Entry, cache_control, cache_key
 from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
-from router.h1 import Pool
+from router.h1 import Pool, Target
 from router.upstream import SSE_HEADERS, Attempt, Call, call
 from router.validate import parse_body
 
@@ -345,8 +345,15 @@ class Proxy:
         if not errors:
             raise CapacityExceeded(f"No deployment for `{decision.model}` can take the request now "
                                    f"(busy at max_parallel_requests for {routing.config.router.queue_timeout:g} s, "
-                                   "cooling down or unreachable); retry shortly.")
+                                   "cooling down or unreachable); retry shortly.", self._soonest(plan))
         raise _aggregate(errors)
+
+    def _soonest(self, plan: list[tuple[Deployment, str]]) -> float:
+        """Seconds until the first of ``plan`` is expected back: its cooldown's end when every
+        one of them is cooling down, else 1 (busy ones free up at any moment)."""
+        now = time.time()
+        left = [self.state[d.id].health.cooldown_until - now for d, _ in plan]
+        return max(1.0, min(left)) if left and min(left) > 0 else 1.0
 
     def _ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
         """May ``dep`` take an attempt now (capacity aside)? The decision's first pick was
@@ -371,7 +378,6 @@ class Proxy:
                        outcome: Outcome) -> web.StreamResponse:
         attempt = Attempt(dep)
         outcome.tried.append(attempt)
-        self._transition(dep, self.state.picked(dep))
         url, payload = ADAPTERS[dep.wire].upstream_request(endpoint, body, dep, upstream)
         stream = endpoint != "embeddings" and body.get("stream") is True
         options = body.get("stream_options")
@@ -392,6 +398,12 @@ class Proxy:
             ctx = Context(decision.model, "", 0, include_usage)
         c = Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
                  lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
+        # From the pick on, every exit goes through the finally below, which releases
+        # what the pick took (a half-open trial) whatever the outcome.
+        health = self.state[dep.id].health
+        trial_before = health.trial_in_flight
+        self._transition(dep, self.state.picked(dep))
+        trial = health.trial_in_flight and not trial_before  # this attempt is the half-open trial
         self.state.started(dep)
         in_flight = self.metrics.child(self.metrics.in_flight, dep.id)
         self.metrics.add(in_flight)
@@ -430,10 +442,20 @@ class Proxy:
             if error is not None and error.counts:
                 retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
                 self._transition(dep, self.state.failed(dep, f"{error.error_class}: {error.message}",
-                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after))
+                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after,
+                                                        unreachable=error.unreachable))
             elif error is None and not attempt.client_gone:
                 self._transition(dep, self.state.succeeded(dep))
                 self.state.loaded(dep, upstream)  # it served, so its model is loaded now
+            elif trial:  # no verdict (client gone, a 4xx passed through, model not found, a bug): the next request tries
+                self.state.released(dep)
+
+    def resent(self, target: Target) -> None:
+        """router.h1 sent a request a second time (a kept connection closed under it)."""
+        server = target.host_header
+        self.metrics.add(self.metrics.child(self.metrics.resends, server))
+        self.log.debug("Resent a request on a new connection: the kept one was closed by the server before it "
+                       "read the request", server=server)
 
     def _transition(self, dep: Deployment, t: Transition | None) -> None:
         if t is None:
@@ -562,11 +584,16 @@ def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, s
 
 
 def _aggregate(errors: list[tuple[Deployment, RouterError]]) -> RouterError:
-    """Every attempt failed: the last error's status and type, with every attempt named."""
+    """Every attempt failed: the last error (its class, status, type, code and
+    ``retryable`` kept) naming every attempt, which it also keeps in ``attempts``. A 429
+    carries the smallest ``Retry-After`` any rate-limited candidate gave, so a client
+    waits for the first one to be free, not for none."""
     last = errors[-1][1]
     if len(errors) == 1:
         return last
-    detail = "; ".join(f"{d.id}: {e.message}" for d, e in errors)
-    err = RouterError(f"All {len(errors)} attempts failed: {detail}", status=last.status, code=last.code)
-    err.type = last.type
-    return err
+    last.attempts = tuple((d.id, e.error_class, e.message) for d, e in errors)
+    last.message = f"All {len(errors)} attempts failed: " + "; ".join(f"{d.id}: {e.message}" for d, e in errors)
+    waits = [e.retry_after for _, e in errors if isinstance(e, UpstreamRateLimited) and e.retry_after is not None]
+    if isinstance(last, UpstreamRateLimited) and waits:
+        last.retry_after = min(waits)
+    return last

@@ -180,14 +180,20 @@ class StateTable:
         if self.share is not None and not abandoned and error is None:
             self.share.finished(d.id, tokens, ttft if stream else None, None if stream else latency)
 
-    def failed(self, d: Deployment, reason: str, rate_limited: bool = False, retry_after: float | None = None) -> Transition | None:
+    def failed(self, d: Deployment, reason: str, rate_limited: bool = False, retry_after: float | None = None,
+               unreachable: bool = False) -> Transition | None:
         s = self[d.id]
-        t = s.health.failed(time.time(), self.policy, reason, rate_limited, retry_after, others=s.remote_fails)
+        t = s.health.failed(time.time(), self.policy, reason, rate_limited, retry_after, others=s.remote_fails,
+                            unreachable=unreachable)
         if self.share is not None:
             self.share.failed(d.id)
             if t is not None and t.until is not None and t.new.value == "cooldown":
                 self.share.cooled(d.id, t.until, reason)
         return t
+
+    def released(self, d: Deployment) -> None:
+        """``d``'s half-open trial ended without a verdict."""
+        self[d.id].health.released()
 
     def succeeded(self, d: Deployment) -> Transition | None:
         return self[d.id].health.succeeded(time.time())

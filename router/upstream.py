@@ -19,7 +19,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from router.domain import Deployment
-from router.h1 import ConnectError, Disconnected, HTTPError, Pool, PoolTimeout, Response
+from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
 from router.providers import ADAPTERS
 from router.providers.ollama import Context, StreamTranslator, error_event
@@ -165,8 +165,8 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
                 snippet = (await resp.read_some(200)).decode("utf-8", "replace")
                 raise UpstreamError(f"{dep.provider} answered a streaming request with "
                                     f"{content_type or 'no content type'}: {snippet!r}")
-            chunk = await resp.readany()
-        resp.deadline = None  # the first chunk is in: from here on only the idle bound applies
+            chunk = await _first(resp, translator, dep)
+        resp.deadline = None  # the first output is in: from here on only the idle bound applies
         attempt.ttft = attempt.upstream = time.perf_counter() - sent
         attempt.overhead = c.overhead(attempt.upstream)
         out = EventStream(status=200, headers={**SSE_HEADERS, **c.response_headers,
@@ -204,13 +204,46 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
                 resp.close()  # client gone or upstream broken: drop the upstream connection now
 
 
-async def _relay(out: web.StreamResponse, resp: Response, chunk: bytes, translator: StreamTranslator | None,
+_ERROR_EVENT = re.compile(rb'\s*data: ?\{\s*"error"\s*:')
+
+
+async def _first(resp: Response, translator: StreamTranslator | None, dep: Deployment) -> bytes:
+    """Read until there is something the client can use: for a translated stream its
+    first non-empty output, for a relayed one its first complete line. Nothing has
+    reached the client yet, so an upstream that ends first, or whose first word is an
+    error, raises (and the caller may fall back): the point of no return is the first
+    translated, non-empty byte, not the upstream's status line."""
+    if translator is not None:
+        while True:
+            chunk = await resp.readany()
+            data = translator.feed(chunk) if chunk else translator.close()
+            if translator.failed:
+                raise UpstreamError(f"{dep.provider}: {translator.error}")
+            if data or not chunk:
+                return data
+    chunk = await resp.readany()
+    while chunk and b"\n" not in chunk and b"\r" not in chunk and len(chunk) <= LINE_LIMIT:
+        more = await resp.readany()
+        if not more:  # it ended inside its first line: nothing a client could use
+            chunk = b""
+            break
+        chunk += more
+    if not chunk.strip():
+        raise UpstreamError(f"{dep.provider} ended the stream before sending an event")
+    if _ERROR_EVENT.match(chunk):
+        raise UpstreamError(f"{dep.provider} answered the stream with an error: "
+                            f"{chunk.strip()[:300].decode('utf-8', 'replace')}")
+    return chunk
+
+
+async def _relay(out: web.StreamResponse, resp: Response, first: bytes, translator: StreamTranslator | None,
                  guard: UpstreamErrors, attempt: Attempt) -> bytes:
-    """Copy chunks until the upstream ends; return the bytes that close the stream."""
+    """Copy chunks until the upstream ends; return the bytes that close the stream.
+    ``first`` is what ``_first`` read: raw bytes to relay, or output already translated."""
     if translator is None:  # OpenAI-compatible: bytes pass through untouched
-        return await _relay_sse(out, resp, chunk, guard, attempt)
-    while chunk:
-        data = translator.feed(chunk)
+        return await _relay_sse(out, resp, first, guard, attempt)
+    data = first
+    while True:
         if data:
             await out.write(data)
             attempt.captured(data)
@@ -218,6 +251,9 @@ async def _relay(out: web.StreamResponse, resp: Response, chunk: bytes, translat
             break
         async with guard:
             chunk = await resp.readany()
+        if not chunk:
+            break
+        data = translator.feed(chunk)
     end = translator.close()
     if translator.usage:
         attempt.tokens, attempt.prompt_tokens = translator.usage["total_tokens"], translator.usage["prompt_tokens"]
@@ -313,10 +349,18 @@ class UpstreamErrors:
         where = f"{self.dep.provider} ({self.dep.api_base})"
         if isinstance(exc, PoolTimeout):
             raise UpstreamTimeout(f"{where}: {exc}") from None
+        if isinstance(exc, ConnectTimeout):
+            err = UpstreamTimeout(f"cannot connect to {where}: {exc}")
+            err.unreachable = True
+            raise err from None
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(f"{where} did not answer within {self.limit:g} s" if self.limit else f"{where} timed out") from None
         if isinstance(exc, ConnectError):
             raise UpstreamUnavailable(f"cannot connect to {where}: {exc}") from None
+        if isinstance(exc, NoAnswer):
+            err = UpstreamError(f"{where} closed the connection without answering")
+            err.unreachable = True
+            raise err from None
         if isinstance(exc, Disconnected):
             raise UpstreamError(f"{where} dropped the connection mid-response") from None
         if isinstance(exc, HTTPError):

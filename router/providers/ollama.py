@@ -288,6 +288,7 @@ class StreamTranslator:
         self.ctx = ctx
         self.finished = False
         self.failed = False
+        self.error: str | None = None  # why it failed
         self.usage: dict[str, int] | None = None
         self._buf = b""
         self._sent_role = False
@@ -324,6 +325,7 @@ class StreamTranslator:
 
     def _fail(self, message: str) -> bytes:
         self.finished = self.failed = True
+        self.error = message
         return error_event(message)
 
     def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:

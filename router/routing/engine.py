@@ -4,6 +4,8 @@
 seed's hierarchy to find the candidates —
 
 1. exact: model_list name, deployment id, ``model_group_alias``, ``exact_matches``
+   (an ``exact_matches`` entry for a model_list name puts its provider's deployments
+   of the group first, its fallback provider's next, the group's others last)
 2. pattern: the policy's ``patterns`` (file order), then model_list wildcards
 3. capability: ``X-Capability`` header, or the model named like a capability
 4. size: a parameter count in the name, by ``model_size_routing``
@@ -87,6 +89,7 @@ class _Resolution:
     matched: str = ""
     strategy: str | None = None  # canonical name chosen by the step, if any
     tail: list[Deployment] = field(default_factory=list)  # fallbacks kept after the ordered candidates
+    movable: list[Deployment] = field(default_factory=list)  # tail members request metadata may bring forward
 
 
 class Engine:
@@ -153,7 +156,7 @@ class Engine:
             trace.append(f"strategy {name}: " + ", ".join(f"{d.id}={s}" if s is not None else d.id for d, s in ranked))
             self._demote_degraded(ordered, view, trace)
         route = res.route
-        if ordered and self._apply_metadata(facts, res, ordered, trace):
+        if ordered and self._apply_metadata(facts, res, ordered, view, trace):
             route = "metadata"
         warm_up = self._apply_warmth(res, ordered, view, trace) if ordered else []
         if warm_up:
@@ -200,6 +203,9 @@ class Engine:
     def _exact(self, model: str, trace: list[str]) -> _Resolution | None:
         cfg = self.config
         group = cfg.groups.get(model)
+        exact = cfg.mappings.exact_matches.get(model)
+        if group and exact is not None:
+            return self._exact_group(model, group, exact.provider, exact.fallback, trace)
         if group:
             trace.append(f"exact: model_list group {model!r} has {len(group)} deployment(s)")
             return _Resolution("exact", model, list(group))
@@ -217,6 +223,33 @@ class Engine:
             return self._on_provider("exact", exact.provider, model, trace, fallback=exact.fallback)
         trace.append(f"exact: no model_list name, deployment id, alias or exact match {model!r}")
         return None
+
+    def _exact_group(self, model: str, group: tuple[Deployment, ...], provider: str, fallback: str | None,
+                     trace: list[str]) -> _Resolution:
+        """A model_list name that also has an exact_matches entry: the entry decides. Its
+        provider's deployments of the group are the candidates (with the providers of the
+        name's redundant_models split, which states that the name is shared), else that
+        provider's catch-all; then its fallback provider's (likewise); then the group's
+        other deployments, last."""
+        def on(p: str) -> list[Deployment]:
+            there = [d for d in group if d.provider == p]
+            return there or [self._by_upstream.get((p, model)) or self.config.catchalls[p]]
+
+        providers = [provider] + [p for p in self.config.mappings.redundant_models.get(model, {}) if p != provider]
+        candidates: list[Deployment] = []
+        for p in providers:
+            candidates += [d for d in on(p) if d not in candidates]
+        tail = [d for d in on(fallback) if d not in candidates] if fallback and fallback not in providers else []
+        rest = [d for d in group if d not in candidates and d not in tail]
+        split = f" and the redundant_models split over {', '.join(providers)}" if len(providers) > 1 else ""
+        trace.append(f"exact: exact_matches sends model_list group {model!r} to provider {provider}{split}: "
+                     + ", ".join(d.id for d in candidates))
+        if tail:
+            trace.append(f"exact: then fallback provider {fallback}: {', '.join(d.id for d in tail)}")
+        if rest:
+            trace.append(f"exact: then the group's other deployments: {', '.join(d.id for d in rest)}")
+        upstream = model if any(d.is_dynamic for d in candidates + tail) else None
+        return _Resolution("exact", model, candidates, upstream, tail=tail + rest, movable=rest)
 
     def _pattern(self, model: str, trace: list[str]) -> _Resolution | None:
         rule = self.patterns.first_match(model)
@@ -456,13 +489,21 @@ class Engine:
                 ordered.insert(0, healthy)
                 trace.append(f"health: {ordered[1].id} is degraded; {healthy.id} goes first this time")
 
-    def _apply_metadata(self, facts: RequestFacts, res: _Resolution, ordered: list[Deployment], trace: list[str]) -> bool:
+    def _apply_metadata(self, facts: RequestFacts, res: _Resolution, ordered: list[Deployment], view: StateTable,
+                        trace: list[str]) -> bool:
         """The first matching request_metadata_routing rule moves that provider's
-        deployments to the front — only if the request's model is deployed there."""
+        deployments to the front — only if the request's model is deployed there
+        (among the candidates, or the group's deployments an exact_matches entry put last)."""
         for rule in self.config.mappings.request_metadata_routing:
             if not self._holds(rule.condition, facts):
                 continue
             there = [d for d in ordered if d.provider == rule.provider]
+            if not there and res.movable:
+                there = [d for d in res.movable if d.provider == rule.provider and view.available(d)]
+                if there:
+                    ordered[:0] = there
+                    trace.append(f"metadata: {rule.name} ({rule.condition}) -> {ordered[0].id} on {rule.provider}")
+                    return True
             if not there and res.upstream is not None:
                 configured = self._by_upstream.get((rule.provider, res.upstream))
                 there = [configured] if configured else []

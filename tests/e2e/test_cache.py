@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import openai
+import orjson
 import pytest
+from hypothesis import given, strategies as st
 
 from router.app import PROXY
-from router.cache import Entry, LocalCache
+from router.cache import IGNORED, Entry, LocalCache, cache_key
 from router.config import load_config
 from router.simulate import SimulatedBackend
 from tests.conftest import start_proxy
@@ -70,6 +72,58 @@ async def test_the_key_ignores_key_order_and_irrelevant_fields_but_not_parameter
     assert h["x-router-cache"] == "hit"
     h, _ = await ask(client, temperature=0.7)
     assert h["x-router-cache"] == "miss" and chats(sim) == 2
+
+
+# Fields the old allow-list left out of the key: each pair must be two cache entries.
+CHANGES_THE_ANSWER = {
+    "guided_choice": (["yes"], ["no"]),
+    "guided_json": ({"type": "integer"}, {"type": "string"}),
+    "grammar": ('root ::= "a"', 'root ::= "b"'),
+    "json_schema": ({"type": "integer"}, {"type": "string"}),
+    "repetition_penalty": (1.0, 1.3),
+    "min_tokens": (1, 4),
+    "chat_template_kwargs": ({"enable_thinking": True}, {"enable_thinking": False}),
+    "reasoning_effort": ("low", "high"),
+    "parallel_tool_calls": (True, False),
+    "think": (True, False),
+}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES_THE_ANSWER))
+async def test_a_request_differing_in_any_answer_changing_field_is_not_a_hit(cached, field):
+    client, sim, runner = cached
+    first, second = CHANGES_THE_ANSWER[field]
+    h, _ = await ask(client, extra_body={field: first})
+    await settled(runner)
+    h, _ = await ask(client, extra_body={field: second})  # an answer constrained to ["yes"] is no answer to ["no"]
+    assert h["x-router-cache"] == "miss" and chats(sim) == 2
+    await settled(runner)
+    h, _ = await ask(client, extra_body={field: first})
+    assert h["x-router-cache"] == "hit" and chats(sim) == 2
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=8)
+
+
+@given(st.text(min_size=1, max_size=20).filter(lambda k: k not in IGNORED), JSON, JSON, st.booleans())
+def test_every_field_but_the_ignored_ones_is_in_the_key(field, a, b, stream):
+    base = {"model": "m", "messages": HI}
+    same = cache_key("m", "chat", stream, {**base, field: a}) == cache_key("m", "chat", stream, {**base, field: b})
+    if field == "stream_options" and not stream:
+        assert same  # a JSON answer does not depend on stream_options
+    else:
+        assert same == (orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS))
+
+
+def test_the_ignored_fields_do_not_change_the_key():
+    base = {"model": "m", "messages": HI}
+    key = cache_key("m", "chat", False, base)
+    assert IGNORED == {"model", "stream", "cache", "user", "metadata"}
+    assert cache_key("m", "chat", False, {**base, "user": "u", "metadata": {"a": 1}, "model": "m", "stream": False}) == key
+    assert cache_key("m", "chat", False, {**base, "stream_options": {"include_usage": True}}) == key
+    assert cache_key("m", "chat", True, {**base, "stream_options": {"include_usage": True}}) != cache_key("m", "chat", True, base)
 
 
 async def test_streams_are_replayed_as_well_formed_sse_and_stored_only_when_complete(cached):

@@ -270,3 +270,44 @@ router_settings:
         await proxy_runner.cleanup()
         await runner.cleanup()
         await big.stop()
+
+
+@pytest.mark.parametrize(("header", "cooldown"), [("1e400", (0, 5)), ("99999999999", (3590, 3600)), ("nan", (0, 5))])
+async def test_an_absurd_retry_after_is_a_bounded_429_and_a_bounded_cooldown(tmp_path, header, cooldown):
+    """A backend's 429 with Retry-After 1e400 was a 500 for the client and an infinite
+    cooldown; 99999999999 rested the deployment for ~3000 years."""
+    from aiohttp import ClientSession, web
+
+    async def chat(_: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "slow down", "type": "rate_limit_error"}}, status=429,
+                                 headers={"Retry-After": header})
+
+    app = web.Application()
+    # no /v1/models: the monitor's probe must not turn the cooldown into a half-open trial
+    app.router.add_post("/v1/chat/completions", chat)
+    backend = web.AppRunner(app)
+    await backend.setup()
+    site = web.TCPSite(backend, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: m, litellm_params: {{model: hosted_vllm/m, api_base: "http://127.0.0.1:{port}/v1"}}, model_info: {{id: limited}}}}
+router_settings: {{num_retries: 0, cooldown_time: 5, monitor_interval: 60}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    try:
+        async with ClientSession() as http:
+            async with http.post(url + "/v1/chat/completions", json={"model": "m", "messages": HI}) as resp:
+                assert resp.status == 429, await resp.text()
+                assert (await resp.json())["error"]["type"] == "rate_limit_error"
+                if "Retry-After" in resp.headers or header[0] == "9":
+                    assert 1 <= int(resp.headers["Retry-After"]) <= 3600
+            async with http.get(url + "/health") as resp:
+                rows = {r["id"]: r for r in (await resp.json())["unhealthy_endpoints"]}
+        assert rows["limited"]["state"] == "cooldown"
+        assert cooldown[0] <= rows["limited"]["cooldown_left_s"] <= cooldown[1]
+    finally:
+        await runner.cleanup()
+        await backend.cleanup()

@@ -183,3 +183,39 @@ async def test_warm_first_serves_from_a_warm_backend_and_loads_the_cold_one(tmp_
         await runner.cleanup()
         for sim in sims.values():
             await sim.stop()
+
+
+async def test_exact_matches_decides_for_a_name_model_list_has_on_two_providers(tmp_path):
+    """The seed's step 1: exact_matches found -> its provider. A model_list group used
+    to win, shuffling the name across both providers."""
+    vllm, cpp = SimulatedBackend("vllm", ["m"]), SimulatedBackend("llama_cpp_python", ["m"])
+    for sim in (vllm, cpp):
+        await sim.start()
+        sim.faults.paths = ("/v1/chat/completions",)
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: m, litellm_params: {{model: hosted_vllm/m, api_base: "{vllm.base_url}/v1"}}, model_info: {{id: m-vllm}}}}
+  - {{model_name: m, litellm_params: {{model: openai/m, api_base: "{cpp.base_url}/v1"}}, model_info: {{id: m-cpp, provider: llama_cpp_python}}}}
+router_settings: {{num_retries: 0, monitor_interval: 60}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text(f"""
+providers:
+  vllm: {{type: vllm, api_base: "{vllm.base_url}/v1"}}
+  llama_cpp_python: {{type: llama_cpp_python, api_base: "{cpp.base_url}/v1"}}
+exact_matches:
+  m: {{provider: llama_cpp_python, priority: primary, fallback: vllm}}
+""")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    try:
+        for _ in range(12):
+            raw = await client.chat.completions.with_raw_response.create(model="m", messages=HI, max_tokens=3)
+            assert (raw.headers["x-router-route"], raw.headers["x-router-deployment"]) == ("exact", "m-cpp")
+        cpp.faults.status = 500  # the entry's fallback provider follows
+        raw = await client.chat.completions.with_raw_response.create(model="m", messages=HI, max_tokens=3)
+        assert (raw.headers["x-router-deployment"], raw.headers["x-router-fallback"]) == ("m-vllm", "m-cpp,m-vllm")
+    finally:
+        await client.close()
+        await runner.cleanup()
+        for sim in (vllm, cpp):
+            await sim.stop()

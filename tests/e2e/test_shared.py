@@ -264,3 +264,31 @@ async def wait_for_async(ping, deadline_s: float = 5.0) -> None:
         except Exception:
             assert time.monotonic() < end, "redis-server did not start"
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("garbage", ["not json\nbody", "{}", "[1]\nbody", "{\"a\": 1}\nbody", "\xff\xfe", "list"])
+async def test_an_unreadable_cache_entry_is_a_miss_and_is_replaced(tmp_path, redis_url, garbage):
+    """A corrupted entry was a 500 for that prompt until its TTL ended."""
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    client = aioredis.from_url(redis_url)
+    try:
+        async with Pair(tmp_path, redis_url, cache=True) as p:
+            await p.chat(0, "solo", seed=7)
+            await asyncio.gather(*p.runners[0].app[PROXY]._background)
+            (key,) = [k async for k in client.scan_iter(match=p.prefix + "cache:*")]
+            await client.delete(key)
+            if garbage == "list":  # another type under the key: WRONGTYPE on GET
+                await client.rpush(key, "x")
+            else:
+                await client.set(key, garbage.encode(), ex=60)
+            headers = await p.chat(0, "solo", seed=7)
+            assert headers["x-router-cache"] == "miss" and p.sims[0].stats.requests["/v1/chat/completions"] == 2
+            await asyncio.gather(*p.runners[0].app[PROXY]._background)
+            assert (await client.get(key)).startswith(b"{")  # replaced by the fresh answer
+            assert (await p.chat(1, "solo", seed=7))["x-router-cache"] == "hit"
+        out = buf.getvalue()
+        assert "Unreadable response-cache entry deleted" in out and "body" not in out  # the key, never the value
+    finally:
+        await client.aclose()
+        log.configure()

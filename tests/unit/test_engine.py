@@ -114,3 +114,57 @@ def test_default_provider_catches_everything_else(tmp_path):
     d = eng.decide("anything-at-all")
     assert (d.route, d.candidates[0].id, d.upstream_name(d.candidates[0])) == ("default", "ollama/*", "anything-at-all")
     assert any(step.startswith("default:") for step in d.trace)
+
+
+SHARED_GROUP = """
+    model_list:
+      - {model_name: m, litellm_params: {model: ollama_chat/m, api_base: "http://127.0.0.1:11434"}, model_info: {id: m-ollama}}
+      - {model_name: m, litellm_params: {model: hosted_vllm/m, api_base: "http://127.0.0.1:8001/v1"}, model_info: {id: m-vllm-a}}
+      - {model_name: m, litellm_params: {model: hosted_vllm/m, api_base: "http://127.0.0.1:8002/v1"}, model_info: {id: m-vllm-b}}
+      - {model_name: m, litellm_params: {model: openai/m.gguf, api_base: "http://127.0.0.1:8000/v1"}, model_info: {id: m-cpp, provider: llama_cpp_python}}
+    """
+SHARED_PROVIDERS = """
+    providers:
+      ollama: {type: ollama, api_base: "http://127.0.0.1:11434"}
+      vllm: {type: vllm, api_base: "http://127.0.0.1:8001/v1"}
+      llama_cpp_python: {type: llama_cpp_python, api_base: "http://127.0.0.1:8000/v1"}
+      llama_cpp_native: {type: llama_cpp_native, api_base: "http://127.0.0.1:8080/v1"}
+    """
+
+
+def test_exact_matches_decides_for_a_model_list_name_its_provider_then_fallback_then_the_rest(tmp_path):
+    eng = _engine(tmp_path, SHARED_GROUP, SHARED_PROVIDERS + """
+    exact_matches:
+      m: {provider: vllm, priority: primary, fallback: ollama}
+    """)
+    for _ in range(30):  # never shuffled onto another provider
+        d = eng.decide("m")
+        assert d.route == "exact" and {c.id for c in d.candidates[:2]} == {"m-vllm-a", "m-vllm-b"}
+        assert [c.id for c in d.candidates[2:]] == ["m-ollama", "m-cpp"]  # fallback, then the group's others
+    assert any("exact_matches sends model_list group 'm' to provider vllm" in t for t in d.trace)
+    assert "exact: then fallback provider ollama: m-ollama" in d.trace
+    assert "exact: then the group's other deployments: m-cpp" in d.trace
+
+
+def test_exact_matches_provider_without_a_group_deployment_uses_its_catch_all(tmp_path):
+    eng = _engine(tmp_path, SHARED_GROUP, SHARED_PROVIDERS + """
+    exact_matches:
+      m: {provider: llama_cpp_native, fallback: llama_cpp_python}
+    """)
+    d = eng.decide("m")
+    assert [c.id for c in d.candidates][:2] == ["llama_cpp_native/*", "m-cpp"]
+    assert d.upstream_name(d.candidates[0]) == "m" and d.upstream_name(d.candidates[1]) == "m.gguf"
+    assert {c.id for c in d.candidates[2:]} == {"m-ollama", "m-vllm-a", "m-vllm-b"}
+
+
+def test_request_metadata_may_still_move_an_exact_matches_group(tmp_path):
+    eng = _engine(tmp_path, SHARED_GROUP, SHARED_PROVIDERS + """
+    exact_matches:
+      m: {provider: vllm}
+    request_metadata_routing:
+      streaming_requests: {provider: ollama, condition: stream == true}
+    """)
+    d = eng.decide(RequestFacts(model="m", stream=True))
+    assert (d.route, d.candidates[0].id) == ("metadata", "m-ollama")
+    assert {c.id for c in d.candidates[1:3]} == {"m-vllm-a", "m-vllm-b"}
+    assert eng.decide("m").candidates[0].provider == "vllm"

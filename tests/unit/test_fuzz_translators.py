@@ -27,7 +27,7 @@ from router.domain import Deployment
 from router.errors import RouterError
 from router.h1 import Disconnected
 from router.providers.ollama import Context, StreamTranslator, error_event
-from router.upstream import Attempt, UpstreamErrors, _relay
+from router.upstream import Attempt, UpstreamErrors, _first, _relay
 
 # Random exploration locally (it finds new cases over time); the same examples every time under CI.
 FUZZ = settings(max_examples=250, deadline=None, derandomize=bool(os.environ.get("CI")),
@@ -71,14 +71,18 @@ class _Client:
 
 def relay(pieces: list[bytes], translator: StreamTranslator | None, drop: bool = False) -> tuple[bytes, Attempt]:
     """What the client gets when the upstream sends ``pieces``, as ``upstream._stream`` does it:
-    the first chunk is read before the relay starts, a RouterError ends the stream with an event."""
+    the first output is read before the relay starts (a failure there is an error before
+    any byte: here its event stands for that answer), a RouterError ends the stream with an event."""
     dep = OLLAMA_DEP if translator else OPENAI_DEP
     attempt = Attempt(dep, status=200, capture=bytearray(), capture_limit=1 << 30)
-    client, upstream = _Client(), _Upstream(pieces[1:], drop)
+    client, upstream = _Client(), _Upstream(pieces, drop)
 
     async def run() -> bytes:
         try:
-            return await _relay(client, upstream, pieces[0] if pieces else b"", translator, UpstreamErrors(dep, 5.0), attempt)
+            guard = UpstreamErrors(dep, 5.0)
+            async with guard:
+                first = await _first(upstream, translator, dep)  # type: ignore[arg-type]
+            return await _relay(client, upstream, first, translator, guard, attempt)
         except RouterError as exc:
             attempt.error = exc
             return error_event(exc.message, exc.type, exc.code)

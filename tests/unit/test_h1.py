@@ -390,3 +390,150 @@ async def test_https_with_certificate_checks(tmp_path) -> None:
             await Pool().request("POST", url, [], b"{}")
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("size", [h1.READ_HIGH, h1.READ_HIGH + 1, 530_000, 4 * 1024 * 1024])
+async def test_a_whole_body_larger_than_the_pause_threshold_arrives(framing: str, size: int) -> None:
+    """read() must not stall once more than READ_HIGH bytes wait unread (it did: reading
+    paused at READ_HIGH and only a consumer of the buffer resumed it, so an answer over
+    ~512 KB waited for the deadline)."""
+    body = b"{" + b"x" * (size - 2) + b"}"
+    if framing == "length":
+        raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body
+    elif framing == "chunked":
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i:i + 70000]), body[i:i + 70000]) for i in range(0, size, 70000)) + b"0\r\n\r\n"
+    else:
+        raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if framing == "close":
+            return
+        await reader.read()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}", idle_timeout=5)
+        assert await asyncio.wait_for(resp.read(), 10) == body
+        resp.release()
+        await pool.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}",  # one oversized line
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10_000)) + b"Content-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(100)) + b"Content-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",  # endless interim answers
+    b"HTTP/1.1 200 " + b"O" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}",  # an endless reason phrase
+])
+async def test_an_oversized_response_head_is_a_bad_response_and_closes_the_connection(head: bytes) -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(head)
+        await writer.drain()
+        await reader.read()  # returns when the client closes
+    async with Server(handler) as srv:
+        pool = Pool()
+        with pytest.raises(BadResponse):
+            await pool.request("POST", srv.url, [], b"{}", idle_timeout=5)
+        await asyncio.wait_for(srv.closed.wait(), 5)  # the connection was closed
+        assert all(o.count == 0 for o in pool._origins.values())
+        await pool.close()
+
+
+async def test_a_head_just_within_the_limits_is_read() -> None:
+    headers = b"".join(b"X-%03d: %s\r\n" % (i, b"v" * 400) for i in range(h1.MAX_HEADERS - 1))
+    raw = b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 2\r\n\r\n{}"
+    async with Server(keepalive_server(raw)) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert resp.status == 200 and await resp.read() == b"{}" and resp.headers["x-000"] == "v" * 400
+        resp.release()
+        await pool.close()
+
+
+async def test_cancelled_and_timed_out_connects_keep_the_cap_exact() -> None:
+    """A connect cancelled (or timed out) at any point, including after connection_made
+    but before create_connection returns, frees its slot exactly once: afterwards the
+    origin counts exactly the connections it holds, and the cap still holds."""
+    async with Server(keepalive_server(JSON_OK)) as srv:
+        pool = Pool(limit=3)
+        for spins in range(40):
+            tasks = [asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}")) for _ in range(5)]
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                try:
+                    (await t).close()
+                except (asyncio.CancelledError, PoolTimeout, Disconnected):
+                    pass
+        for _ in range(20):  # let every connection_lost run
+            await asyncio.sleep(0)
+        (origin,) = pool._origins.values()
+        open_conns = [c for c in origin.idle if not c.closed]
+        assert origin.count == len(open_conns), (origin.count, len(open_conns))
+        # and the cap is exactly 3: three requests held open, a fourth waits
+        held = [await pool.request("POST", srv.url, [], b"{}") for _ in range(3)]
+        with pytest.raises(PoolTimeout):
+            await pool.request("POST", srv.url, [], b"{}", pool_timeout=0.05)
+        for r in held:
+            await r.read()
+            r.release()
+        await pool.close()
+
+
+async def test_a_connection_idle_past_the_keepalive_bound_is_not_reused() -> None:
+    async with Server(keepalive_server(JSON_OK)) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        (origin,) = pool._origins.values()
+        origin.idle[0].idle_since -= h1.KEEPALIVE + 0.1  # it sat idle longer than a backend keeps it
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        assert await resp.read() == b'{"ok": true}'
+        resp.release()
+        await pool.close()
+    assert srv.connections == 2 and pool.resends == 0
+
+
+async def test_a_servers_keep_alive_timeout_shortens_reuse() -> None:
+    answer = b'HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2, max=100\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+    async with Server(keepalive_server(answer)) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        (origin,) = pool._origins.values()
+        assert origin.idle[0].idle_limit == 1.0
+        origin.idle[0].idle_since -= 1.1
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        await pool.close()
+    assert srv.connections == 2
+
+
+async def test_a_resend_is_counted_and_reported() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(JSON_OK)  # says keep-alive, then closes without reading more
+        await writer.drain()
+    seen: list[h1.Target] = []
+    async with Server(handler) as srv:
+        pool = Pool()
+        pool.on_resend = seen.append
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        await srv.closed.wait()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        await pool.close()
+    assert pool.resends == 1 and [t.port for t in seen] == [srv.port]

@@ -56,7 +56,7 @@ def test_429_rests_for_retry_after_or_the_configured_duration():
 def test_probe_reaching_the_server_ends_a_cooldown_early():
     h = Health()
     for t in (0, 1, 2):
-        h.failed(t, P, "refused")
+        h.failed(t, P, "refused", unreachable=True)
     assert h.probe(3, reachable=False) is None
     t = h.probe(4, reachable=True)
     assert (t.old, t.new) == (State.COOLDOWN, State.HALF_OPEN) and h.available(4)
@@ -78,3 +78,30 @@ def test_snapshot_shows_the_time_left():
     h.failed(0, P, "429", rate_limited=True, retry_after=30)
     snap = h.snapshot(10)
     assert snap["state"] == "cooldown" and snap["cooldown_left_s"] == 20 and snap["last_failure_reason"] == "429"
+
+
+def test_a_probe_ends_only_a_cooldown_that_unreachability_caused() -> None:
+    policy = Policy(allowed_fails=0, cooldown_time=30)
+    refused = Health()
+    refused.failed(10, policy, "refused", unreachable=True)
+    assert refused.probe(11, reachable=True).new is State.HALF_OPEN
+    errors = Health()
+    errors.failed(10, policy, "HTTP 500")
+    assert errors.probe(11, reachable=True) is None and errors.current(11) is State.COOLDOWN
+    mixed = Health()
+    mixed.failed(10, policy, "refused", unreachable=True)
+    mixed.failed(10.5, policy, "HTTP 500")  # extended by a server error: the deadline holds
+    assert mixed.probe(11, reachable=True) is None and mixed.current(11) is State.COOLDOWN
+    limited = Health()
+    limited.failed(10, policy, "429", rate_limited=True, retry_after=20, unreachable=True)
+    assert limited.probe(11, reachable=True) is None
+    assert limited.current(31) is State.HALF_OPEN  # the deadline still ends it
+
+
+def test_a_trial_released_without_a_verdict_frees_the_next_trial() -> None:
+    h = Health()
+    h.failed(10, Policy(allowed_fails=0, cooldown_time=1), "HTTP 500")
+    h.picked(12)
+    assert not h.available(12)  # one trial at a time
+    h.released()
+    assert h.available(12) and h.current(12) is State.HALF_OPEN

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from router import log
 from tests.conformance.corpus import FRAMINGS, MODES, THRESHOLDS, Shape, body_for, check
-from tests.conformance.kit import (NDJSON_MIN, OLLAMA_MODEL, OPENAI_MODEL, SSE_MIN, RawServer, Reply, fetch, framed,
+from tests.conformance.kit import (NDJSON_MIN, OLLAMA_JSON_MIN, OLLAMA_MODEL, OPENAI_MODEL, SSE_MIN, RawServer, Reply, fetch, framed,
                                    request_payload, split, start)
 
 TIMEOUT = 1.0  # the deployment's timeout and stream_timeout: loopback answers of < 1 MB take milliseconds
@@ -95,7 +95,7 @@ async def test_any_split_of_any_answer_is_relayed_unchanged(proxied: Proxied, mo
     crlfs = _crlfs(data, len(h), framing)
     offsets = [c % len(data) for c in cuts] + ([crlfs[c % len(crlfs)] for c in at_crlf] if crlfs else [])
     expect = "same"
-    if not stream and (size == 0 or (wire == "ollama" and size < 3)):
+    if not stream and (size == 0 or (wire == "ollama" and size < OLLAMA_JSON_MIN)):
         expect = "502"
     shape = Shape("drawn", wire, stream, lambda: Reply([]), expect, TIMEOUT, TIMEOUT, within=TIMEOUT + 1.5,
                   code="upstream_error" if expect == "502" else None)
@@ -136,7 +136,7 @@ async def test_an_answer_cut_anywhere_is_an_error_never_a_silent_stop(proxied: P
     data = h + rest
     cut = cut % len(data)  # 0 .. len - 1: never the whole answer
     got_body = _delivered(framing, body, chunk, len(h), cut)
-    whole_event = (b"\n\n" if wire == "openai" else b"\n") in got_body
+    whole_event = (b"}\n\n" if wire == "openai" else b"}\n") in got_body  # blank padding lines make no event
     if not stream:
         expect = "502"
     elif not whole_event:  # nothing the client could use arrived (the corpus holds the strict 502 for this)

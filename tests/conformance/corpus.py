@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import orjson
 from typing import Callable
 
-from router.h1 import READ_HIGH, READ_LOW
+from router.h1 import PIECE, READ_HIGH, READ_LOW, READ_SIZE
 from router.upstream import ERROR_BODY_LIMIT, LINE_LIMIT
 from tests.conformance.kit import (JSON_CT, NDJSON_CT, NDJSON_MIN, SSE_CT, SSE_MIN, Reply, Seen, comparable, error_of,
                                    events, framed, head, ollama_json, ollama_ndjson, ollama_reference, openai_json,
@@ -68,11 +68,12 @@ def _mode_id(wire: str, stream: bool) -> str:
     return f"{wire}-{'sse' if stream else 'json'}" if wire == "openai" else f"ollama-{'ndjson' if stream else 'json'}"
 
 
-# Sizes just under and over every buffer threshold in the code: h1.READ_LOW (64 KiB, also
-# the request write split, asyncio's stream limit and ERROR_BODY_LIMIT), 256000 (a common
-# read size), h1.READ_HIGH and asyncio's/uvloop's read size (256 KiB), 512 KiB,
-# upstream.LINE_LIMIT (1 MiB).
-THRESHOLDS = sorted({READ_LOW, 256000, READ_HIGH, 512 * KiB, LINE_LIMIT})
+# Sizes just under and over every buffer threshold in the code, whatever their values
+# today: h1.READ_LOW and h1.PIECE (16 KiB), h1.READ_HIGH, h1.READ_SIZE and
+# upstream.LINE_LIMIT (64 KiB: also the request write split, asyncio's stream limit and
+# ERROR_BODY_LIMIT), 256000 (uvloop's read size), 256 KiB (asyncio's read size, the old
+# READ_HIGH), 512 KiB (where the old stall showed), 1 MiB (the old LINE_LIMIT).
+THRESHOLDS = sorted({READ_LOW, PIECE, READ_SIZE, READ_HIGH, 256000, 256 * KiB, 512 * KiB, LINE_LIMIT, MiB})
 SIZES = [0, 1] + [s for t in THRESHOLDS for s in (t - 1, t + 1)] + [MiB]
 BIG = [16 * MiB, 64 * MiB]
 
@@ -104,8 +105,8 @@ def _sizes() -> list[Shape]:
 def _chunk_sizes() -> list[Shape]:
     out = []
     for wire, stream in MODES:
-        for chunk, n in [(1, 3000), (2, 5000), (7, 20000), (4096, 300 * KiB), (65535, 600 * KiB), (65537, 600 * KiB),
-                         (READ_HIGH + 1, 600 * KiB), (MiB, 3 * MiB)]:
+        for chunk, n in dict.fromkeys([(1, 3000), (2, 5000), (7, 20000), (4096, 300 * KiB), (65535, 600 * KiB), (65537, 600 * KiB),
+                                       (READ_HIGH + 1, 600 * KiB), (256 * KiB + 1, 600 * KiB), (MiB, 3 * MiB)]):
             out.append(Shape(f"chunk-{_mode_id(wire, stream)}-{chunk}B-of-{n}", wire, stream,
                              lambda w=wire, s=stream, n=n, c=chunk: Reply([answer("chunked", w, s, n, chunk=c)])))
     return out
@@ -296,7 +297,8 @@ def _requests() -> list[Shape]:
 
 
 CORPUS: list[Shape] = _sizes() + _chunk_sizes() + _splits() + _timings() + _protocol() + _requests()
-assert len({s.id for s in CORPUS}) == len(CORPUS)
+import collections as _c; _dups = [k for k, v in _c.Counter(s.id for s in CORPUS).items() if v > 1]
+assert not _dups, _dups
 
 
 # ---------------------------------------------------------------------------

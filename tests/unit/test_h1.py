@@ -5,9 +5,12 @@ servers that misbehave)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import subprocess
-from typing import Awaitable, Callable
+import tempfile
+from typing import Awaitable, Callable, Iterator
+from urllib.parse import quote
 
 import pytest
 import uvloop
@@ -21,13 +24,28 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
 
 
+@pytest.fixture(params=["tcp", "unix"], autouse=True)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test over TCP and over a unix socket (a ``unix:///…sock`` api_base): the same
+    pool, cap, timeouts and keep-alive rules apply to both."""
+    global _TRANSPORT
+    _TRANSPORT = request.param
+    yield request.param
+    _TRANSPORT = "tcp"
+
+
+_TRANSPORT = "tcp"
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class Server:
-    """A TCP server running ``handler`` per connection; counts connections and requests."""
+    """A server running ``handler`` per connection, on TCP or (as the ``transport``
+    fixture says) a unix socket in a short temporary directory; counts connections and
+    requests."""
 
     def __init__(self, handler: Handler) -> None:
+        self.transport = _TRANSPORT
+        self.path = ""  # the socket's path (unix)
         self.handler = handler
         self.connections = 0
         self.requests: list[bytes] = []
@@ -36,18 +54,29 @@ class Server:
         self.port = 0
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        if self.transport == "unix":
+            self.path = os.path.join(tempfile.mkdtemp(prefix="h1u-"), "b.sock")  # tmp_path can exceed 107 bytes
+            self.server = await asyncio.start_unix_server(self._serve, self.path)
+        else:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
         # the handlers of still-open connections end when the test's pool closes them
+        # (a unix socket's file stays, as a dead server's would: refused, not missing)
 
     @property
     def url(self) -> str:
+        if self.transport == "unix":
+            return f"http+unix://{quote(self.path, safe='')}/v1/chat/completions"
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    @property
+    def host_header(self) -> str:
+        return "localhost" if self.transport == "unix" else f"127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -98,7 +127,7 @@ async def test_keep_alive_reuses_one_connection_and_sends_a_well_formed_request(
         await pool.close()
     assert srv.connections == 1
     assert len(srv.requests) == 5
-    assert srv.requests[0] == (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+    assert srv.requests[0] == (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {srv.host_header}\r\n"
                                "Content-Type: application/json\r\nx-request-id: r1\r\nContent-Length: 7\r\n\r\n{\"a\":1}").encode()
 
 
@@ -352,7 +381,9 @@ async def test_header_injection_is_refused() -> None:
     await pool.close()
 
 
-def test_targets() -> None:
+def test_targets(transport: str) -> None:
+    if transport == "unix":
+        pytest.skip("no server involved")
     t = h1.target("http://[::1]:8000/v1/chat/completions?x=1")
     assert (t.host, t.port, t.host_header, t.path, t.tls) == ("::1", 8000, "[::1]:8000", "/v1/chat/completions?x=1", False)
     t = h1.target("https://api.example.com/v1")
@@ -361,10 +392,12 @@ def test_targets() -> None:
         h1.target("ftp://x/y")
 
 
-async def test_https_with_certificate_checks(tmp_path) -> None:
+async def test_https_with_certificate_checks(tmp_path, transport: str) -> None:
     """An https api_base: TLS with the server's certificate checked against the trust store
     (here one holding only a self-signed certificate made for this test); a server whose
     certificate is not trusted is a ConnectError, never a silent plain-text fallback."""
+    if transport == "unix":
+        pytest.skip("TLS is for TCP backends")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -536,4 +569,4 @@ async def test_a_resend_is_counted_and_reported() -> None:
         await resp.read()
         resp.release()
         await pool.close()
-    assert pool.resends == 1 and [t.port for t in seen] == [srv.port]
+    assert pool.resends == 1 and [t.host_header for t in seen] == [srv.host_header]

@@ -1,5 +1,6 @@
 """router.h1 over unix sockets (``http+unix://`` URLs, what a ``unix:///…sock`` api_base
-becomes): the same pool, cap, timeouts and keep-alive as over TCP, on both loops."""
+becomes): what only a unix socket has. Everything else in test_h1.py runs over a unix
+socket too (its ``transport`` fixture)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
 import pytest
 import uvloop
 
 from router import h1
-from router.h1 import ConnectError, Disconnected, Pool, PoolTimeout
+from router.h1 import ConnectError, Disconnected, Pool
 
 from test_h1 import JSON_OK, Handler, Server, keepalive_server
 
@@ -58,19 +59,6 @@ def test_unix_targets() -> None:
         h1.target("http+unix://relative.sock/v1")
 
 
-async def test_keep_alive_reuses_one_connection_with_host_localhost(sock: str) -> None:
-    async with UnixServer(keepalive_server(JSON_OK), sock) as srv:
-        pool = Pool()
-        for _ in range(5):
-            resp = await pool.request("POST", srv.url, [("Content-Type", "application/json")], b'{"a":1}')
-            assert resp.status == 200 and await resp.read() == b'{"ok": true}'
-            resp.release()
-        await pool.close()
-    assert srv.connections == 1 and len(srv.requests) == 5
-    assert srv.requests[0] == (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-                               b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}")
-
-
 async def test_two_sockets_get_two_pools(sock: str) -> None:
     other = sock.replace("b.sock", "c.sock")
     async with UnixServer(keepalive_server(JSON_OK), sock) as a, UnixServer(keepalive_server(JSON_OK), other) as b:
@@ -81,98 +69,6 @@ async def test_two_sockets_get_two_pools(sock: str) -> None:
             resp.release()
         await pool.close()
     assert (a.connections, len(a.requests), b.connections, len(b.requests)) == (1, 2, 1, 2)
-
-
-async def test_pool_cap_queues_then_times_out(sock: str) -> None:
-    gate = asyncio.Event()
-
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await srv.read_request(reader) is not None:
-            await gate.wait()
-            writer.write(JSON_OK)
-            await writer.drain()
-    async with UnixServer(handler, sock) as srv:
-        pool = Pool(limit=2)
-        first = [asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}")) for _ in range(2)]
-        while len(srv.requests) < 2:
-            await asyncio.sleep(0.01)
-        with pytest.raises(PoolTimeout):
-            await pool.request("POST", srv.url, [], b"{}", pool_timeout=0.1)
-        third = asyncio.ensure_future(pool.request("POST", srv.url, [], b"{}", pool_timeout=5))
-        gate.set()
-        for f in first:
-            resp = await f
-            await resp.read()
-            resp.release()
-        resp = await third
-        assert await resp.read() == b'{"ok": true}'
-        resp.release()
-        await pool.close()
-    assert srv.connections == 2
-
-
-async def test_silent_server_times_out_and_the_connection_is_dropped(sock: str) -> None:
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        await reader.read()
-    async with UnixServer(handler, sock) as srv:
-        pool = Pool()
-        with pytest.raises(TimeoutError):
-            await pool.request("POST", srv.url, [], b"{}", idle_timeout=0.2)
-        await asyncio.wait_for(srv.closed.wait(), 5)
-        await pool.close()
-
-
-async def test_idle_timeout_between_chunks(sock: str) -> None:
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await writer.drain()
-        await reader.read()
-    async with UnixServer(handler, sock) as srv:
-        pool = Pool()
-        resp = await pool.request("POST", srv.url, [], b"{}", idle_timeout=0.2)
-        assert await resp.readany() == b"first"
-        with pytest.raises(TimeoutError):
-            await resp.readany()
-        resp.close()
-        await asyncio.wait_for(srv.closed.wait(), 5)
-        await pool.close()
-
-
-async def test_a_server_that_closes_a_kept_connection_gets_the_request_on_a_new_one(sock: str) -> None:
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(JSON_OK)  # says keep-alive, then closes
-        await writer.drain()
-    async with UnixServer(handler, sock) as srv:
-        pool = Pool()
-        resp = await pool.request("POST", srv.url, [], b"{}")
-        assert await resp.read() == b'{"ok": true}'
-        resp.release()
-        await srv.closed.wait()
-        resp = await pool.request("POST", srv.url, [], b"{}")
-        assert resp.status == 200 and await resp.read() == b'{"ok": true}'
-        resp.release()
-        await pool.close()
-    assert srv.connections == 2
-
-
-async def test_a_server_that_closes_mid_body_is_disconnected(sock: str) -> None:
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-    async with UnixServer(handler, sock) as srv:
-        pool = Pool()
-        resp = await pool.request("POST", srv.url, [], b"{}")
-        with pytest.raises(Disconnected):
-            await resp.read()
-        resp.close()
-        with pytest.raises(Disconnected):  # a new connection closed before answering: not sent again
-            srv.handler = lambda s, r, w: s.read_request(r)
-            await pool.request("POST", srv.url, [], b"{}")
-        await pool.close()
 
 
 async def test_a_missing_socket_or_one_nobody_listens_on_is_a_connect_error(sock: str) -> None:

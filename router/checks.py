@@ -158,6 +158,9 @@ def _check_unix(src: Source, path: Path, url: str, wire: str | None) -> str | No
     if "\0" in sock:
         src.error(path, "the socket path contains a NUL character")
         return None
+    if any(c in sock for c in "?#") or not sock.isprintable() or sock != sock.strip():
+        src.error(path, f"a socket path has no query, fragment, control characters or surrounding spaces: got {url!r}")
+        return None
     if len(sock.encode()) > UNIX_PATH_MAX:
         src.error(path, f"the socket path is {len(sock.encode())} bytes long; unix sockets allow at most {UNIX_PATH_MAX}")
         return None

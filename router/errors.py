@@ -157,7 +157,7 @@ class UpstreamRateLimited(UpstreamError):
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
-        return retry_after(self.retry_after) if self.retry_after else {}
+        return retry_after(self.retry_after) if self.retry_after is not None else {}
 
 
 class UpstreamModelNotFound(ModelNotFound):

@@ -31,7 +31,12 @@ Shape (httpcore's, simplified):
   ``MAX_HEADERS`` headers is a ``BadResponse`` and the connection is closed.
 - Resending (the rule): a request is sent a second time only when it went out on a
   reused connection and the connection ended before a single byte of an answer came
-  back: the server closed it while it sat idle and never read our request. To keep
+  back, within ``RESEND_WINDOW`` of sending: the server closed it while it sat idle
+  and never read our request. (A server that read it, worked and then died is not
+  sent the request again.)
+- Bytes after the end of an answer (a second answer nobody asked for, junk) are a
+  ``BadResponse`` for nothing already complete: the connection is closed, never
+  reused, so they cannot become part of the next request's answer. To keep
   that race rare, a connection idle longer than ``keepalive`` (default
   ``KEEPALIVE``, under uvicorn's and llama-server's 5 s; a server's own
   ``Keep-Alive: timeout=N`` shortens it to N - 1) is never reused. Every resend is
@@ -58,6 +63,7 @@ MAX_BODY = 512 * 1024 * 1024  # a whole (non-streamed) answer larger than this i
 MAX_HEAD = 64 * 1024  # bytes of a response head (with any 1xx answers before it)
 MAX_HEADER_LINE = 8190  # bytes of one header's name and value (aiohttp's line limit)
 MAX_HEADERS = 128  # headers in one response head
+RESEND_WINDOW = 0.5  # seconds after sending within which a close of a reused connection counts as the keep-alive race
 KEEPALIVE = 4.0  # seconds an idle connection may be reused: under the 5 s of uvicorn (vLLM, llama-cpp-python) and llama-server
 
 
@@ -180,7 +186,11 @@ class Response:
         return data
 
     async def read(self, limit: int = MAX_BODY) -> bytes:
-        """The whole body (``ResponseTooLarge`` beyond ``limit`` bytes)."""
+        """The whole body (``ResponseTooLarge`` beyond ``limit`` bytes, at once when its
+        Content-Length says so)."""
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise ResponseTooLarge(f"the response body is {length} bytes, more than the {limit} allowed")
         self._read_whole()
         while not self.complete:
             if self._size > limit:
@@ -295,6 +305,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.idle_limit = origin.pool.keepalive  # seconds it may sit idle and still be reused
         self.head_bytes = 0  # bytes received for the current response while its head was incomplete
         self.head_parsed = 0  # bytes of its head (and of any 1xx before it) parsed so far
+        self._bad: str | None = None  # why a parser callback refused the bytes (httptools wraps its exception)
+        self.sent_at = 0.0  # loop time the current request went out
         self.header_count = 0
         self.interim = False  # parsing a 1xx answer, which precedes the real one
         self.keep_alive = False  # the current response allows reuse (llhttp forgets once the message is complete)
@@ -307,6 +319,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.response = Response(self)
         self.head = self.loop.create_future()
         self.received = False
+        self.sent_at = self.loop.time()
         self.head_bytes = self.head_parsed = self.header_count = 0
         try:
             if isinstance(data, list):
@@ -376,9 +389,9 @@ class _Connection(asyncio.BufferedProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._protocol_error("the server switched protocols")
-        except httptools.HttpParserError as exc:
-            self._protocol_error(f"not a valid HTTP response ({exc})")
-        except BadResponse as exc:  # raised by a callback below
+        except httptools.HttpParserError as exc:  # also what a callback below raised, wrapped
+            self._protocol_error(self._bad or f"not a valid HTTP response ({exc})")
+        except BadResponse as exc:
             self._protocol_error(str(exc))
         else:
             if in_head and not head.done():  # type: ignore[union-attr]
@@ -408,11 +421,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks ----------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        resp = self.response
+        if resp is None or resp.complete:
+            # bytes after a complete answer (a second answer nobody asked for, junk): they
+            # must never become part of this answer or the next request's: drop the connection
+            self._bad = "the server sent bytes after the end of its answer"
+            raise BadResponse(self._bad)
+
     def _head_grew(self, n: int) -> None:
         """Count ``n`` parsed bytes of the head (a head may arrive whole in one read)."""
         self.head_parsed += n
         if self.head_parsed > MAX_HEAD:
-            raise BadResponse(f"the response head is larger than {MAX_HEAD} bytes")
+            self._bad = f"the response head is larger than {MAX_HEAD} bytes"
+            raise BadResponse(self._bad)
 
     def on_status(self, status: bytes) -> None:
         self._head_grew(len(status) + 16)
@@ -420,9 +442,11 @@ class _Connection(asyncio.BufferedProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         if len(name) + len(value) > MAX_HEADER_LINE:
-            raise BadResponse(f"a response header line is longer than {MAX_HEADER_LINE} bytes")
+            self._bad = f"a response header line is longer than {MAX_HEADER_LINE} bytes"
+            raise BadResponse(self._bad)
         if self.header_count > MAX_HEADERS:
-            raise BadResponse(f"the response has more than {MAX_HEADERS} headers")
+            self._bad = f"the response has more than {MAX_HEADERS} headers"
+            raise BadResponse(self._bad)
         self._head_grew(len(name) + len(value) + 4)
         self.response._raw.append((name, value))  # type: ignore[union-attr]
 
@@ -636,7 +660,7 @@ class Pool:
                 await _head(conn, resp)
             except Disconnected as exc:
                 conn.abort()
-                if conn.reused and not conn.received:
+                if conn.reused and not conn.received and loop.time() - conn.sent_at < RESEND_WINDOW:
                     # the server closed it while idle, before reading our request: once more, on a new one
                     self.resends += 1
                     if self.on_resend is not None:

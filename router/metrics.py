@@ -68,7 +68,8 @@ class Metrics:
         self.upstream_errors = Counter("llm_router_upstream_errors", "Failed attempts by deployment and error class.",
                                        ["deployment", "error_class"], registry=r)
         self.resends = Counter("llm_router_upstream_resends", "Requests sent to a backend server a second time: a kept "
-                               "connection closed by the server (its keep-alive timeout) before it read the request.",
+                               "connection closed before any answer within 0.5 s of the request (the server's keep-alive "
+                               "timeout racing it).",
                                ["server"], registry=r)
         self.tokens = Counter("llm_router_tokens", "Tokens by deployment and direction, where usage is known.",
                               ["deployment", "direction"], registry=r)

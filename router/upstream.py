@@ -205,15 +205,20 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
                 resp.close()  # client gone or upstream broken: drop the upstream connection now
 
 
-_ERROR_EVENT = re.compile(rb'\s*data: ?\{\s*"error"\s*:')
+_DATA_LINE = re.compile(rb"(?:^|[\r\n])data:([^\r\n]*)[\r\n]")  # a complete data line
+_ERROR_DATA = re.compile(rb'\s*\{\s*"error"\s*:|\s*\[DONE\]')  # its value: an error object, or the end already
+_EVENT_ERROR = re.compile(rb"(?:^|[\r\n])event: ?error\r?[\r\n]")
+_BOM = b"\xef\xbb\xbf"
 
 
 async def _first(resp: Response, translator: StreamTranslator | None, dep: Deployment) -> bytes:
     """Read until there is something the client can use: for a translated stream its
-    first non-empty output, for a relayed one its first complete line. Nothing has
-    reached the client yet, so an upstream that ends first, or whose first word is an
-    error, raises (and the caller may fall back): the point of no return is the first
-    translated, non-empty byte, not the upstream's status line."""
+    first non-empty output; for a relayed one its first complete ``data:`` line (comments,
+    ``id:``/``retry:`` fields and blank lines before it carry no output and are held
+    with it, a leading BOM is dropped). Nothing has reached the client yet, so an upstream
+    that ends first, or whose first data is an error or ``[DONE]``, raises (and the caller
+    may fall back): the point of no return is the first translated, non-empty output,
+    not the upstream's status line."""
     if translator is not None:
         while True:
             chunk = await resp.readany()
@@ -222,19 +227,26 @@ async def _first(resp: Response, translator: StreamTranslator | None, dep: Deplo
                 raise UpstreamError(f"{dep.provider}: {translator.error}")
             if data or not chunk:
                 return data
-    chunk = await resp.readany()
-    while chunk and b"\n" not in chunk and b"\r" not in chunk and len(chunk) <= LINE_LIMIT:
-        more = await resp.readany()
-        if not more:  # it ended inside its first line: nothing a client could use
-            chunk = b""
-            break
-        chunk += more
-    if not chunk.strip():
-        raise UpstreamError(f"{dep.provider} ended the stream before sending an event")
-    if _ERROR_EVENT.match(chunk):
-        raise UpstreamError(f"{dep.provider} answered the stream with an error: "
-                            f"{chunk.strip()[:300].decode('utf-8', 'replace')}")
-    return chunk
+    buf = b""
+    while True:
+        chunk = await resp.readany()
+        if not chunk:
+            raise UpstreamError(f"{dep.provider} ended the stream before sending any data")
+        buf += chunk
+        if buf[:3] == _BOM:
+            buf = buf[3:]
+        elif len(buf) < 3 and _BOM.startswith(buf):
+            continue
+        m = _DATA_LINE.search(buf)
+        if m is None:
+            if len(buf) > LINE_LIMIT:  # that much without data: relay it rather than hold more
+                return buf
+            continue
+        event = max(buf.rfind(sep, 0, m.start() + 1) for sep in (b"\n\n", b"\r\r", b"\r\n\r\n"))
+        if _ERROR_DATA.match(m.group(1)) or _EVENT_ERROR.search(buf, max(0, event), m.start() + 1):
+            raise UpstreamError(f"{dep.provider} began the stream with an error or its end, before any output: "
+                                f"{buf[max(0, event):m.end()].strip()[:300].decode('utf-8', 'replace')}")
+        return buf
 
 
 async def _relay(out: web.StreamResponse, resp: Response, first: bytes, translator: StreamTranslator | None,

@@ -7,6 +7,7 @@ bytes the client receives. vLLM, llama.cpp's server, llama-cpp-python and any
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import orjson
@@ -16,6 +17,7 @@ from router.errors import UpstreamError
 from router.providers import ollama
 from router.providers.ollama import Context, StreamTranslator
 
+_ERROR_OBJECT = re.compile(rb'\s*\{\s*"error"\s*:')  # a JSON object whose first key is "error"
 OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}  # under api_base, which ends in /v1
 
 
@@ -58,6 +60,8 @@ class OpenAICompatible:
         # and empty bodies without parsing the JSON.
         if raw.lstrip()[:1] != b"{":
             raise UpstreamError(f"{provider} answered with a body that is not a JSON object: {raw[:100]!r}")
+        if _ERROR_OBJECT.match(raw):  # a 200 whose body is an error (a crashed runner behind a proxy, …)
+            raise UpstreamError(f"{provider} answered 200 with an error: {raw[:300].decode('utf-8', 'replace')}")
         return raw
 
     def is_stream(self, content_type: str) -> bool:

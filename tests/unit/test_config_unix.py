@@ -67,6 +67,10 @@ LONG = "/" + "d" * 100 + "/x.sock"
     ("unix:///run/llm/vllm.sock/v1", "the whole path is the socket and requests go to /v1/... on it: write unix:///run/llm/vllm.sock, not 'unix:///run/llm/vllm.sock/v1'"),
     (f"unix://{LONG}", f"the socket path is {len(LONG)} bytes long; unix sockets allow at most 107"),
     ("http+unix://%2Frun%2Fvllm.sock", "must be an http(s) URL or unix:///path/to.sock, got 'http+unix://%2Frun%2Fvllm.sock'"),
+    ("unix:///tmp/x.sock?x=1", "a socket path has no query, fragment, control characters or surrounding spaces"),
+    ("unix:///tmp/x.sock#frag", "a socket path has no query, fragment, control characters or surrounding spaces"),
+    ("unix:///tmp/x.sock\t", "a socket path has no query, fragment, control characters or surrounding spaces"),
+    ("unix:///tmp/x.sock ", "a socket path has no query, fragment, control characters or surrounding spaces"),
 ])
 def test_bad_unix_api_bases_are_errors_at_their_line(tmp_path, base, problem):
     cfg = str(tmp_path / "c.yaml")

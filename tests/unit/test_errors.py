@@ -52,3 +52,8 @@ def test_an_upstream_429_with_an_absurd_retry_after_is_a_bounded_429():
     err = upstream_error(429, b'{"error": "slow down"}', "vllm", "99999999999")
     assert err.retry_after == MAX_RETRY_AFTER and err.headers() == {"Retry-After": str(int(MAX_RETRY_AFTER))}
     assert math.isfinite(err.retry_after)
+
+
+def test_a_retry_after_of_zero_is_relayed_as_the_shortest_wait_not_dropped() -> None:
+    err = upstream_error(429, b'{"error": "slow down"}', "vllm", "0")
+    assert err.headers() == {"Retry-After": "1"}

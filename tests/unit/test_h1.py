@@ -455,6 +455,79 @@ async def test_a_whole_body_larger_than_the_pause_threshold_arrives(framing: str
         await pool.close()
 
 
+@pytest.mark.parametrize("head, why", [
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 8200 + b"\r\nContent-Length: 2\r\n\r\n{}", "header line is longer than 8190"),
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(129)) + b"Content-Length: 2\r\n\r\n{}", "more than 128 headers"),
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"Content-Length: 2\r\n\r\n{}",
+     "head is larger than 65536"),
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", "head is larger than 65536"),
+])
+async def test_an_oversized_head_says_which_limit_it_broke(head: bytes, why: str) -> None:
+    async with Server(keepalive_server(head)) as srv:
+        pool = Pool()
+        with pytest.raises(BadResponse, match=why):
+            await pool.request("POST", srv.url, [], b"{}", idle_timeout=5)
+        await pool.close()
+
+
+@pytest.mark.parametrize("extra", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nJUNK!",  # a whole second answer nobody asked for
+    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\nX-J: ",  # the start of one
+    b"garbage",
+])
+async def test_bytes_after_a_complete_answer_never_reach_it_or_the_next_request(extra: bytes) -> None:
+    """llhttp parses on past the end of a message: those bytes must not be fed into the
+    answer just read, nor left for the next request on the connection (which would get
+    a 429 it never had): the connection is dropped instead of reused."""
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(JSON_OK + (extra if len(srv.requests) == 1 else b""))  # in one write with the first answer
+            await writer.drain()
+    async with Server(handler) as srv:
+        pool = Pool()
+        for _ in range(3):
+            resp = await pool.request("POST", srv.url, [], b"{}", idle_timeout=5)
+            assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+            resp.release()
+        await pool.close()
+    assert srv.connections == 2  # the junked one was not reused; the next one was
+
+
+async def test_a_reused_connection_closed_after_the_server_worked_on_the_request_is_not_resent() -> None:
+    """Not the keep-alive race: the server read the request, worked, and died. Sending it
+    again would run it twice."""
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(JSON_OK)
+        await writer.drain()
+        await srv.read_request(reader)
+        await asyncio.sleep(h1.RESEND_WINDOW + 0.2)  # works on it, then crashes without a word
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        await resp.read()
+        resp.release()
+        with pytest.raises(Disconnected):
+            await pool.request("POST", srv.url, [], b"{}", idle_timeout=5)
+        await pool.close()
+    assert len(srv.requests) == 2 and pool.resends == 0
+
+
+async def test_a_content_length_over_the_limit_is_refused_at_once() -> None:
+    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n{")
+        await writer.drain()
+        await reader.read()
+    async with Server(handler) as srv:
+        pool = Pool()
+        resp = await pool.request("POST", srv.url, [], b"{}")
+        with pytest.raises(ResponseTooLarge):
+            await asyncio.wait_for(resp.read(), 2)  # no waiting for bytes that cannot fit
+        resp.close()
+        await pool.close()
+
+
 @pytest.mark.parametrize("head", [
     b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}",  # one oversized line
     b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10_000)) + b"Content-Length: 2\r\n\r\n{}",

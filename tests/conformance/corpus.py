@@ -235,6 +235,10 @@ def _protocol() -> list[Shape]:
             Shape(f"proto-{mid}-closed-before-answer", wire, stream, lambda: Reply([]), expect="502", code="upstream_error"),
             Shape(f"proto-{mid}-keepalive-closed-while-idle", wire, stream, one(h_len, rest), repeat=3),
             Shape(f"proto-{mid}-keepalive-kept", wire, stream, lambda h=h_len, r=rest: Reply([h + r], after="keep"), repeat=3),
+            # bytes after the answer (the start of a second one, nobody asked for): never part of this
+            # answer nor of the next request's, whose connection must be a fresh one
+            Shape(f"proto-{mid}-junk-after-answer", wire, stream, lambda h=h_len, r=rest: Reply(
+                [h + r + b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\nX-J: "], after="keep"), repeat=3),
         ]
         # the server closes mid-body
         big_body, _ = body_for(wire, stream, 100 * KiB)

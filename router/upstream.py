@@ -227,20 +227,24 @@ async def _first(resp: Response, translator: StreamTranslator | None, dep: Deplo
                 raise UpstreamError(f"{dep.provider}: {translator.error}")
             if data or not chunk:
                 return data
+    chunk = await resp.readany()
+    if chunk[:5] == b"data:" and b"\n" in chunk and not _ERROR_DATA.match(chunk, 5):
+        return chunk  # the usual case: a whole first data line, not an error
     buf = b""
     while True:
-        chunk = await resp.readany()
         if not chunk:
             raise UpstreamError(f"{dep.provider} ended the stream before sending any data")
         buf += chunk
         if buf[:3] == _BOM:
             buf = buf[3:]
         elif len(buf) < 3 and _BOM.startswith(buf):
+            chunk = await resp.readany()
             continue
         m = _DATA_LINE.search(buf)
         if m is None:
             if len(buf) > LINE_LIMIT:  # that much without data: relay it rather than hold more
                 return buf
+            chunk = await resp.readany()
             continue
         event = max(buf.rfind(sep, 0, m.start() + 1) for sep in (b"\n\n", b"\r\r", b"\r\n\r\n"))
         if _ERROR_DATA.match(m.group(1)) or _EVENT_ERROR.search(buf, max(0, event), m.start() + 1):

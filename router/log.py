@@ -1,10 +1,14 @@
 """Logging: one structlog configuration for the whole process.
 
 Human format (default) prints ``[TAG] event key=value ...`` lines, made for
-``journalctl | grep ROUTER``; under systemd (``JOURNAL_STREAM`` set) the
-timestamp is left to journald. ``--log-format json`` prints one JSON object per
+``journalctl | grep ROUTER``. ``--log-format json`` prints one JSON object per
 line. Every logger is bound to a tag: ``ROUTER`` for routing decisions,
 ``SERVER`` for lifecycle, ``CONFIG`` for configuration.
+
+Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog
+priority, ``<4>`` for a warning: journald takes it as the entry's priority
+(``SyslogLevelPrefix=``, on by default) and strips it, so ``journalctl -p warning``
+works; the human format also leaves the timestamp to journald.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import orjson
 import structlog
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# syslog priorities, as journald reads them from the start of a line (sd-daemon.h's SD_WARNING, ...)
+PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
 
 
 def _quote(value: Any) -> str:
@@ -31,27 +37,36 @@ def _quote(value: Any) -> str:
     return text
 
 
-def _human(with_time: bool):
+def _human(with_time: bool, journald: bool):
     def render(_: Any, __: str, event: dict[str, Any]) -> str:
         ts = event.pop("timestamp", None)
         level = event.pop("level", "info")
         tag = event.pop("tag", "ROUTER")
         msg = event.pop("event", "")
         exc = event.pop("exception", None)
-        parts = [f"{ts} " if with_time and ts else "", f"[{tag}] ", msg]
+        prefix = PRIORITY.get(level, "<6>") if journald else ""
+        parts = [prefix, f"{ts} " if with_time and ts else "", f"[{tag}] ", msg]
         if level != "info":
-            parts.insert(1, f"{level.upper()} ")
+            parts.insert(2, f"{level.upper()} ")
         for key, value in event.items():
             if value is not None:
                 parts.append(f" {key}={_quote(value)}")
         line = "".join(parts)
-        return f"{line}\n{exc}" if exc else line
+        if not exc:
+            return line
+        if prefix:  # journald reads each line on its own: the traceback keeps the priority
+            exc = "\n".join(prefix + part for part in exc.split("\n"))
+        return f"{line}\n{exc}"
 
     return render
 
 
-def _json(_: Any, __: str, event: dict[str, Any]) -> str:
-    return orjson.dumps(event, default=str).decode()
+def _json(journald: bool):
+    def render(_: Any, __: str, event: dict[str, Any]) -> str:
+        text = orjson.dumps(event, default=str).decode()
+        return PRIORITY.get(event.get("level", "info"), "<6>") + text if journald else text
+
+    return render
 
 
 class _Stamper:
@@ -174,11 +189,11 @@ def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> No
     processors: list[Any] = [structlog.processors.add_log_level]
     stamper: _Stamper | None = None
     if fmt == "json":
-        stamper, render = _Stamper(utc=True, millis=True), _json
+        stamper, render = _Stamper(utc=True, millis=True), _json(under_journald)
     else:
         if not under_journald:  # journald stamps every line itself
             stamper = _Stamper(utc=False, millis=False)
-        render = _human(with_time=not under_journald)
+        render = _human(with_time=not under_journald, journald=under_journald)
     processors += [stamper] if stamper else []
     processors += [structlog.processors.format_exc_info, render]
     _output = _Output(LEVELS.get(level, logging.INFO), stamper, render, writer)

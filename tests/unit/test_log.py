@@ -34,7 +34,7 @@ def test_human_lines_start_with_a_timestamp_then_the_tag_and_quote_values_with_s
 def test_under_journald_the_timestamp_is_left_to_journald(monkeypatch):
     monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
     line, = emit("human").splitlines()
-    assert line.startswith("[ROUTER] Model: llama3.1:8b -> Provider: ollama (exact match) ")
+    assert line.startswith("<6>[ROUTER] Model: llama3.1:8b -> Provider: ollama (exact match) ")
 
 
 def test_json_format_is_one_object_per_line():
@@ -69,3 +69,75 @@ def test_the_request_paths_lean_logger_writes_the_same_lines_as_structlog(fmt, j
     strip = (lambda text: text) if journald else (lambda text: re.sub(r'(^|"timestamp":")[0-9T:.Z-]+', r"\1", text, flags=re.M))
     assert strip(out["lean"]) == strip(out["structlog"])
     assert len(out["lean"].splitlines()) == 2 and "filtered out" not in out["lean"]
+
+
+def cooldown_line(fmt: str, monkeypatch, make=log.Lines) -> str:
+    """The proxy's cooldown warning (proxy.py's state-transition line), as written."""
+    monkeypatch.setattr(log.time, "time", lambda: 1767323045.25)  # 2026-01-02T03:04:05.250Z
+    buf = io.StringIO()
+    log.configure(fmt, "info", stream=buf)
+    try:
+        make("ROUTER").warning("Deployment llama2-13b-vllm (vllm): healthy -> cooldown", deployment="llama2-13b-vllm",
+                               provider="vllm", reason="4 failures in 60 s (allowed_fails 3)", for_s=60.0)
+    finally:
+        log.configure()
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make", [log.Lines, log.get], ids=["lean", "structlog"])
+def test_under_journald_a_warning_starts_with_its_syslog_priority_which_journald_strips(make, monkeypatch):
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    assert cooldown_line("human", monkeypatch, make) == (
+        '<4>WARNING [ROUTER] Deployment llama2-13b-vllm (vllm): healthy -> cooldown deployment=llama2-13b-vllm '
+        'provider=vllm reason="4 failures in 60 s (allowed_fails 3)" for_s=60.0\n')
+    assert cooldown_line("json", monkeypatch, make) == (
+        '<4>{"tag":"ROUTER","deployment":"llama2-13b-vllm","provider":"vllm","reason":"4 failures in 60 s (allowed_fails 3)",'
+        '"for_s":60.0,"event":"Deployment llama2-13b-vllm (vllm): healthy -> cooldown","level":"warning",'
+        '"timestamp":"2026-01-02T03:04:05.250Z"}\n')
+
+
+@pytest.mark.parametrize("fmt", ["human", "json"])
+def test_outside_journald_lines_carry_no_priority_prefix(fmt, monkeypatch):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    line = cooldown_line(fmt, monkeypatch)
+    assert line.startswith("2026-01-02T" if fmt == "human" else "{")
+
+
+@pytest.mark.parametrize("fmt", ["human", "json"])
+@pytest.mark.parametrize("make", [log.Lines, log.get], ids=["lean", "structlog"])
+def test_under_journald_each_level_gets_its_priority(fmt, make, monkeypatch):
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    buf = io.StringIO()
+    log.configure(fmt, "debug", stream=buf)
+    try:
+        logger = make("SERVER")
+        logger.debug("d")
+        logger.info("i")
+        logger.warning("w")
+        logger.error("e")
+    finally:
+        log.configure()
+    lines = buf.getvalue().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>"]
+    if fmt == "human":
+        assert lines == ["<7>DEBUG [SERVER] d", "<6>[SERVER] i", "<4>WARNING [SERVER] w", "<3>ERROR [SERVER] e"]
+    else:
+        assert [orjson.loads(line[3:])["level"] for line in lines] == ["debug", "info", "warning", "error"]
+
+
+def test_under_journald_every_line_of_a_traceback_keeps_the_error_priority(monkeypatch):
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.Lines("ROUTER").exception("Internal error", request_id="r1")
+    finally:
+        log.configure()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "<3>ERROR [ROUTER] Internal error request_id=r1"
+    assert lines[1] == "<3>Traceback (most recent call last):" and lines[-1] == "<3>ValueError: boom"
+    assert all(line.startswith("<3>") for line in lines)
+

@@ -9,6 +9,11 @@ Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog
 priority, ``<4>`` for a warning: journald takes it as the entry's priority
 (``SyslogLevelPrefix=``, on by default) and strips it, so ``journalctl -p warning``
 works; the human format also leaves the timestamp to journald.
+
+Records of the standard library's ``logging`` (asyncio, aiohttp, redis) go through
+the same renderer, writer and level, tagged with their top-level logger name
+(``[ASYNCIO]``, ``[AIOHTTP]``; ``router.simulate.x`` -> ``[SIMULATE]``) and with the
+full name as ``logger=``.
 """
 
 from __future__ import annotations
@@ -181,6 +186,40 @@ class Lines:
         out.writer.msg(out.render(None, name, ev))
 
 
+_STDLIB_LEVELS = ((logging.CRITICAL, "critical"), (logging.ERROR, "error"), (logging.WARNING, "warning"),
+                  (logging.INFO, "info"))
+
+
+class _StdlibBridge(logging.Handler):
+    """The root logger's handler: a standard-library record (asyncio's "Task exception
+    was never retrieved", aiohttp's, redis') becomes a line like ours, in the configured
+    format, instead of going to Python's last-resort handler as bare text on stderr."""
+
+    exceptions = logging.Formatter()  # for formatException only
+
+    def emit(self, record: logging.LogRecord) -> None:
+        out = _output
+        if out is None:
+            return
+        try:
+            name = next((n for lvl, n in _STDLIB_LEVELS if record.levelno >= lvl), "debug")
+            top, _, rest = record.name.partition(".")
+            tag = (rest.partition(".")[0] if top == "router" and rest else top).upper()
+            ev: dict[str, Any] = {"tag": tag, "logger": record.name, "event": record.getMessage(), "level": name}
+            if record.exc_info:
+                ev["exception"] = self.exceptions.formatException(record.exc_info)
+            elif record.stack_info:
+                ev["exception"] = record.stack_info
+            if out.stamper is not None:
+                out.stamper(None, name, ev)
+            out.writer.msg(out.render(None, name, ev))
+        except Exception:  # noqa: BLE001 - logging must not raise; the handler reports it itself
+            self.handleError(record)
+
+
+_bridge = _StdlibBridge()
+
+
 def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> None:
     """Configure structlog once, at start-up. ``fmt`` is ``human`` or ``json``."""
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
@@ -197,6 +236,10 @@ def configure(fmt: str = "human", level: str = "info", stream: Any = None) -> No
     processors += [stamper] if stamper else []
     processors += [structlog.processors.format_exc_info, render]
     _output = _Output(LEVELS.get(level, logging.INFO), stamper, render, writer)
+    root = logging.getLogger()
+    root.setLevel(_output.level)
+    if _bridge not in root.handlers:
+        root.addHandler(_bridge)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

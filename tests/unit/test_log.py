@@ -141,3 +141,47 @@ def test_under_journald_every_line_of_a_traceback_keeps_the_error_priority(monke
     assert lines[1] == "<3>Traceback (most recent call last):" and lines[-1] == "<3>ValueError: boom"
     assert all(line.startswith("<3>") for line in lines)
 
+
+def test_asyncios_own_error_report_is_one_json_line_with_level_and_priority(monkeypatch):
+    """The event loop's "Task exception was never retrieved" (its default exception
+    handler logs to the ``asyncio`` logger): a JSON line, not bare text on stderr."""
+    import asyncio
+    import logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    buf = io.StringIO()
+    log.configure("json", "info", stream=buf)
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.call_exception_handler({"message": "Task exception was never retrieved", "exception": ValueError("boom")})
+        finally:
+            loop.close()
+        logging.getLogger("redis.connection").info("below the configured level? no: info is shown")
+        logging.getLogger("redis.connection").debug("below the configured level")
+    finally:
+        log.configure()
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.startswith("<") for line in lines)
+    assert lines[0][:3] == "<3>" and lines[1][:3] == "<6>"
+    first, second = (orjson.loads(line[3:]) for line in lines)
+    assert (first["tag"], first["logger"], first["level"]) == ("ASYNCIO", "asyncio", "error")
+    assert first["event"].startswith("Task exception was never retrieved")
+    assert "ValueError: boom" in first["exception"] and "timestamp" in first
+    assert (second["tag"], second["logger"], second["level"]) == ("REDIS", "redis.connection", "info")
+
+
+def test_an_aiohttp_warning_reads_like_our_lines_in_the_human_format(monkeypatch):
+    import logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    buf = io.StringIO()
+    log.configure("human", "warning", stream=buf)
+    try:
+        logging.getLogger("aiohttp.server").warning("Error handling request from %s", "127.0.0.1")
+        logging.getLogger("aiohttp.access").info("not shown at warning")
+        logging.getLogger("router.simulate.backend").error("simulated backend failed")
+    finally:
+        log.configure()
+    assert buf.getvalue() == ("<4>WARNING [AIOHTTP] Error handling request from 127.0.0.1 logger=aiohttp.server\n"
+                              "<3>ERROR [SIMULATE] simulated backend failed logger=router.simulate.backend\n")

@@ -185,3 +185,35 @@ def test_an_aiohttp_warning_reads_like_our_lines_in_the_human_format(monkeypatch
         log.configure()
     assert buf.getvalue() == ("<4>WARNING [AIOHTTP] Error handling request from 127.0.0.1 logger=aiohttp.server\n"
                               "<3>ERROR [SIMULATE] simulated backend failed logger=router.simulate.backend\n")
+
+
+@pytest.mark.parametrize("fmt", ["human", "json"])
+def test_router_logs_script_filters_both_formats(fmt, tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    buf = io.StringIO()
+    log.configure(fmt, "info", stream=buf)
+    try:
+        router = log.Lines("ROUTER")
+        router.info("Model: a -> Provider: ollama (exact match)", request_id="r1", endpoint="chat", status=200)
+        router.info("Model: b -> Provider: vllm (pattern match)", request_id="r2", endpoint="chat", status=200)
+        router.warning("Fallback triggered: ollama -> vllm", request_id="r3", reason="UpstreamUnavailable")
+        log.get("SERVER").info("listening on http://127.0.0.1:4000", request_id="r3")
+    finally:
+        log.configure()
+    log_file = tmp_path / "router.log"
+    log_file.write_text(buf.getvalue())
+    script = str(Path(__file__).resolve().parents[2] / "scripts" / "router-logs")
+
+    def run(*args: str) -> list[str]:
+        done = subprocess.run(["bash", script, "--file", str(log_file), *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    rid = (lambda line: orjson.loads(line)["request_id"]) if fmt == "json" else (lambda line: line.split("request_id=")[1].split()[0])
+    assert [rid(line) for line in run()] == ["r1", "r2", "r3"]
+    assert [rid(line) for line in run("--model", "a")] == ["r1"]
+    assert [rid(line) for line in run("--provider", "vllm")] == ["r2", "r3"]
+    assert [rid(line) for line in run("--request-id", "r3")] == ["r3"]

@@ -530,7 +530,7 @@ async def run_simulators(
     try:
         for backend, (_kind, host, port, _models) in zip(backends, specs):
             await backend.start(host, port)
-            log.info("simulated %s backend on %s serving %s", backend.kind, backend.base_url, backend.models)
+            log.debug("simulated %s backend on %s serving %s", backend.kind, backend.base_url, backend.models)
             if started is not None:
                 started.append(backend)
         if ready is not None:

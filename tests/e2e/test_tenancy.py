@@ -1,0 +1,110 @@
+"""Tenants stay apart: a key's `models` holds for every deployment an attempt reaches
+(fallbacks and capabilities included), and the response cache is scoped per key."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import openai
+import pytest
+
+from router import log
+from router.config import load_config
+from router.simulate import SimulatedBackend
+from tests.conftest import start_proxy
+
+HI = [{"role": "user", "content": "Hi"}]
+MASTER = "sk-master-key-123"
+CHEAP = "sk-cheap-only-456"  # may use `cheap` only
+CHAT = "sk-chat-capability-789"  # may use the capability `chat`
+KEYS = (f"{{master_key: {MASTER}, api_keys: [{{name: cheap-only, key: {CHEAP}, models: [cheap]}}, "
+        f"{{name: chat-cap, key: {CHAT}, models: [chat]}}]}}")
+
+
+@pytest.fixture
+async def tenants(tmp_path):
+    """`cheap` (deployment cheap-1) falls back to `expensive` (exp-1); alias `fast` -> cheap;
+    capability `chat` prefers both."""
+    sims = {name: SimulatedBackend("vllm", [name]) for name in ("cheap", "expensive")}
+    for sim in sims.values():
+        await sim.start()
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: cheap, litellm_params: {{model: hosted_vllm/cheap, api_base: "{sims['cheap'].base_url}/v1"}}, model_info: {{id: cheap-1}}}}
+  - {{model_name: expensive, litellm_params: {{model: hosted_vllm/expensive, api_base: "{sims['expensive'].base_url}/v1"}}, model_info: {{id: exp-1}}}}
+router_settings:
+  num_retries: 0
+  debug_router: true
+  fallbacks: [{{cheap: [expensive]}}]
+  model_group_alias: {{fast: cheap}}
+general_settings: {KEYS}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("capabilities: {chat: {preferred_models: [cheap, expensive]}}\n")
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    clients: list[openai.AsyncOpenAI] = []
+
+    def client(key: str) -> openai.AsyncOpenAI:
+        clients.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30))
+        return clients[-1]
+
+    yield url, sims, buf, client
+    for c in clients:
+        await c.close()
+    await runner.cleanup()
+    log.configure()
+    for sim in sims.values():
+        await sim.stop()
+
+
+def chats(sim: SimulatedBackend) -> int:
+    return sim.stats.requests["/v1/chat/completions"]
+
+
+async def test_a_fallback_the_key_may_not_use_is_skipped(tenants):
+    url, sims, buf, client = tenants
+    sims["cheap"].faults.status = 503
+    with pytest.raises(openai.APIStatusError) as info:
+        await client(CHEAP).chat.completions.create(model="cheap", messages=HI)
+    assert info.value.status_code == 502 and "503" in info.value.message  # cheap's failure, not a 200 from expensive
+    assert chats(sims["expensive"]) == 0
+    assert "may not use fallback exp-1: skipped" in buf.getvalue()  # debug_router says why
+    raw = await client(MASTER).chat.completions.with_raw_response.create(model="cheap", messages=HI)
+    assert raw.headers["x-router-deployment"] == "exp-1"  # the master key does fall back
+    assert chats(sims["expensive"]) == 1
+
+
+async def test_a_capability_reaches_only_deployments_the_key_may_use(tenants):
+    url, sims, buf, client = tenants
+    served = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(12):
+            async with s.post(url + "/v1/chat/completions", json={"messages": HI},
+                              headers={"Authorization": f"Bearer {CHEAP}", "x-capability": "chat"}) as r:
+                assert r.status == 200, await r.text()
+                served.append(r.headers["x-router-deployment"])
+    assert set(served) == {"cheap-1"} and chats(sims["expensive"]) == 0
+    assert "may not use exp-1: skipped" in buf.getvalue()
+    async with aiohttp.ClientSession() as s:  # a key that lists the capability may use all it routes to
+        for _ in range(12):
+            async with s.post(url + "/v1/chat/completions", json={"messages": HI},
+                              headers={"Authorization": f"Bearer {CHAT}", "x-capability": "chat"}) as r:
+                assert r.status == 200, await r.text()
+    assert chats(sims["expensive"]) > 0
+    with pytest.raises(openai.PermissionDeniedError):  # ...but not the models by their own names
+        await client(CHAT).chat.completions.create(model="expensive", messages=HI)
+
+
+async def test_an_alias_or_a_deployment_id_of_an_allowed_group_is_allowed(tenants):
+    url, sims, _, client = tenants
+    cheap = client(CHEAP)
+    for name in ("cheap", "fast", "cheap-1"):
+        raw = await cheap.chat.completions.with_raw_response.create(model=name, messages=HI)
+        assert raw.headers["x-router-deployment"] == "cheap-1", name
+    for name in ("expensive", "exp-1", "no-such-model"):
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            await cheap.chat.completions.create(model=name, messages=HI)
+        assert "cheap-only" in info.value.body["message"] and CHEAP not in info.value.body["message"]
+    assert chats(sims["expensive"]) == 0

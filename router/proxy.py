@@ -43,7 +43,7 @@ from router.providers.ollama import Context
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
-from router.cache import Cache, Entry, cache_control, cache_key
+from router.cache import Cache, Entry, cache_control, cache_key, scope_of
 from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
@@ -225,7 +225,8 @@ class Proxy:
                 self._warm_up(cold, decision.upstream_name(cold))
             read, write = cache_control(request.headers, body)  # also drops LiteLLM's "cache" field
             cache = self.cache if routing.config.cache.enabled else None
-            ckey = cache_key(decision.model, endpoint, facts.stream, body) if cache is not None and (read or write) else None
+            ckey = cache_key(decision.model, endpoint, facts.stream, body, scope_of(key, routing.config.cache.scope)) \
+                if cache is not None and (read or write) else None
             if ckey is not None and read:
                 entry = await cache.get(ckey)
                 if entry is not None:

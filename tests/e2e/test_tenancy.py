@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import aiohttp
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from router import log
+from router.app import PROXY
 from router.config import load_config
 from router.simulate import SimulatedBackend
 from tests.conftest import start_proxy
@@ -108,3 +110,85 @@ async def test_an_alias_or_a_deployment_id_of_an_allowed_group_is_allowed(tenant
             await cheap.chat.completions.create(model=name, messages=HI)
         assert "cheap-only" in info.value.body["message"] and CHEAP not in info.value.body["message"]
     assert chats(sims["expensive"]) == 0
+
+
+# -- the response cache is scoped per key ------------------------------------------------------
+
+A, B, A2 = "sk-tenant-a-0001", "sk-tenant-b-0002", "sk-tenant-a-0003"  # A and A2: the same tenant
+
+
+async def cache_stack(tmp_path, scope: str = ""):
+    sim = SimulatedBackend("vllm", ["m"])
+    await sim.start()
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: m, litellm_params: {{model: hosted_vllm/m, api_base: "{sim.base_url}/v1"}}}}
+router_settings: {{num_retries: 0}}
+litellm_settings: {{cache: true, cache_params: {{type: local, ttl: 60{scope}}}}}
+general_settings:
+  master_key: {MASTER}
+  api_keys:
+    - {{name: a, key: {A}, tenant: acme}}
+    - {{name: a2, key: {A2}, tenant: acme}}
+    - {{name: b, key: {B}}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    return sim, runner, url
+
+
+async def ask(url: str, key: str, prompt: str) -> tuple[str, str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": [{"role": "user", "content": prompt}]}) as r:
+            assert r.status == 200, await r.text()
+            return r.headers["x-router-cache"], (await r.json())["id"]
+
+
+async def settled(runner) -> None:
+    await asyncio.gather(*runner.app[PROXY]._background)
+
+
+async def test_one_tenant_never_gets_another_tenants_cached_answer(tmp_path):
+    sim, runner, url = await cache_stack(tmp_path)
+    try:
+        state, first = await ask(url, A, "secret plan")
+        await settled(runner)
+        assert state == "miss"
+        assert (await ask(url, A, "secret plan")) == ("hit", first)  # the same key: a hit
+        state, other = await ask(url, B, "secret plan")  # another key: its own entry
+        assert state == "miss" and other != first
+        assert (await ask(url, MASTER, "secret plan"))[0] == "miss"  # the master key too
+        assert (await ask(url, A2, "secret plan")) == ("hit", first)  # a key of the same tenant shares
+        assert sim.stats.requests["/v1/chat/completions"] == 3
+    finally:
+        await runner.cleanup()
+        await sim.stop()
+
+
+async def test_a_shared_cache_scope_shares_on_purpose(tmp_path):
+    sim, runner, url = await cache_stack(tmp_path, ", scope: shared")
+    try:
+        _, first = await ask(url, A, "common question")
+        await settled(runner)
+        assert (await ask(url, B, "common question")) == ("hit", first)
+        assert sim.stats.requests["/v1/chat/completions"] == 1
+    finally:
+        await runner.cleanup()
+        await sim.stop()
+
+
+def test_the_cache_scope_is_checked_and_part_of_the_key(tmp_path):
+    from router.cache import cache_key, scope_of
+    from router.config import ApiKey, ConfigError
+    body = {"messages": HI}
+    a, b = ApiKey("a", "sk-aaaaaaaa"), ApiKey("b", "sk-bbbbbbbb")
+    keys = {cache_key("m", "chat", False, body, scope_of(k, "key")) for k in (a, b, None)}
+    assert len(keys) == 3 and cache_key("m", "chat", False, body, scope_of(None, "key")) == cache_key("m", "chat", False, body)
+    assert scope_of(a, "shared") == scope_of(b, "shared") == ""
+    assert scope_of(ApiKey("x", "sk-xxxxxxxx", tenant="t"), "key") == scope_of(ApiKey("y", "sk-yyyyyyyy", tenant="t"), "key")
+    assert scope_of(ApiKey("master", "sk-mmmmmmmm", admin=True), "key") != scope_of(ApiKey("master", "sk-nnnnnnnn"), "key")
+    (tmp_path / "c.yaml").write_text("model_list: []\nlitellm_settings: {cache: true, cache_params: {scope: everyone}}\n")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match="scope"):
+        load_config(str(tmp_path / "c.yaml"))

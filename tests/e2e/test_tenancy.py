@@ -192,3 +192,55 @@ def test_the_cache_scope_is_checked_and_part_of_the_key(tmp_path):
     (tmp_path / "model-mappings.yaml").write_text("{}\n")
     with pytest.raises(ConfigError, match="scope"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+# -- Redis credentials never reach the log -----------------------------------------------------
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("fmt", ["human", "json"])
+@pytest.mark.parametrize("form", [
+    "redis://127.0.0.1:{port}/15?password=hunter2-pw",
+    "redis://127.0.0.1:{port}/15?db=15&username=hunter2-user&password=hunter2-pw",
+    "redis://alice:hunter2-pw@127.0.0.1:{port}/15",
+    "rediss://:hunter2-pw@127.0.0.1:{port}/15?ssl_cert_reqs=none",
+    "redis://hunter2-token@127.0.0.1:{port}/15",
+])
+async def test_the_start_up_log_masks_every_redis_credential(tmp_path, fmt, form):
+    url = form.format(port=closed_port())  # nothing listens: sharing is paused, the log line is written
+    (tmp_path / "c.yaml").write_text(f"""
+model_list: []
+router_settings: {{redis_url: "{url}", redis_key_prefix: "tenancy-test:"}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    buf = io.StringIO()
+    log.configure(fmt, "info", stream=buf)
+    try:
+        runner, _ = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+        await runner.cleanup()
+    finally:
+        log.configure()
+    out = buf.getvalue()
+    line = next(x for x in out.splitlines() if "Sharing state through Redis" in x)
+    assert "hunter2" not in out, out
+    assert "***" in line and "127.0.0.1" in line, line
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://h:6379/0?password=s3cr3t", "redis://h:6379/0?password=***"),
+    ("redis://h/0?db=1&Password=s3cr3t&username=s3cr3t&auth=s3cr3t", "redis://h/0?db=1&Password=***&username=***&auth=***"),
+    ("redis://u:s3cr3t@h:1/0", "redis://u:***@h:1/0"),
+    ("redis://u:s3c@r3t@h:1/0", "redis://u:***@h:1/0"),  # an @ in the password
+    ("rediss://:s3cr3t@[::1]:6380/2?ssl_cert_reqs=none", "rediss://:***@[::1]:6380/2?ssl_cert_reqs=none"),
+    ("unix://:s3cr3t@/run/redis.sock?db=0&password=s3cr3t", "unix://:***@/run/redis.sock?db=0&password=***"),
+    ("redis://s3cr3t@h", "redis://***@h"),
+    ("redis://h:6379", "redis://h:6379"),
+])
+def test_redact_masks_every_credential_form(url, shown):
+    from router.app import _redact
+    assert _redact(url) == shown

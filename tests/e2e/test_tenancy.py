@@ -244,3 +244,42 @@ router_settings: {{redis_url: "{url}", redis_key_prefix: "tenancy-test:"}}
 def test_redact_masks_every_credential_form(url, shown):
     from router.app import _redact
     assert _redact(url) == shown
+
+
+async def test_a_context_window_fallback_the_key_may_not_use_is_skipped(tmp_path):
+    from aiohttp import web
+
+    async def too_long(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": {"message": "This model's maximum context length is 4096 tokens.",
+                                            "type": "BadRequestError", "param": None, "code": 400}}, status=400)
+
+    small = web.Application()
+    small.router.add_post("/v1/chat/completions", too_long)
+    small_runner = web.AppRunner(small)
+    await small_runner.setup()
+    await web.TCPSite(small_runner, "127.0.0.1", 0).start()
+    big = SimulatedBackend("vllm", ["m"])
+    await big.start()
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: small, litellm_params: {{model: hosted_vllm/m, api_base: "http://127.0.0.1:{small_runner.addresses[0][1]}/v1"}}}}
+  - {{model_name: big, litellm_params: {{model: hosted_vllm/m, api_base: "{big.base_url}/v1"}}}}
+router_settings: {{context_window_fallbacks: [{{small: [big]}}]}}
+general_settings: {{master_key: {MASTER}, api_keys: [{{name: small-only, key: {CHEAP}, models: [small]}}]}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url + "/v1/chat/completions", json={"model": "small", "messages": HI},
+                              headers={"Authorization": f"Bearer {CHEAP}"}) as r:
+                assert r.status == 400 and "maximum context length" in (await r.json())["error"]["message"]
+            assert chats(big) == 0  # not served by `big`, which the key may not use
+            async with s.post(url + "/v1/chat/completions", json={"model": "small", "messages": HI},
+                              headers={"Authorization": f"Bearer {MASTER}"}) as r:
+                assert r.status == 200 and chats(big) == 1  # the master key does fall back
+    finally:
+        await runner.cleanup()
+        await small_runner.cleanup()
+        await big.stop()

@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Mapping
 
 from router.config import ApiKey, Config
+from router.domain import Deployment
 from router.errors import AuthenticationError, PermissionDenied, RequestRateLimited
 
 OPEN_PATHS = frozenset({"/health/liveliness", "/health/readiness", "/health/liveness", "/openapi.json", "/ui"})
@@ -48,6 +49,22 @@ class Access:
     def __init__(self, config: Config) -> None:
         self.keys = tuple((_digest(k.key), k) for k in config.api_keys)
         self.metrics_open = not config.limits.metrics_require_auth
+
+    @staticmethod
+    def may_use(key: ApiKey | None, dep: Deployment, upstream: str, asked: str | None = None) -> bool:
+        """May ``key`` send an attempt to ``dep`` (as ``upstream``)? Yes when one of its
+        ``models`` names or globs matches one of the deployment's own names — its
+        model_list group (``model_name``), its id (``model_info.id``), and for a catch-all
+        or wildcard deployment (which serves whatever name it is handed) the name sent
+        upstream — or ``asked``: the name the request routed by (its model, or the
+        capability of a capability route). The proxy passes ``asked`` only for the
+        deployments that name itself resolved to (an alias's, a capability's, a pattern's)
+        and for fallbacks sent that very name, never for other fallbacks: a listed alias or
+        capability is usable by that name, not a licence for its members by their own
+        names or for what they fall back to."""
+        if key is None or key.models is None:
+            return True
+        return key.allows(dep.model_name, dep.id, upstream if dep.is_dynamic else None, asked)
 
     @property
     def enabled(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -230,13 +230,28 @@ def _all_deployments(config: Config) -> list[Any]:
     return list(config.deployments) + list(config.catchalls.values())
 
 
+_SECRET_PARAM_PARTS = ("pass", "pwd", "user", "auth", "token", "secret", "cred", "key")
+
+
 def _redact(url: str) -> str:
-    """A Redis URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    """A Redis URL (redis, rediss, unix) without its credentials, for logs: the password
+    of ``user:pw@`` (a lone ``token@`` entirely), and the value of every query parameter
+    whose name looks like a credential (``password``, ``username``, ``auth``, ``token``,
+    ...: any name containing pass, pwd, user, auth, token, secret, cred or key)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")  # the last @: a password may contain one
+        user, colon, _ = userinfo.partition(":")
+        netloc = (f"{user}:***" if colon else "***") + "@" + host
+    query = "&".join(
+        f"{item.partition('=')[0]}=***" if any(w in unquote_plus(item.partition("=")[0]).lower() for w in _SECRET_PARAM_PARTS)
+        else item for item in parts.query.split("&")) if parts.query else ""
+    fragment = "***" if parts.fragment else ""
+    return parts._replace(netloc=netloc, query=query, fragment=fragment).geturl()
 
 
 def _start_monitor(app: web.Application) -> None:

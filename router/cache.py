@@ -4,7 +4,9 @@ The key is a SHA-256 of the model name, the endpoint, whether it streams, and
 every request field except the few known not to change the answer (``IGNORED``:
 ``user``, ``metadata``, ...) serialised with sorted keys — so two bodies that
 differ only in key order or in those fields share an entry, and any other
-difference (``guided_choice``, ``grammar``, ``think``, ...) is another entry. Only complete, successful answers are stored: a streamed answer once
+difference (``guided_choice``, ``grammar``, ``think``, ...) is another entry. Entries are
+scoped per client key by default (its name, or its ``tenant``), so one tenant never
+gets another's answer; ``cache_params.scope: shared`` shares them on purpose. Only complete, successful answers are stored: a streamed answer once
 it ended properly, never a partial one, and never one over ``max_entry_bytes``.
 
 Per request: ``Cache-Control: no-cache`` (or LiteLLM's body field
@@ -25,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from router import log
+from router.config import ApiKey
 
 # Body fields known not to change the answer; every other field is part of the key
 # (a field we do not know — guided_choice, grammar, think, ... — might change it).
@@ -34,13 +37,23 @@ from router import log
 IGNORED = frozenset({"model", "stream", "cache", "user", "metadata"})
 
 
-def cache_key(group: str, endpoint: str, stream: bool, body: dict[str, Any]) -> str:
+def cache_key(group: str, endpoint: str, stream: bool, body: dict[str, Any], scope: str = "") -> str:
     """SHA-256 of the model name, endpoint, streaming or not, and every body field
     but ``IGNORED``, with sorted keys. ``stream_options`` counts only for streams
-    (``include_usage`` adds a chunk to a stream; a JSON answer ignores it)."""
+    (``include_usage`` adds a chunk to a stream; a JSON answer ignores it). ``scope``
+    (``scope_of``) keeps tenants apart: "" is the one shared scope."""
     relevant = {k: v for k, v in body.items() if k not in IGNORED and (stream or k != "stream_options")}
-    raw = orjson.dumps([group, endpoint, stream, relevant], option=orjson.OPT_SORT_KEYS)
+    parts = [group, endpoint, stream, relevant] + ([scope] if scope else [])
+    raw = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()
+
+
+def scope_of(key: ApiKey | None, setting: str) -> str:
+    """The cache scope of a request: the client key's (``ApiKey.cache_scope``: its
+    tenant, else its name) with ``cache_params.scope: key``, the default; "" — one scope
+    for everybody — with ``scope: shared`` or when no key is needed (nothing tells the
+    clients apart then)."""
+    return "" if key is None or setting == "shared" else key.cache_scope
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ class CacheSettings:
     password: str | None = field(default=None, repr=False)
     namespace: str = "llm-router:"
     ttl: float = 600.0
+    scope: str = "key"  # key: entries per client key (or tenant) | shared: one scope for every client
     max_bytes: int = 64 * 1024 * 1024  # local LRU budget
     max_entry_bytes: int = 1024 * 1024
 
@@ -88,6 +89,12 @@ class ApiKey:
     models: tuple[str, ...] | None = None  # model names / globs it may use; None = every model
     rpm_limit: int | None = None
     admin: bool = False
+    tenant: str | None = None  # response-cache scope; keys with the same tenant share entries (None: its own)
+
+    @property
+    def cache_scope(self) -> str:
+        """Its part of a response-cache key: its tenant, else its name (the master key's own)."""
+        return f"tenant:{self.tenant}" if self.tenant is not None else f"{'admin' if self.admin else 'key'}:{self.name}"
 
     def allows(self, *names: str | None) -> bool:
         """May this key use a model asked for (or resolved) as any of ``names``?"""
@@ -226,11 +233,11 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
     return MappingProxyType(out)
 
 
-_KEY_FIELDS = {"name", "key", "models", "rpm_limit"}
+_KEY_FIELDS = {"name", "key", "models", "rpm_limit", "tenant"}
 
 
 def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tuple[ApiKey, ...]:
-    """``general_settings.api_keys``: ``[{name, key, models: [...], rpm_limit}]`` (LiteLLM keeps
+    """``general_settings.api_keys``: ``[{name, key, models: [...], rpm_limit, tenant}]`` (LiteLLM keeps
     virtual keys in its database; here they live in the file). The master key is the admin."""
     path: Path = ("general_settings", "api_keys")
     items = get(src, gs, "api_keys", ("general_settings",), "list", default=[])
@@ -248,6 +255,7 @@ def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tup
         key = get(src, item, "key", p, "secret", required=True)
         models = get(src, item, "models", p, "strlist")
         rpm = get(src, item, "rpm_limit", p, "int")
+        tenant = get(src, item, "tenant", p, "str")
         if name in names:
             src.error(p + ("name",), f"duplicate key name {name!r}")
         if key is not None and any(hmac.compare_digest(key.encode(), k.key.encode()) for k in keys):
@@ -256,7 +264,7 @@ def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tup
             src.error(p + ("key",), "must be at least 8 characters")
         if name and key:
             names.add(name)
-            keys.append(ApiKey(name, key, models, rpm))
+            keys.append(ApiKey(name, key, models, rpm, tenant=tenant))
     if items and not master_key:
         src.warn(("general_settings", "api_keys"), "no master_key: the admin endpoints (/router/*, /health, /ui/data) "
                  "cannot be reached with these keys")
@@ -288,7 +296,7 @@ def _limits(src: Source, gs: Mapping[str, Any]) -> Limits:
     )
 
 
-_CACHE_KEYS = {"type", "host", "port", "password", "url", "redis_url", "namespace", "ttl", "max_bytes", "max_entry_bytes"}
+_CACHE_KEYS = {"type", "host", "port", "password", "url", "redis_url", "namespace", "ttl", "scope", "max_bytes", "max_entry_bytes"}
 _CACHE_IGNORED = {"supported_call_types", "mode", "s3_bucket_name", "s3_region_name", "similarity_threshold",
                   "qdrant_collection_name", "redis_semantic_cache_embedding_model", "disk_cache_dir", "default_in_memory_ttl"}
 
@@ -302,6 +310,9 @@ def _cache_settings(src: Source, ls: Mapping[str, Any], router: RouterSettings) 
     kind = get(src, cp, "type", path, "str", default="local")
     if kind not in ("local", "redis"):
         src.error(path + ("type",), f"unsupported cache type {kind!r} (supported: local, redis)")
+    scope = get(src, cp, "scope", path, "str", default="key")
+    if scope not in ("key", "shared"):
+        src.error(path + ("scope",), f"unsupported cache scope {scope!r} (supported: key, shared)")
     url = get(src, cp, "url", path, "secret") or get(src, cp, "redis_url", path, "secret")
     host = get(src, cp, "host", path, "str")
     if url is None and host is not None:
@@ -314,7 +325,7 @@ def _cache_settings(src: Source, ls: Mapping[str, Any], router: RouterSettings) 
         enabled=bool(enabled), type=kind, url=url,
         password=get(src, cp, "password", path, "secret") or router.redis_password,
         namespace=get(src, cp, "namespace", path, "str", default=router.redis_key_prefix),
-        ttl=get(src, cp, "ttl", path, "pos", default=600.0),
+        ttl=get(src, cp, "ttl", path, "pos", default=600.0), scope=scope,
         max_bytes=int(get(src, cp, "max_bytes", path, "pos", default=64 * 1024 * 1024)),
         max_entry_bytes=int(get(src, cp, "max_entry_bytes", path, "pos", default=1024 * 1024)),
     )

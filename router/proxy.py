@@ -16,7 +16,7 @@ import random
 import time
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -43,7 +43,7 @@ from router.providers.ollama import Context
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RoutingStats
-from router.cache import Cache, Entry, cache_control, cache_key
+from router.cache import Cache, Entry, cache_control, cache_key, scope_of
 from router.metrics import STATES, Metrics, model_group
 from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
@@ -214,8 +214,8 @@ class Proxy:
                 outcome.body = body
             model = facts.model or f"capability:{facts.capability}"
             decision = self.decide(routing.engine, facts)
-            if key is not None and not key.allows(facts.model, decision.model if decision else None):
-                raise PermissionDenied(f"The key `{key.name}` may not use the model `{model}`.", param="model")
+            if key is not None and key.models is not None:
+                decision = self._permitted(routing, key, facts, decision, model)
             if decision is None:
                 raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
             if routing.config.router.debug_router:
@@ -225,18 +225,19 @@ class Proxy:
                 self._warm_up(cold, decision.upstream_name(cold))
             read, write = cache_control(request.headers, body)  # also drops LiteLLM's "cache" field
             cache = self.cache if routing.config.cache.enabled else None
-            key = cache_key(decision.model, endpoint, facts.stream, body) if cache is not None and (read or write) else None
-            if key is not None and read:
-                entry = await cache.get(key)
+            ckey = cache_key(decision.model, endpoint, facts.stream, body, scope_of(key, routing.config.cache.scope)) \
+                if cache is not None and (read or write) else None
+            if ckey is not None and read:
+                entry = await cache.get(ckey)
                 if entry is not None:
                     outcome.cache, outcome.status = "hit", 200
                     return await self._from_cache(request, entry, facts.stream, rid)
                 self.stats.cache_misses += 1
-            outcome.cache = None if cache is None else "miss" if key is not None and read else "skip"
-            outcome.capture = write and key is not None
-            response = await self._serve(request, endpoint, body, facts, decision, routing, outcome)
-            if write and key is not None:
-                self._store(cache, key, response, outcome)
+            outcome.cache = None if cache is None else "miss" if ckey is not None and read else "skip"
+            outcome.capture = write and ckey is not None
+            response = await self._serve(request, endpoint, body, facts, decision, routing, outcome, key)
+            if write and ckey is not None:
+                self._store(cache, ckey, response, outcome)
             return response
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
@@ -258,10 +259,37 @@ class Proxy:
         finally:
             self._log(rid, model, endpoint, decision, outcome, time.monotonic() - start)
 
+    def _permitted(self, routing: Routing, key: ApiKey, facts: RequestFacts, decision: RouteDecision | None,
+                   model: str) -> RouteDecision:
+        """The decision without the deployments ``key`` may not use (``Access.may_use``);
+        a 403 when none is left. The name the request routed by (its model, or the
+        capability of a capability route) covers what it resolved to, not the fallbacks."""
+        denied = PermissionDenied(f"The key `{key.name}` may not use the model `{model}`.", param="model")
+        if decision is None:
+            raise denied  # a name that routes nowhere: 403 too, nothing revealed
+        asked = decision.matched if decision.resolved == "capability" else facts.model
+        skipped: list[str] = []
+
+        def keep(deps: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
+            kept = tuple(d for d in deps if Access.may_use(key, d, decision.upstream_name(d), asked))
+            skipped.extend(d.id for d in deps if d not in kept)
+            return kept
+
+        candidates, last_resort = keep(decision.candidates), keep(decision.last_resort)
+        if not candidates and not last_resort:
+            raise denied
+        if not skipped:
+            return decision
+        return replace(decision, candidates=candidates, last_resort=last_resort,
+                       warm_up=tuple(d for d in decision.warm_up if d in candidates),
+                       model=facts.model or (candidates or last_resort)[0].model_name,
+                       trace=decision.trace + (f"access: key {key.name!r} may not use {', '.join(dict.fromkeys(skipped))}: skipped",))
+
     # -- attempts and fallbacks -----------------------------------------------------------------
 
     async def _serve(self, request: web.Request, endpoint: str, body: dict[str, Any], facts: RequestFacts,
-                     decision: RouteDecision, routing: Routing, outcome: Outcome) -> web.StreamResponse:
+                     decision: RouteDecision, routing: Routing, outcome: Outcome,
+                     key: ApiKey | None = None) -> web.StreamResponse:
         """Try the candidates, then the fallbacks, in order; retry rounds with backoff
         while the deadline allows. Returns the first response that reached the client."""
         loop = self.loop or asyncio.get_running_loop()
@@ -275,6 +303,16 @@ class Proxy:
         delay = RETRY_BASE_DELAY
         full: list[Deployment] = []  # candidates skipped only because they were at max_parallel_requests
         i = 0
+        def permitted(entries: list[tuple[Deployment, str]]) -> list[tuple[Deployment, str]]:
+            """Fallbacks ``key`` may use; the others are skipped (and traced)."""
+            if key is None or key.models is None:
+                return entries
+            kept = [(d, u) for d, u in entries if Access.may_use(key, d, u, facts.model if u == facts.model else None)]
+            denied = list(dict.fromkeys(d.id for d, u in entries if (d, u) not in kept))
+            if denied:
+                self._trace(routing, [f"access: key {key.name!r} may not use fallback {', '.join(denied)}: skipped"], request)
+            return kept
+
         while True:
             if i == len(plan) and full and not errors:
                 # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
@@ -291,7 +329,7 @@ class Proxy:
                     fallbacks_added = True
                     fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers)
                     self._trace(routing, fb.trace, request)
-                    plan += [e for e in fb.entries if e not in plan]
+                    plan += [e for e in permitted(fb.entries) if e not in plan]
                     plan += [e for e in ((d, decision.upstream_name(d)) for d in decision.last_resort) if e not in plan]
                     if fb.retry_attempts is not None:
                         max_rounds = max(max_rounds, fb.retry_attempts - 1)
@@ -333,9 +371,10 @@ class Proxy:
                     fallbacks_added = True  # only the context window fallbacks apply now
                     fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers, context_overflow=True)
                     self._trace(routing, fb.trace, request)
-                    if not fb.entries:
+                    entries = permitted(fb.entries)
+                    if not entries:
                         raise
-                    plan[i:] = [e for e in fb.entries if e not in plan[:i]]
+                    plan[i:] = [e for e in entries if e not in plan[:i]]
                     max_rounds = 0
                     continue
                 if not exc.retryable:

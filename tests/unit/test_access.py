@@ -138,3 +138,17 @@ def test_keys_and_limits_in_general_settings(tmp_path, monkeypatch):
     assert any(":9: general_settings.max_json_depth: must be a non-negative integer" in e for e in errs), errs
     assert len(errs) == 5
     assert not any("sk-master-000" in e for e in errs)
+
+
+def test_a_key_may_use_a_deployment_by_its_own_names_or_by_the_name_the_request_routed_by():
+    from router.domain import Deployment
+    dep = Deployment("qwen-1", "coder", "vllm", "vllm", "Qwen/Qwen2.5-7B", "http://127.0.0.1:1")
+    catchall = Deployment("vllm/*", "vllm/*", "vllm", "vllm", "", "http://127.0.0.1:1", is_dynamic=True)
+    key = ApiKey("k", "sk-k-000000", ("coder", "qwen-1", "fast", "meta-llama/*"))
+    assert Access.may_use(None, dep, "x") and Access.may_use(ApiKey("all", "sk-all-0000"), dep, "x")
+    assert Access.may_use(key, dep, dep.upstream_model)  # its group (and its id)
+    assert Access.may_use(ApiKey("k", "sk-k-000000", ("qwen-1",)), dep, dep.upstream_model)  # its id
+    other = Deployment("big-1", "big", "vllm", "vllm", "meta-llama/Llama-70B", "http://127.0.0.1:1")
+    assert not Access.may_use(key, other, other.upstream_model)  # a static deployment's upstream name is not one
+    assert Access.may_use(key, other, other.upstream_model, asked="fast")  # ...but the name it was reached by is
+    assert Access.may_use(key, catchall, "meta-llama/x") and not Access.may_use(key, catchall, "mistral")

@@ -291,6 +291,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
             r["results"][slot] = {"ok": False, "refused": False,
                                   "detail": f"no acknowledgement within {RELOAD_TIMEOUT:g} s"}
         rows = [{"worker": slot + 1, **res} for slot, res in sorted(r["results"].items())]
+        room = max(1000, _MAX_MESSAGE // 2 // max(1, len(rows)))  # the answer must fit in one message
+        rows = [{**row, "detail": row["detail"][:room]} for row in rows]
         ok = bool(rows) and all(row["ok"] for row in rows)
         if ok:
             logger.info(f"configuration reloaded in all {len(rows)} workers", generation=gen)

@@ -185,6 +185,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logger.warning(str(w))
     app = create_app(config)
     app[PROXY].log_bodies = args.log_bodies
+    link = None
+    if args.worker:
+        from router.app import SUPERVISOR_LINK
+        from router.workers import SupervisorLink
+
+        link = SupervisorLink.from_env()  # heartbeats, and reloads of every worker
+        if link is not None:
+            app[SUPERVISOR_LINK] = link
 
     def announce() -> None:
         """Called once the port is bound: log it, and tell systemd (Type=notify)."""
@@ -209,8 +217,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(app)))
         watchdog = loop.create_task(systemd.watchdog_loop())
+        if link is not None:
+            link.start(lambda: reload_config(app))
         yield
         watchdog.cancel()
+        if link is not None:
+            link.close()
 
     async def farewell(_: web.Application) -> None:
         if not args.worker:

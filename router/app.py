@@ -31,6 +31,7 @@ from router.state import StateTable
 PROXY = web.AppKey("proxy", Proxy)
 MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
+SUPERVISOR_LINK = web.AppKey("supervisor_link", object)  # a worker's router.workers.SupervisorLink
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -303,10 +304,31 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
 
 
 async def reload(request: web.Request) -> web.Response:
+    link = request.app.get(SUPERVISOR_LINK)
+    if link is not None:  # --workers: every worker reloads, not just the one that got this request
+        return await _reload_all(link)
     ok, detail = await reload_config(request.app)
     if not ok:
         raise BadRequest(f"The new configuration is invalid; the old one keeps serving.\n{detail}", code="invalid_config")
     return _json({"status": "reloaded", "summary": detail})
+
+
+async def _reload_all(link: Any) -> web.Response:
+    """200 once every worker has switched; 400 (with the file:line problems) when every
+    worker refused the file; 503 when some did not switch (or did not answer in time)."""
+    rows = await link.reload_all()
+    if rows is None:
+        raise RouterError("The supervisor did not answer the reload request; the workers may serve different "
+                          "configurations. Send SIGHUP to the supervisor, or restart.", status=503, code="reload_incomplete")
+    if rows and all(r["ok"] for r in rows):
+        return _json({"status": "reloaded", "summary": rows[0]["detail"], "workers": len(rows)})
+    if rows and all(r["refused"] for r in rows):
+        raise BadRequest(f"The new configuration is invalid; the old one keeps serving.\n{rows[0]['detail']}",
+                         code="invalid_config")
+    done = sum(r["ok"] for r in rows)
+    problems = "; ".join(f"worker {r['worker']}: {r['detail']}" for r in rows if not r["ok"])
+    raise RouterError(f"The configuration was reloaded in {done} of {len(rows)} workers ({problems}); the workers may "
+                      "serve different configurations.", status=503, code="reload_incomplete")
 
 
 def create_app(config: Config) -> web.Application:

@@ -199,11 +199,10 @@ async def test_workers_the_supervisor_notifies(serve_factory, notifications):
     while not all(f"(worker {n})" in log.read_text() for n in (1, 2)):  # READY comes when one answers
         assert loop.time() < end, log.read_text()
         await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGHUP)  # forwarded: each worker reloads, and none of them may notify
-    end = loop.time() + 10
-    while log.read_text().count("Configuration reloaded") < 2:
-        assert loop.time() < end, log.read_text()
-        await asyncio.sleep(0.05)  # polling the log, bounded by the deadline
+    proc.send_signal(signal.SIGHUP)  # each worker reloads, and none of them may notify
+    await notifications.expect("RELOADING=1", proc)  # from the supervisor, then READY=1 once every worker
+    await notifications.expect("READY=1", proc)  # has acknowledged the new configuration
+    assert log.read_text().count("Configuration reloaded") == 2, log.read_text()
     await notifications.next(0.2)  # anything a worker might have sent
     proc.send_signal(signal.SIGTERM)
     await notifications.expect("STOPPING=1", proc)
@@ -218,6 +217,37 @@ async def test_workers_watchdog_pings_come_from_the_supervisor(serve_factory, no
     for _ in range(3):
         await notifications.expect("WATCHDOG=1", proc, deadline_s=2)
     assert notifications.senders == {proc.pid}
+
+
+async def test_workers_watchdog_is_withheld_while_no_worker_is_alive(serve_factory, notifications, tmp_path):
+    """The supervisor pinged for ever, even with no worker serving; now WATCHDOG=1 means
+    some worker's event loop is turning (it beats), so systemd restarts a service whose
+    workers are all gone: here both are killed and their replacements cannot start."""
+    proc, base, log = await serve_factory("--workers", "2", main_pid_watchdog=True, WATCHDOG_USEC="1000000")
+    async with aiohttp.ClientSession() as s:
+        await await_ready(notifications, proc, base, s)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while not all(f"(worker {n})" in log.read_text() for n in (1, 2)):
+        assert loop.time() < end, log.read_text()
+        await asyncio.sleep(0.05)
+    await notifications.expect("WATCHDOG=1", proc, deadline_s=2)
+    (tmp_path / "config.yaml").write_text("model_list: [oops\n")  # replacements exit 2 at start
+    for pid in re.findall(r"worker \d started pid=(\d+)", log.read_text()):
+        os.kill(int(pid), signal.SIGKILL)
+    end = loop.time() + 20
+    while not all(f"worker {n} exited with 2" in log.read_text() for n in (1, 2)):
+        assert loop.time() < end, log.read_text()
+        await asyncio.sleep(0.05)
+    while await notifications.next(0.01) is not None:  # what was sent before
+        pass
+    pings = []
+    end = loop.time() + 3  # six pings were due in this window
+    while loop.time() < end:
+        msg = await notifications.next(0.1)
+        if msg is not None and "WATCHDOG=1" in msg.split("\n"):
+            pings.append(msg)
+    assert not pings and proc.poll() is None, log.read_text()
 
 
 # --- the unit -----------------------------------------------------------------------------

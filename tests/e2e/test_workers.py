@@ -110,3 +110,98 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "zombie" not in status.lower()
+
+
+async def _start_two_workers(tmp_path: Path, config: str, **extra_env: str) -> tuple[subprocess.Popen, int, str, list[int]]:
+    """`serve --workers 2` on a free port, once both workers listen: (process, port, log so far, worker pids)."""
+    port, = free_ports(1)
+    (tmp_path / "c.yaml").write_text(config)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
+    env.pop("JOURNAL_STREAM", None)
+    serve = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path / "c.yaml"), "--port", str(port),
+                              "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = await read_log_until(serve, "worker 2 started", deadline_s=30)
+        while not all(f"(worker {i})" in out for i in (1, 2)):
+            out += await read_log_until(serve, "listening on", deadline_s=30)
+    except BaseException:
+        serve.kill()
+        serve.wait()
+        serve.stdout.close()
+        raise
+    return serve, port, out, [int(p) for p in re.findall(r"worker \d started pid=(\d+)", out)]
+
+
+def _stop(serve: subprocess.Popen) -> None:
+    if serve.poll() is None:
+        serve.kill()
+    serve.wait()
+    if serve.stdout:
+        serve.stdout.close()
+
+
+UNREACHABLE_BACKEND = ("model_list:\n  - {model_name: one, litellm_params: {model: openai/tiny, api_base: 'http://127.0.0.1:9/v1'}, "
+                       "model_info: {provider: llama_cpp_native}}\n")
+
+
+async def test_a_worker_whose_loop_hangs_is_killed_and_replaced(tmp_path):
+    """A worker's event loop stops turning (the test-only hook blocks it in time.sleep):
+    the supervisor misses its heartbeats, logs an ERROR, kills it and starts another;
+    afterwards every new connection is served (none lands on the hung worker)."""
+    hang = tmp_path / "hang"
+    serve, port, out, pids = await _start_two_workers(tmp_path, UNREACHABLE_BACKEND, LLM_ROUTER_TEST_HANG_FILE=str(hang))
+    try:
+        hang.touch()  # the first worker to beat deletes it, and hangs
+        killed = await read_log_until(serve, "sent no heartbeat", deadline_s=20)
+        line = killed.splitlines()[-1]
+        assert "ERROR" in line and "killing it" in line, line
+        slot, hung_pid = re.search(r"worker (\d) sent no heartbeat.*pid=(\d+)", line).groups()
+        assert int(hung_pid) in pids and not hang.exists()
+        restarted = await read_log_until(serve, f"worker {slot} started", deadline_s=20)
+        assert f"worker {slot} exited with -9; restarting" in restarted
+        new_pid = int(re.findall(rf"worker {slot} started pid=(\d+)", restarted)[-1])
+        assert new_pid not in pids
+        await read_log_until(serve, f"(worker {slot})", deadline_s=30)  # the replacement listens
+        assert not _alive(int(hung_pid))
+        timeout = aiohttp.ClientTimeout(total=5)
+        for _ in range(20):  # new connections: a hung worker would leave about half of them unanswered
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                async with s.get(f"http://127.0.0.1:{port}/health/readiness") as r:
+                    assert r.status == 200
+        assert serve.poll() is None
+    finally:
+        _stop(serve)
+
+
+async def test_reload_endpoint_reloads_every_worker(tmp_path):
+    """POST /router/reload reached only the worker that got it: a removed key was still
+    accepted on about half of the new connections. Now it answers 200 only once every
+    worker has acknowledged the new configuration; an invalid one is still a 400."""
+    master, doomed = "sk-master-0001", "sk-doomed-0001"
+    keys = f"general_settings: {{master_key: {master}, api_keys: [{{name: doomed, key: {doomed}}}]}}\n"
+    serve, port, _, _ = await _start_two_workers(tmp_path, UNREACHABLE_BACKEND + keys)
+    base = f"http://127.0.0.1:{port}"
+
+    async def status(path: str, key: str, method: str = "GET") -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as s:  # a new connection each time: the kernel picks the worker
+            async with s.request(method, base + path, headers={"Authorization": f"Bearer {key}"}) as r:
+                return r.status, await r.json()
+
+    try:
+        assert [(await status("/v1/models", doomed))[0] for _ in range(10)] == [200] * 10
+        (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + f"general_settings: {{master_key: {master}}}\n")
+        code, body = await status("/router/reload", master, "POST")
+        assert (code, body.get("status")) == (200, "reloaded"), body
+        codes = [(await status("/v1/models", doomed))[0] for _ in range(40)]
+        assert codes == [401] * 40, codes
+        assert body.get("workers") == 2, body
+        assert [(await status("/v1/models", master))[0] for _ in range(10)] == [200] * 10
+
+        (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + "general_settings: {master_key: 7}\n  oops: [\n")
+        code, body = await status("/router/reload", master, "POST")
+        assert code == 400 and body["error"]["code"] == "invalid_config", body
+        assert re.search(r"c\.yaml:\d+", body["error"]["message"]), body
+        assert [(await status("/v1/models", master))[0] for _ in range(10)] == [200] * 10  # the old one keeps serving
+        assert serve.poll() is None
+    finally:
+        _stop(serve)

@@ -44,6 +44,17 @@ def _error(exc: RouterError, rid: str) -> web.Response:
                         headers={"x-request-id": rid, **exc.headers()})
 
 
+def _encoding_refused(request: web.Request) -> RouterError | None:
+    """A compressed request body is refused, never inflated (a few MB of gzip inflate
+    to gigabytes, on the event loop); LiteLLM's server does not decode them either.
+    aiohttp's own inflating is off (``router.server.runner_options``)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return None
+    return BadRequest(f"Content-Encoding `{encoding[:64]}` is not supported: send the request body uncompressed.",
+                      status=415, code="unsupported_content_encoding")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keys (``router.access``), OpenAI-shaped errors for everything (404s, 405s,
@@ -55,6 +66,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),
                                   request_id=rid, path=request.path, status=exc.status)
         return _error(exc, rid)
+    refused = _encoding_refused(request)
+    if refused is not None:
+        log.get("ROUTER").warning("Rejected request: " + refused.message, request_id=rid, path=request.path, status=415)
+        return _error(refused, rid)  # aiohttp then discards the unread body as it is (never inflated)
     try:
         response = await handler(request)
     except web.HTTPException as exc:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -112,6 +113,12 @@ def nested(depth: int) -> bytes:
     return b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * depth + b"]" * depth + b"}"
 
 
+def deflate_bomb(inflated_mb: int) -> bytes:
+    z = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    return b"".join(z.compress(zeros) for _ in range(inflated_mb)) + z.flush()
+
+
 HEAD = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 CASES = {
     "oversized body": (post(b'{"model": "m", "x": "' + b"a" * (2 * 1024 * 1024) + b'"}'), 413, "request_too_large"),
@@ -133,6 +140,8 @@ CASES = {
     "garbage request line": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS hello\r\n\r\n", 400, None),
     "bad Content-Length": (HEAD.encode() + b"Content-Length: -1\r\n\r\n{}", 400, None),
     "GET on a POST endpoint": (f"GET {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), 405, None),
+    "a deflate bomb (256 MB of zeros)": (post(deflate_bomb(256), extra="Content-Encoding: deflate\r\n"), 415,
+                                    "unsupported_content_encoding"),
     "unknown path": (b"POST /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 404, None),
 }
 

@@ -163,6 +163,10 @@ def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_por
         shutdown_timeout: float, ready: Callable[[], None], backlog: int = 1024) -> None:
     """Serve until SIGINT/SIGTERM, then drain (``shutdown_timeout``) and clean up."""
 
+    from router.app import BIND_HOST
+
+    app[BIND_HOST] = host  # a keyless router also answers to the name it was bound to
+
     async def main() -> None:
         runner = Runner(app, limits, handle_signals=True, shutdown_timeout=shutdown_timeout)
         await runner.setup()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
+from fnmatch import fnmatchcase
 from urllib.parse import unquote_plus, urlsplit
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -14,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import __version__, log
-from router.config import Config, ConfigError, load_config
+from router.config import Config, ConfigError, WebAccess, load_config
 from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
@@ -32,6 +34,8 @@ PROXY = web.AppKey("proxy", Proxy)
 MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
 SUPERVISOR_LINK = web.AppKey("supervisor_link", object)  # a worker's router.workers.SupervisorLink
+BIND_HOST = web.AppKey("bind_host", str)  # what `serve --host` bound to (set by router.server.run)
+CORS_ORIGIN = web.RequestKey("cors_origin", str)  # request key: the allowed cross-origin page this answer is granted to
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,17 +49,145 @@ def _error(exc: RouterError, rid: str) -> web.Response:
                         headers={"x-request-id": rid, **exc.headers()})
 
 
+# Bodies a web page can send to another origin without asking first (a "simple" request).
+SIMPLE_TYPES = {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
+CORS_EXPOSE = "x-request-id, x-router-deployment, x-router-provider, x-router-route, x-router-attempts, " \
+              "x-router-fallback, x-router-overhead-ms, retry-after"
+
+
+def _split_host(value: str) -> str:
+    """The host of a ``Host`` header or an origin's netloc, lower-cased, without port,
+    brackets or a trailing dot."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:v.find("]")] if "]" in v else v
+    if v.count(":") == 1:
+        v = v.partition(":")[0]
+    return v.rstrip(".")
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost``, ``*.localhost`` (RFC 6761: browsers never ask DNS for them, so no
+    page can rebind them), 127.0.0.0/8, ::1."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(header: str | None, web_access: WebAccess, bound: str | None) -> bool:
+    """May a keyless router answer a request sent to ``Host: header``? Loopback names
+    and addresses, the address it is bound to, and ``allowed_hosts``. Any other name
+    is how a DNS-rebinding page reaches it (evil.example resolving to 127.0.0.1)."""
+    if not header:
+        return True  # no Host (HTTP/1.0): not a browser, browsers always send it
+    host = _split_host(header)
+    if _is_loopback(host):
+        return True
+    bound = _split_host(bound) if bound else None
+    if bound is not None and host == bound:
+        return True
+    if bound in ("0.0.0.0", "::", ""):  # --allow-unauthenticated on every address: an address is fine, a name is not
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+    return any(fnmatchcase(host, pattern) for pattern in web_access.allowed_hosts)
+
+
+def origin_allowed(origin: str, host: str | None, web_access: WebAccess) -> bool:
+    """May the web page of ``origin`` call a keyless router? Its own pages (same host),
+    pages on loopback (as Ollama), and ``allowed_origins``. ``null`` (sandboxed frames,
+    file://) only when configured: any page can make one."""
+    origin = origin.strip().lower()
+    if any(fnmatchcase(origin, pattern) for pattern in web_access.allowed_origins):
+        return True
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme not in ("http", "https") or "/" in netloc:
+        return False
+    if host is not None and netloc == host.strip().lower():
+        return True
+    return _is_loopback(_split_host(netloc))
+
+
+def web_guard(request: web.Request, config: Config) -> None:
+    """A router without any key is a service on loopback that web pages in the
+    operator's browser can reach. Refuse what only a page would send: a foreign Host
+    (DNS rebinding), a foreign Origin (cross-site requests), and a form or text body
+    from a browser (the requests a page may send cross-site without a preflight)."""
+    headers = request.headers
+    host = headers.get("Host")
+    if not host_allowed(host, config.web, request.app.get(BIND_HOST)):
+        raise PermissionDenied(f"Host `{host}` is not allowed: llm-router has no key, so it answers only to loopback "
+                               "names and general_settings.allowed_hosts (a protection against DNS rebinding).",
+                               code="host_not_allowed")
+    origin = headers.get("Origin")
+    if origin is not None:
+        if not origin_allowed(origin, host, config.web):
+            raise PermissionDenied(f"Origin `{origin}` is not allowed: llm-router has no key, so only pages on loopback "
+                                   "and general_settings.allowed_origins (or LLM_ROUTER_ORIGINS) may call it.",
+                                   code="origin_not_allowed")
+        if host is None or origin.strip().lower().partition("://")[2] != host.strip().lower():
+            request[CORS_ORIGIN] = origin
+    if request.method == "POST" and (origin is not None or "Sec-Fetch-Mode" in headers) \
+            and request.content_type in SIMPLE_TYPES:
+        raise BadRequest(f"Content-Type `{request.content_type}` is not accepted from a web page; send "
+                         "application/json.", status=415, code="unsupported_media_type")
+
+
+def _preflight(request: web.Request) -> web.Response:
+    """A CORS preflight from an allowed page: granted (GET and POST, the headers it asks for)."""
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Origin": request[CORS_ORIGIN],
+        "Access-Control-Allow-Methods": "GET, POST",
+        "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", ""),
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin"})
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an allowed cross-origin page carries its grant (streams too)."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+        response.headers["Vary"] = "Origin"
+
+
+def _encoding_refused(request: web.Request) -> RouterError | None:
+    """A compressed request body is refused, never inflated (a few MB of gzip inflate
+    to gigabytes, on the event loop); LiteLLM's server does not decode them either.
+    aiohttp's own inflating is off (``router.server.runner_options``)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return None
+    return BadRequest(f"Content-Encoding `{encoding[:64]}` is not supported: send the request body uncompressed.",
+                      status=415, code="unsupported_content_encoding")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keys (``router.access``), OpenAI-shaped errors for everything (404s, 405s,
     bugs), and x-request-id."""
     rid = assign_request_id(request)
+    routing = request.app[PROXY].routing
     try:
-        request[CLIENT_KEY] = request.app[PROXY].routing.access.authorize(request.path, request.headers)
+        if not routing.config.api_keys:
+            web_guard(request, routing.config)
+            if request.method == "OPTIONS" and CORS_ORIGIN in request and "Access-Control-Request-Method" in request.headers:
+                return _preflight(request)
+        request[CLIENT_KEY] = routing.access.authorize(request.path, request.headers)
     except RouterError as exc:
         log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),
                                   request_id=rid, path=request.path, status=exc.status)
         return _error(exc, rid)
+    refused = _encoding_refused(request)
+    if refused is not None:
+        log.get("ROUTER").warning("Rejected request: " + refused.message, request_id=rid, path=request.path, status=415)
+        return _error(refused, rid)  # aiohttp then discards the unread body as it is (never inflated)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -337,6 +469,7 @@ def create_app(config: Config) -> web.Application:
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
     app.cleanup_ctx.append(_upstream_session)
+    app.on_response_prepare.append(_cors_headers)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", _endpoint("chat"))
         app.router.add_post(f"{prefix}/completions", _endpoint("completions"))

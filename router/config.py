@@ -120,6 +120,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WebAccess:
+    """Who may reach a router that has no key (``general_settings.allowed_hosts``,
+    ``allowed_origins`` and env ``LLM_ROUTER_ORIGINS``), on top of the loopback names
+    that are always allowed; lower-cased, ``*`` globs allowed. Unused with a key."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     mappings_file: str | None
@@ -135,6 +145,7 @@ class Config:
     api_keys: tuple[ApiKey, ...] = ()
     limits: Limits = field(default_factory=Limits)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    web: WebAccess = field(default_factory=WebAccess)
     request_timeout: float = DEFAULT_TIMEOUT
     warnings: tuple[Issue, ...] = ()
 
@@ -193,7 +204,7 @@ _LITELLM_IGNORED = {
 }
 _GENERAL_KEYS = {"master_key", "api_keys", "metrics_require_auth", "max_request_size_mb", "max_json_depth",
                  "max_messages", "max_input_items", "max_header_size_kb", "max_headers", "client_read_timeout",
-                 "max_connections", "global_rpm_limit"}
+                 "max_connections", "global_rpm_limit", "allowed_hosts", "allowed_origins"}
 _GENERAL_IGNORED = {
     "database_url", "store_model_in_db", "alerting", "alerting_threshold", "background_health_checks",
     "health_check_interval", "health_check_details", "proxy_batch_write_at", "database_connection_pool_limit",
@@ -294,6 +305,36 @@ def _limits(src: Source, gs: Mapping[str, Any]) -> Limits:
         global_rpm_limit=get(src, gs, "global_rpm_limit", path, "int"),
         metrics_require_auth=get(src, gs, "metrics_require_auth", path, "bool", default=False),
     )
+
+
+_HOST_RE = re.compile(r"(\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])")
+_ORIGIN_RE = re.compile(r"(\*|null|[a-z][a-z0-9+.-]*://(\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:(\d{1,5}|\*))?)")
+
+
+def _web_access(src: Source, gs: Mapping[str, Any]) -> WebAccess:
+    """``allowed_hosts`` (names a keyless router answers to besides loopback, like
+    ``my-box.lan``) and ``allowed_origins`` (web pages that may call it, like
+    OLLAMA_ORIGINS: ``https://chat.example.lan``, ``http://localhost:*``)."""
+    path: Path = ("general_settings",)
+    hosts = get(src, gs, "allowed_hosts", path, "strlist", default=())
+    origins = list(get(src, gs, "allowed_origins", path, "strlist", default=()))
+    for i, h in enumerate(hosts):
+        if not _HOST_RE.fullmatch(h.strip().lower().rstrip(".")):
+            src.error(path + ("allowed_hosts", i), f"{h!r} is not a host name: no scheme, port or path "
+                      "(`my-box.lan`, `*.lan`, `[fd00::1]`, or `*` for any)")
+    for i, o in enumerate(origins):
+        if not _ORIGIN_RE.fullmatch(o.strip().lower().rstrip("/")):
+            src.error(path + ("allowed_origins", i), f"{o!r} is not an origin: scheme://host[:port], no path "
+                      "(`https://chat.example.lan`, `http://localhost:*`, `https://*.example.lan`, `null`, or `*`)")
+    env = os.environ.get("LLM_ROUTER_ORIGINS", "")
+    for o in filter(None, (x.strip() for x in env.split(","))):
+        if _ORIGIN_RE.fullmatch(o.lower().rstrip("/")):
+            origins.append(o)
+        else:
+            src.errors.append(Issue("environment", 0, "LLM_ROUTER_ORIGINS", f"{o!r} is not an origin: "
+                                    "scheme://host[:port], no path, comma-separated"))
+    return WebAccess(tuple(h.strip().lower().rstrip(".") for h in hosts),
+                     tuple(o.strip().lower().rstrip("/") for o in origins))
 
 
 _CACHE_KEYS = {"type", "host", "port", "password", "url", "redis_url", "namespace", "ttl", "scope", "max_bytes", "max_entry_bytes"}
@@ -567,6 +608,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
     api_keys = _api_keys(src, gs, master_key)
     limits = _limits(src, gs)
+    web = _web_access(src, gs)
 
     router = _router_settings(src, top)
     cache = _cache_settings(src, ls, router)
@@ -619,6 +661,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         api_keys=api_keys,
         limits=limits,
         cache=cache,
+        web=web,
         request_timeout=request_timeout,
         warnings=warnings,
     )

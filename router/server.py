@@ -126,8 +126,11 @@ class GuardedServer(web.Server):
 def runner_options(limits: Limits) -> dict[str, Any]:
     """The handler settings from ``limits``; also what tests start the app with."""
     line = int(limits.max_header_size_kb * 1024)
+    # auto_decompress off: aiohttp would inflate a gzip/deflate/br body as it arrives, on
+    # the event loop, before any check (a bomb); router.app refuses such bodies (415).
     return {"handler_cancellation": True, "access_log": None, "keepalive_timeout": limits.client_read_timeout,
-            "max_line_size": line, "max_field_size": line, "max_headers": limits.max_headers}
+            "max_line_size": line, "max_field_size": line, "max_headers": limits.max_headers,
+            "auto_decompress": False}
 
 
 class Runner(web.AppRunner):
@@ -159,6 +162,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_port: bool | None,
         shutdown_timeout: float, ready: Callable[[], None], backlog: int = 1024) -> None:
     """Serve until SIGINT/SIGTERM, then drain (``shutdown_timeout``) and clean up."""
+
+    from router.app import BIND_HOST
+
+    app[BIND_HOST] = host  # a keyless router also answers to the name it was bound to
 
     async def main() -> None:
         runner = Runner(app, limits, handle_signals=True, shutdown_timeout=shutdown_timeout)

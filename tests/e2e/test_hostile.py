@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -100,7 +101,7 @@ async def exchange(port: int, data: bytes | list[bytes], pause: float = 0.0, tim
 
 
 def post(body: bytes, content_type: str = "application/json", extra: str = "") -> bytes:
-    return (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
+    return (f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
             "Connection: close\r\n\r\n").encode() + body
 
 
@@ -112,7 +113,13 @@ def nested(depth: int) -> bytes:
     return b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * depth + b"]" * depth + b"}"
 
 
-HEAD = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+def deflate_bomb(inflated_mb: int) -> bytes:
+    z = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    return b"".join(z.compress(zeros) for _ in range(inflated_mb)) + z.flush()
+
+
+HEAD = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
 CASES = {
     "oversized body": (post(b'{"model": "m", "x": "' + b"a" * (2 * 1024 * 1024) + b'"}'), 413, "request_too_large"),
     "JSON deeper than max_json_depth": (post(nested(40)), 400, "json_too_deep"),
@@ -132,8 +139,13 @@ CASES = {
     "500 headers": (post(GOOD, extra="".join(f"X-H{i}: v\r\n" for i in range(500))), 400, None),
     "garbage request line": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS hello\r\n\r\n", 400, None),
     "bad Content-Length": (HEAD.encode() + b"Content-Length: -1\r\n\r\n{}", 400, None),
-    "GET on a POST endpoint": (f"GET {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), 405, None),
-    "unknown path": (b"POST /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 404, None),
+    "GET on a POST endpoint": (f"GET {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode(), 405, None),
+    "DNS rebinding (a foreign Host, no key)": (post(GOOD).replace(b"Host: 127.0.0.1", b"Host: evil.example:4000"), 403, "host_not_allowed"),
+    "a page on another site (Origin, no key)": (post(GOOD, extra="Origin: https://evil.example\r\n"), 403, "origin_not_allowed"),
+    "a cross-site form post (no key)": (post(GOOD, "text/plain", "Origin: http://localhost:3000\r\n"), 415, "unsupported_media_type"),
+    "a deflate bomb (256 MB of zeros)": (post(deflate_bomb(256), extra="Content-Encoding: deflate\r\n"), 415,
+                                    "unsupported_content_encoding"),
+    "unknown path": (b"POST /v1/../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 404, None),
 }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +51,15 @@ async def test_two_workers_serve_one_port_a_dead_one_is_restarted_and_sigterm_st
             for _ in range(20):  # every request still served (the kernel spreads them over the live workers)
                 async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY) as r:
                     assert r.status == 200
-            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:  # whichever worker answers counts them all
-                text = await r.text()
-            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("llm_router_requests_total{"))
+            # Whichever worker answers counts them all. Each worker applies its counts at the end
+            # of the loop turn that finished the request, so the other worker's last one may land
+            # just after a scrape that arrives first: ask until both are in (bounded).
+            deadline, total = time.monotonic() + 10, 0.0
+            while total != 40 and time.monotonic() < deadline:
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    text = await r.text()
+                total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("llm_router_requests_total{"))
             assert total == 40
         serve.send_signal(signal.SIGTERM)
         assert await asyncio.get_running_loop().run_in_executor(None, serve.wait, 30) == 0

@@ -201,12 +201,16 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     if url:
         share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
         share.limits = proxy.limits
+        share.on_health = proxy.metrics.sharing
+        proxy.metrics.sharing(False)  # until the first sync round works
         await share.start()
         proxy.state.share = share
         log.get("SHARED").info("Sharing state through Redis", redis=_redact(url), prefix=config.router.redis_key_prefix)
     proxy.cache = make_cache(config)
     _start_monitor(app)
+    proxy.metrics.start()
     yield
+    await proxy.metrics.stop()
     await _stop_monitor(app)
     await proxy.close()
     if proxy.state.share is not None:
@@ -283,6 +287,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
     _start_monitor(app)
     for w in new.warnings:
         logger.warning(str(w))
+    proxy.metrics.reloaded()
     logger.info("Configuration reloaded", config=new.file, summary=new.summary())
     return True, new.summary()
 

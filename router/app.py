@@ -24,7 +24,6 @@ from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import openapi
 from router import ui
-from router.metrics import STATES
 from router.shared import RedisShare, redis_url
 from router.state import StateTable
 
@@ -171,11 +170,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; the deployment state gauges are brought up to date first
     (a cooldown ends by time, not by an event)."""
     proxy = request.app[PROXY]
-    now = time.time()
-    for d in _all_deployments(proxy.config):
-        current = proxy.state[d.id].health.current(now).value
-        for name in STATES:
-            proxy.metrics.set(proxy.metrics.child(proxy.metrics.state, d.id, name), 1 if name == current else 0)
+    proxy.metrics.states(_all_deployments(proxy.config), proxy.config.groups, proxy.state, time.time())
     return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -37,7 +37,7 @@ import os
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import multiprocess
@@ -88,6 +88,10 @@ class Metrics:
                                multiprocess_mode="livesum", registry=r)
         self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
                            ["deployment", "state"], multiprocess_mode="livemax", registry=r)
+        self.group_healthy = Gauge("llm_router_model_group_healthy_deployments", "Deployments of the model group "
+                                   "not in cooldown (healthy, degraded or half-open: requests can go to them); 0 = "
+                                   "the group can only fail or fall back.", ["model_group"],
+                                   multiprocess_mode="livemax", registry=r)
         self.cache = Counter("llm_router_cache", "Response cache lookups by result.", ["result"], registry=r)
         self.upstream_errors = Counter("llm_router_upstream_errors", "Failed attempts by deployment and error class.",
                                        ["deployment", "error_class"], registry=r)
@@ -133,6 +137,19 @@ class Metrics:
     def _mine(self, gauge: Any) -> Any:
         """A per-process gauge's own child (the gauge itself in one process)."""
         return gauge.labels(self.worker) if self.worker else gauge
+
+    def states(self, deployments: Iterable[Deployment], groups: Mapping[str, Iterable[Deployment]], state: Any,
+               now: float) -> None:
+        """Bring the deployment state gauges and each group's healthy count up to date (a
+        cooldown ends by time, not by an event)."""
+        current: dict[str, str] = {}
+        for d in deployments:
+            current[d.id] = now_state = state[d.id].health.current(now).value
+            for name in STATES:
+                self.set(self.child(self.state, d.id, name), 1 if name == now_state else 0)
+        for group, members in groups.items():
+            healthy = sum(1 for d in members if current.get(d.id, state[d.id].health.current(now).value) != "cooldown")
+            self.set(self.child(self.group_healthy, group), healthy)
 
     def reloaded(self) -> None:
         """A configuration reload succeeded."""

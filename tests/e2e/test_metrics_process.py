@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from router import __version__
-from router.app import reload_config
+from router.app import PROXY, reload_config
 from tests.e2e.test_cli import free_ports, wait_until_up
 from tests.e2e.test_lifecycle import read_log_until
 from tests.e2e.test_metrics import scrape, value
@@ -141,3 +141,14 @@ async def test_under_workers_process_metrics_are_per_worker_slot_and_a_restart_s
         serve.wait()
         if serve.stdout:
             serve.stdout.close()
+
+
+async def test_a_model_group_whose_every_deployment_cools_down_shows_0_healthy_deployments(stack):
+    m = await scrape(stack.url)
+    assert value(m, "llm_router_model_group_healthy_deployments", model_group="llama2-13b-vllm") == 1
+    assert value(m, "llm_router_model_group_healthy_deployments", model_group="general_chat") == 0  # an alias, not a group
+    state = stack.app[PROXY].state
+    state["llama2-13b-vllm"].health.cooled_elsewhere(time.time(), time.time() + 60, "test")
+    m = await scrape(stack.url)
+    assert value(m, "llm_router_model_group_healthy_deployments", model_group="llama2-13b-vllm") == 0
+    assert value(m, "llm_router_model_group_healthy_deployments", model_group="llama3.1:8b") == 1

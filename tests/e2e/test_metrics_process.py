@@ -111,6 +111,7 @@ async def test_under_workers_process_metrics_are_per_worker_slot_and_a_restart_s
                     assert m.get((name, w), 0) > 0, (name, w, sorted(m))
                 assert m[("llm_router_config_generation", w)] == 1
             assert m[("llm_router_build_info", "")] == 1
+            assert {w for n, w in m if n == "process_resident_memory_bytes"} == {"1", "2"}  # not the supervisor
             serve.send_signal(signal.SIGHUP)  # reload: every worker's generation goes to 2
             deadline = time.monotonic() + 10
             while True:
@@ -131,6 +132,7 @@ async def test_under_workers_process_metrics_are_per_worker_slot_and_a_restart_s
                 assert time.monotonic() < deadline, "worker 1's start time never changed after its restart"
                 await asyncio.sleep(0.2)
             assert m[("process_start_time_seconds", "2")] == before[("process_start_time_seconds", "2")]
+            assert {w for n, w in m if n == "process_start_time_seconds"} == {"1", "2"}  # one series per slot, not per pid
             assert m[("process_cpu_seconds_total", "1")] >= before[("process_cpu_seconds_total", "1")]  # counts on
             assert m[("llm_router_config_generation", "1")] == 1  # the new worker started from the file again
         serve.send_signal(signal.SIGTERM)

@@ -26,7 +26,6 @@ from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import openapi
 from router import ui
-from router.metrics import STATES
 from router.shared import RedisShare, redis_url
 from router.state import StateTable
 
@@ -304,11 +303,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; the deployment state gauges are brought up to date first
     (a cooldown ends by time, not by an event)."""
     proxy = request.app[PROXY]
-    now = time.time()
-    for d in _all_deployments(proxy.config):
-        current = proxy.state[d.id].health.current(now).value
-        for name in STATES:
-            proxy.metrics.set(proxy.metrics.child(proxy.metrics.state, d.id, name), 1 if name == current else 0)
+    proxy.metrics.states(_all_deployments(proxy.config), proxy.config.groups, proxy.state, time.time())
     return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -334,12 +329,16 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     if url:
         share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
         share.limits = proxy.limits
+        share.on_health = proxy.metrics.sharing
+        proxy.metrics.sharing(False)  # until the first sync round works
         await share.start()
         proxy.state.share = share
         log.get("SHARED").info("Sharing state through Redis", redis=_redact(url), prefix=config.router.redis_key_prefix)
     proxy.cache = make_cache(config)
     _start_monitor(app)
+    proxy.metrics.start()
     yield
+    await proxy.metrics.stop()
     await _stop_monitor(app)
     await proxy.close()
     if proxy.state.share is not None:
@@ -431,6 +430,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
     _start_monitor(app)
     for w in new.warnings:
         logger.warning(str(w))
+    proxy.metrics.reloaded()
     logger.info("Configuration reloaded", config=new.file, summary=new.summary())
     return True, new.summary()
 

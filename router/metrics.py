@@ -10,6 +10,20 @@ With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` and every
 worker writes there; whichever worker answers ``/metrics`` aggregates all of them
 (prometheus_client multiprocess mode).
 
+Process and build metrics: ``llm_router_build_info{version}`` (always 1),
+``llm_router_config_generation`` (1 at start, +1 per successful reload),
+``llm_router_redis_sharing_up`` (only with Redis: 1 while the last sync round
+worked), and the standard ``process_*`` metrics (resident/virtual memory, open and
+max fds, CPU seconds, start time). In one process these are prometheus_client's
+ProcessCollector. Its multiprocess mode does not aggregate ProcessCollector (the
+worker answering the scrape would show only itself), so under ``--workers`` every
+worker samples its own ``/proc`` every ``PROCESS_SAMPLE_INTERVAL`` seconds into
+metrics of the same names with a ``worker`` label (the slot, 1..N, stable across
+a restart: a restarted worker changes ``process_start_time_seconds{worker}``);
+the per-worker gauges drop out when the worker dies (``live`` modes), and CPU
+seconds is a counter per slot that keeps counting across restarts. Aggregate with
+``sum without (worker)`` (memory, fds) or ``min``/``max`` (sharing, generation).
+
 Labels stay bounded: ``model_group`` is the configured name (group, alias,
 capability) or, for name-based routes, the rule that matched (e.g.
 ``pattern:^meta-llama/.*``) — never a raw client string.
@@ -18,21 +32,31 @@ capability) or, for name-based routes, the rule that matched (e.g.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import multiprocess
 
+from router import __version__
 from router.domain import Deployment, RouteDecision
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2)
 DECISION_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 STATES = ("healthy", "degraded", "cooldown", "half_open")
+PROCESS_SAMPLE_INTERVAL = 5.0  # seconds between a worker's own /proc samples (multiprocess mode)
+PROCESS_GAUGES = {  # ProcessCollector's sample -> help, as gauges per worker in multiprocess mode
+    "process_resident_memory_bytes": "Resident memory size in bytes.",
+    "process_virtual_memory_bytes": "Virtual memory size in bytes.",
+    "process_open_fds": "Number of open file descriptors.",
+    "process_max_fds": "Maximum number of open file descriptors.",
+    "process_start_time_seconds": "Start time of the process since unix epoch in seconds.",
+}
 
 
 def multiprocess_dir() -> str | None:
@@ -64,6 +88,10 @@ class Metrics:
                                multiprocess_mode="livesum", registry=r)
         self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
                            ["deployment", "state"], multiprocess_mode="livemax", registry=r)
+        self.group_healthy = Gauge("llm_router_model_group_healthy_deployments", "Deployments of the model group "
+                                   "not in cooldown (healthy, degraded or half-open: requests can go to them); 0 = "
+                                   "the group can only fail or fall back.", ["model_group"],
+                                   multiprocess_mode="livemax", registry=r)
         self.cache = Counter("llm_router_cache", "Response cache lookups by result.", ["result"], registry=r)
         self.upstream_errors = Counter("llm_router_upstream_errors", "Failed attempts by deployment and error class.",
                                        ["deployment", "error_class"], registry=r)
@@ -77,12 +105,98 @@ class Metrics:
                                    "1 - total variation distance between a group's recent traffic split and its target "
                                    "split (weights, else even): 1 = exactly on target.", ["model_group"],
                                    multiprocess_mode="livemax", registry=r)
+        self.build_info = Gauge("llm_router_build_info", "Always 1; the router's version as a label.", ["version"],
+                                multiprocess_mode="livemax", registry=r)
+        self.build_info.labels(__version__).set(1)
+        # Per process: with --workers, a `worker` label (see the module's docstring).
+        self.worker = (os.environ.get("LLM_ROUTER_WORKER") or str(os.getpid())) if multiprocess_dir() else None
+        per_worker = ["worker"] if self.worker else []
+        self.config_generation = Gauge("llm_router_config_generation", "1 at start, +1 after every successful "
+                                       "configuration reload.", per_worker, multiprocess_mode="livemax", registry=r)
+        self._mine(self.config_generation).set(1)
+        self.redis_sharing_up: Gauge | None = None  # made at the first sync round: only with Redis
+        self._process: dict[str, Any] = {}
+        self._cpu_seen = 0.0
+        self._sampler: asyncio.Task[None] | None = None
+        if self.worker is None:
+            ProcessCollector(registry=r)
+        else:
+            for name, text in PROCESS_GAUGES.items():
+                self._process[name] = Gauge(name, text, per_worker, multiprocess_mode="livemax", registry=r).labels(self.worker)
+            self._process["process_cpu_seconds_total"] = Counter(
+                "process_cpu_seconds", "Total user and system CPU time spent in seconds.", per_worker, registry=r
+            ).labels(self.worker)
+            self.sample_process()
         self._split: dict[str, Tally[str]] = defaultdict(Tally)
         self._children: dict[tuple[Any, ...], Any] = {}  # (metric, label values) -> its child
         self._added: dict[Any, float] = {}  # counter or gauge child -> increment not yet applied
         self._observed: dict[Any, list[float]] = {}  # histogram child -> values not yet applied
         self._set: dict[Any, float] = {}  # gauge child -> value not yet applied
         self._flush_due = False
+
+    def _mine(self, gauge: Any) -> Any:
+        """A per-process gauge's own child (the gauge itself in one process)."""
+        return gauge.labels(self.worker) if self.worker else gauge
+
+    def states(self, deployments: Iterable[Deployment], groups: Mapping[str, Iterable[Deployment]], state: Any,
+               now: float) -> None:
+        """Bring the deployment state gauges and each group's healthy count up to date (a
+        cooldown ends by time, not by an event)."""
+        current: dict[str, str] = {}
+        for d in deployments:
+            current[d.id] = now_state = state[d.id].health.current(now).value
+            for name in STATES:
+                self.set(self.child(self.state, d.id, name), 1 if name == now_state else 0)
+        for group, members in groups.items():
+            healthy = sum(1 for d in members if current.get(d.id, state[d.id].health.current(now).value) != "cooldown")
+            self.set(self.child(self.group_healthy, group), healthy)
+
+    def reloaded(self) -> None:
+        """A configuration reload succeeded."""
+        self._mine(self.config_generation).inc()
+
+    def sharing(self, up: bool) -> None:
+        """Redis sharing works (or not) after a sync round."""
+        if self.redis_sharing_up is None:
+            self.redis_sharing_up = Gauge("llm_router_redis_sharing_up", "With Redis configured: 1 while sharing state "
+                                          "through Redis works (the last sync round succeeded), else 0.",
+                                          ["worker"] if self.worker else [], multiprocess_mode="livemax",
+                                          registry=self.registry)
+        self.set(self._mine(self.redis_sharing_up), 1 if up else 0)
+
+    def sample_process(self) -> None:
+        """Multiprocess mode: this worker's ProcessCollector values into its own metrics."""
+        if not self._process:
+            return
+        for family in ProcessCollector(registry=None).collect():
+            for sample in family.samples:
+                target = self._process.get(sample.name)
+                if target is None:
+                    continue
+                if sample.name == "process_cpu_seconds_total":
+                    if sample.value > self._cpu_seen:
+                        target.inc(sample.value - self._cpu_seen)
+                        self._cpu_seen = sample.value
+                else:
+                    target.set(sample.value)
+
+    def start(self) -> None:
+        """In a worker (multiprocess mode): sample its process metrics every few seconds, so
+        they stay fresh for whichever worker answers the scrape."""
+        if self._process and self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    async def stop(self) -> None:
+        task, self._sampler = self._sampler, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROCESS_SAMPLE_INTERVAL)
+            self.sample_process()
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once (labels are bounded: configured names)."""
@@ -176,6 +290,7 @@ class Metrics:
 
     def render(self) -> bytes:
         self.flush()
+        self.sample_process()
         path = multiprocess_dir()
         if path:
             registry = CollectorRegistry()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import Any, Callable, Iterable
 
 import aiohttp
 import orjson
 from aiohttp.client_exceptions import UnixClientConnectorError
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.checks import http_url, shown, unix_socket
 from router.domain import Deployment
@@ -73,15 +75,37 @@ def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[di
 
 
 def parse_prometheus_sum(text: str, metric: str) -> float | None:
-    """Sum of every sample of ``metric`` (any labels) in Prometheus text format."""
+    """Sum of every sample of ``metric`` (any labels) in Prometheus text format.
+
+    prometheus_client's parser: a sample's optional timestamp is not its value
+    (``name{...} 3 1712345678000`` is 3), quoted label values may hold spaces, and
+    NaN/Inf samples are skipped. A text the parser refuses as a whole is parsed
+    again line by line, so one malformed line elsewhere does not hide the metric.
+    """
+    try:
+        return _sum_samples(text_string_to_metric_families(text), metric)
+    except ValueError:
+        pass
     total, seen = 0.0, False
     for line in text.splitlines():
-        if line.startswith(metric) and (len(line) == len(metric) or line[len(metric)] in "{ "):
-            try:
-                total += float(line.rsplit(" ", 1)[-1])
+        if not (line.startswith(metric) and line[len(metric):len(metric) + 1] in ("{", " ")):
+            continue
+        try:
+            value = _sum_samples(text_string_to_metric_families(line + "\n"), metric)
+        except ValueError:
+            continue
+        if value is not None:
+            total, seen = total + value, True
+    return total if seen else None
+
+
+def _sum_samples(families: Iterable[Any], metric: str) -> float | None:
+    total, seen = 0.0, False
+    for family in families:
+        for sample in family.samples:
+            if sample.name == metric and math.isfinite(sample.value):
+                total += sample.value
                 seen = True
-            except ValueError:
-                continue
     return total if seen else None
 
 

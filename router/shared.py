@@ -27,19 +27,25 @@ Per key (prefix ``llm-router:`` by default, every key has a TTL):
 If Redis is down or restarts, the router serves on its local state, logs the
 degradation once, retries with backoff, and resumes sharing when it is back
 (in-flight counts are rewritten as absolute values, so nothing drifts).
+
+A value that does not parse (another version's format, a hand edit, a key of the
+wrong type) is skipped and logged once per key; the rest of the round goes on.
+Nothing read from Redis can stop the loops: an unexpected error in a round is
+logged once and the next round runs as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router import log
 from router.domain import Deployment
@@ -49,6 +55,7 @@ from router.state import WINDOW, StateTable
 SYNC_INTERVAL = 0.5
 HEARTBEAT_TTL = 5
 MAX_BACKOFF = 10.0
+MAX_BAD_KEYS = 1000  # keys remembered as logged (bounded; beyond it they are logged again)
 STOP_WAIT = 3.0  # seconds stop() waits for the sharing tasks
 
 
@@ -73,6 +80,9 @@ class RedisShare:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.limits: RateLimits | None = None  # per-key and global requests-per-minute counters
+        self.on_health: Callable[[bool], None] | None = None  # after every round: sharing up or not
+        self._bad: set[str] = set()  # keys whose unreadable value was logged
+        self._errors: set[str] = set()  # unexpected round errors already logged
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -131,12 +141,72 @@ class RedisShare:
     def _down(self, exc: BaseException) -> None:
         if self.healthy is not False:
             self.log.warning("Redis unavailable: sharing paused, serving on local state", error=f"{type(exc).__name__}: {exc}")
-        self.healthy = False
+        self._health(False)
 
     def _up(self) -> None:
         if self.healthy is False:
             self.log.info("Redis is back: sharing resumed")
-        self.healthy = True
+        self._health(True)
+
+    def _broken(self, exc: Exception) -> None:
+        """A round failed on something other than Redis being unreachable (a bug, or data
+        no version check foresaw): logged once per kind of error, and the loop goes on."""
+        what = f"{type(exc).__name__}: {exc}"[:200]
+        if what not in self._errors and len(self._errors) < MAX_BAD_KEYS:
+            self._errors.add(what)
+            self.log.exception("Redis sharing round failed; retrying (logged once per error)", error=what)
+        self._health(False)
+
+    def _health(self, up: bool) -> None:
+        self.healthy = up
+        if self.on_health is not None:
+            self.on_health(up)
+
+    def _bad_value(self, key: str, raw: Any) -> None:
+        """Skip a shared value that does not parse; say so once per key."""
+        if key in self._bad:
+            return
+        if len(self._bad) >= MAX_BAD_KEYS:
+            self._bad.clear()
+        self._bad.add(key)
+        shown = str(raw) if isinstance(raw, Exception) else repr(raw)
+        self.log.warning("Skipping a shared value that does not parse (written by another version?)", key=key,
+                         value=shown[:100])
+
+    def _int(self, key: str, raw: Any) -> int:
+        if raw is None:
+            return 0
+        try:
+            if isinstance(raw, Exception):
+                raise ValueError(raw)
+            return int(raw)
+        except (TypeError, ValueError):
+            self._bad_value(key, raw)
+            return 0
+
+    def _hash(self, key: str, raw: Any) -> dict[bytes, Any]:
+        if raw is None or isinstance(raw, dict):
+            return raw or {}
+        self._bad_value(key, raw)
+        return {}
+
+    def _floats(self, key: str, raw: Any) -> deque[float] | None:
+        if not raw:
+            return None
+        if not isinstance(raw, list):
+            self._bad_value(key, raw)
+            return None
+        values: deque[float] = deque(maxlen=WINDOW)
+        for v in raw:
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                f = math.nan
+            if math.isfinite(f) and f >= 0:
+                values.append(f)
+            else:
+                self._bad_value(key, v)
+        return values or None
 
     async def _sync_loop(self) -> None:
         backoff = self.interval
@@ -149,6 +219,9 @@ class RedisShare:
                 backoff = self.interval
             except (RedisError, OSError) as exc:
                 self._down(exc)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            except Exception as exc:  # never the end of sharing: see _broken
+                self._broken(exc)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             if self._stopping:
                 break
@@ -171,9 +244,11 @@ class RedisShare:
                     backoff = self.interval
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self._apply_event(message["data"])
+                            self._apply_event(message.get("data"))
             except (RedisError, OSError):
                 pass  # the sync loop reports Redis's health; polling covers what pub/sub misses
+            except Exception as exc:  # an event no check foresaw: logged once, listening goes on
+                self._broken(exc)
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -219,7 +294,12 @@ class RedisShare:
                 for (name, m), n in hits.items():
                     p.hincrby(self.key("rpm", m), name, n)
                     p.expire(self.key("rpm", m), 120)
-                await p.execute()
+                # A key of the wrong type (another version's layout) fails its own command
+                # only: logged once, the other writes (and the heartbeat) still count.
+                keys = _keys(p)
+                for key, result in zip(keys, await p.execute(raise_on_error=False)):
+                    if isinstance(result, ResponseError):
+                        self._bad_value(key, result)
             if self.limits is not None:
                 self.limits.flushed.update(hits)
         except BaseException:
@@ -246,25 +326,35 @@ class RedisShare:
                 p.lrange(self.key("latency", dep_id), 0, WINDOW - 1)
                 p.get(self.key("cooldown", dep_id))
             p.hgetall(self.key("rpm", minute))
-            results = await p.execute()
+            keys = _keys(p)
+            results = await p.execute(raise_on_error=False)  # a wrong-typed key: that value only
         if self.limits is not None:
-            for name, n in (results[-1] or {}).items():
-                self.limits.shared[(name.decode(), minute)] = int(n)
-        instances = {f for i in range(len(self.ids)) for f in (results[i * 7 + 3] or {})}
-        alive = await self._alive(instances)
+            rpm_key = keys[-1]
+            for name, n in self._hash(rpm_key, results[-1]).items():
+                try:
+                    client = name.decode()
+                except UnicodeDecodeError:
+                    self._bad_value(rpm_key, name)
+                    continue
+                self.limits.shared[(client, minute)] = self._int(f"{rpm_key} {client}", n)
+        inflights = [self._hash(keys[i * 7 + 3], results[i * 7 + 3]) for i in range(len(self.ids))]
+        alive = await self._alive({f for fields in inflights for f in fields})
         for i, dep_id in enumerate(self.ids):
-            rr, usage, fails, inflight, ttft, latency, cooldown = results[i * 7: i * 7 + 7]
+            rr, usage, fails, _, ttft, latency, cooldown = results[i * 7: i * 7 + 7]
+            k = keys[i * 7: i * 7 + 7]
             s = self.state[dep_id]
-            s.picks = int(rr or 0) + self._picks[dep_id]
+            usage = self._hash(k[1], usage)
+            s.picks = self._int(k[0], rr) + self._picks[dep_id]
             s.minute = minute
-            s.minute_requests = int((usage or {}).get(b"req", 0)) + self._picks[dep_id]
-            s.minute_tokens = int((usage or {}).get(b"tok", 0)) + self._tokens[dep_id]
-            s.remote_fails = max(0, int(fails or 0) - self._own_fails[(dep_id, minute)])
-            s.remote_in_flight = sum(int(v) for k, v in (inflight or {}).items() if k != self.iid.encode() and k in alive)
-            s.shared_ttft = _floats(ttft)
-            s.shared_latency = _floats(latency)
+            s.minute_requests = self._int(k[1] + " req", usage.get(b"req")) + self._picks[dep_id]
+            s.minute_tokens = self._int(k[1] + " tok", usage.get(b"tok")) + self._tokens[dep_id]
+            s.remote_fails = max(0, self._int(k[2], fails) - self._own_fails[(dep_id, minute)])
+            s.remote_in_flight = sum(max(0, self._int(k[3], v)) for f, v in inflights[i].items()
+                                     if f != self.iid.encode() and f in alive)
+            s.shared_ttft = self._floats(k[4], ttft)
+            s.shared_latency = self._floats(k[5], latency)
             if cooldown:
-                self._apply_cooldown(dep_id, orjson.loads(cooldown))
+                self._cooldown_value(dep_id, k[6], cooldown)
         for key in [k for k in self._own_fails if k[1] < minute - 1]:
             del self._own_fails[key]
 
@@ -275,31 +365,52 @@ class RedisShare:
             return set()
         async with self.client.pipeline(transaction=False) as p:
             for i in others:
-                p.exists(self.key("instance", i.decode()))
-            found = await p.execute()
-        return {i for i, ok in zip(others, found) if ok}
+                p.exists(self.key("instance", i.decode(errors="replace")))
+            found = await p.execute(raise_on_error=False)
+        return {i for i, ok in zip(others, found) if ok is True or (type(ok) is int and ok > 0)}
+
+    def _cooldown_value(self, dep_id: str, key: str, raw: Any) -> None:
+        event = _event(raw)
+        if event is None or not self._apply_cooldown(dep_id, event):
+            self._bad_value(key, raw)
 
     def _apply_event(self, raw: Any) -> None:
-        try:
-            event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        event = _event(raw)
+        if event is None or not isinstance(event.get("id"), str):
+            self._bad_value(self.key("events"), raw)
             return
-        if event.get("by") != self.iid and event.get("id") in self.ids:
-            self._apply_cooldown(event["id"], event)
+        if event.get("by") != self.iid and event["id"] in self.ids:
+            if not self._apply_cooldown(event["id"], event):
+                self._bad_value(self.key("events"), raw)
 
-    def _apply_cooldown(self, dep_id: str, event: dict[str, Any]) -> None:
+    def _apply_cooldown(self, dep_id: str, event: dict[str, Any]) -> bool:
+        """Apply another instance's cooldown; False if the event does not parse."""
         if event.get("by") == self.iid:
-            return
-        t = self.state[dep_id].health.cooled_elsewhere(time.time(), float(event["until"]), str(event.get("reason", "")))
+            return True
+        until = event.get("until")
+        if isinstance(until, bool) or not isinstance(until, (int, float)) or not math.isfinite(until):
+            return False
+        t = self.state[dep_id].health.cooled_elsewhere(time.time(), float(until), str(event.get("reason", "")))
         if t is not None:
             self.log.warning(f"Deployment {dep_id}: {t.old.value} -> {t.new.value} (shared)", deployment=dep_id,
-                             reason=t.reason, for_s=round(float(event["until"]) - time.time(), 1))
+                             reason=t.reason, for_s=round(float(until) - time.time(), 1))
+        return True
 
 
-def _floats(values: list[bytes] | None) -> deque[float] | None:
-    if not values:
+def _event(raw: Any) -> dict[str, Any] | None:
+    """A cooldown's JSON object, or None if ``raw`` is not one."""
+    if isinstance(raw, Exception):
         return None
-    return deque((float(v) for v in values), maxlen=WINDOW)
+    try:
+        event = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _keys(pipeline: Any) -> list[str]:
+    """The key of each command queued on a pipeline, in order (to say which value was bad)."""
+    return [str(args[1] if len(args) > 1 else args[0]) for args, _ in pipeline.command_stack]
 
 
 def redis_url(router: Any) -> str | None:

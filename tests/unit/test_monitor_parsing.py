@@ -36,3 +36,22 @@ def test_listings_give_names_sizes_and_contexts():
                        {"id": "meta-llama/Llama-2-13b-chat-hf", "max_model_len": 4096}]}
     names, sizes, contexts = parse_listing(models, "openai")
     assert sizes == {"tiny.gguf": 1.5} and contexts == {"tiny.gguf": 4096, "meta-llama/Llama-2-13b-chat-hf": 4096}
+
+
+def test_a_sample_with_a_timestamp_is_read_as_its_value_not_its_timestamp():
+    text = ("# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{model_name="m a"} 3 1712345678000\n'
+            'vllm:num_requests_running{model_name="m b"} 1.0 1712345678000\n'
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            "vllm:num_requests_waiting 2 1712345678000\n")
+    assert parse_prometheus_sum(text, "vllm:num_requests_running") == 4.0
+    assert parse_prometheus_sum(text, "vllm:num_requests_waiting") == 2.0
+
+
+def test_a_malformed_line_elsewhere_or_a_nan_sample_does_not_hide_or_poison_the_metric():
+    text = ("vllm:num_requests_running 3 1712345678000\n"
+            "vllm:num_requests_running{engine=\"1\"} NaN\n"
+            "this is { not prometheus\n"
+            "vllm:num_requests_waiting 2\n")
+    assert parse_prometheus_sum(text, "vllm:num_requests_running") == 3.0
+    assert parse_prometheus_sum(text, "vllm:num_requests_waiting") == 2.0

@@ -115,7 +115,7 @@ router_settings: {{num_retries: 0}}
     try:
         await loop.sock_connect(client, ("127.0.0.1", int(url.rsplit(":", 1)[1])))
         body = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": True})
-        await loop.sock_sendall(client, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        await loop.sock_sendall(client, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         head = await asyncio.wait_for(loop.sock_recv(client, 512), 10)  # the client reads this much, then stops
         assert head.startswith(b"HTTP/1.1 200")

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import time
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from urllib.parse import unquote_plus, urlsplit
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -65,6 +66,7 @@ def _split_host(value: str) -> str:
     return v.rstrip(".")
 
 
+@lru_cache(maxsize=1024)  # per request on a keyless router: parsing an address costs microseconds
 def _is_loopback(host: str) -> bool:
     """``localhost``, ``*.localhost`` (RFC 6761: browsers never ask DNS for them, so no
     page can rebind them), 127.0.0.0/8, ::1."""

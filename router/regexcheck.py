@@ -51,6 +51,7 @@ MAX_CHAIN = 2  # longest chain of loops feeding each other (search prefix includ
 MAX_STATES = 120  # beyond this a pattern is refused as too complex to check
 MAX_UNROLL = 16  # positions a bounded repeat may unroll to; larger ones count as unbounded
 MAX_CHOICES = 8  # overlapping choices outside loops (each may double the ways to match)
+MAX_CHOICES_WITH_CHAIN = 2  # the same where two loops already make n**2 ways
 
 _REPEATS = tuple(op for op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)) if op is not None)
 _CHAR_OPS = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN)
@@ -239,6 +240,7 @@ class _Check:
             items.pop()  # a trailing .* always succeeds: nothing after it to backtrack for
         anchored = bool(items) and items[0][0] == C.AT and items[0][1] in (C.AT_BEGINNING, C.AT_BEGINNING_STRING)
         prefix = None
+        self.prefixed = not anchored
         if not anchored:
             prefix = self._state(_ANY_CHAR)
         first, _, _ = self._seq(items)
@@ -267,7 +269,8 @@ class _Check:
             return (f"{chain} or more repeats can share the same text (like .*.*x or .*a.*b; the search prefix counts as one): "
                     f"about n**{chain} steps on some model names; drop a leading .* (patterns match anywhere) "
                     "or make the repeats' characters disjoint")
-        if self._choices(cyclic) > MAX_CHOICES:
+        # Each overlapping choice can double the n**chain ways: fewer of them next to two loops.
+        if self._choices(cyclic) > (MAX_CHOICES if chain <= 1 else MAX_CHOICES_WITH_CHAIN):
             return "too many alternatives that can start alike (like (a|a)(a|a)...): exponential backtracking on some model names"
         return None
 
@@ -410,14 +413,16 @@ class _Check:
         return out
 
     def _choices(self, cyclic: set[int]) -> int:
-        """Overlapping choices (two successors that can read the same character, or doubled
-        edges) at states outside loops, where each can at most double the ways to match."""
+        """Doublings of the ways to match at states outside loops: a state whose successors
+        (counting parallel edges) can read the same character, k of them, counts log2(k).
+        With a search prefix its own choice at the start is already part of its loop."""
         count = 0
-        for succ in [self.start] + [f for s, f in enumerate(self.follow) if s not in cyclic]:
+        for s, succ in [(-1, self.start)] + list(enumerate(self.follow)):
+            if s in cyclic or (s == -1 and self.prefixed):
+                continue
             targets = list(succ)
-            overlapping = sum(k - 1 for k in succ.values())
-            overlapping += sum(1 for i, a in enumerate(targets) for b in targets[i + 1:] if self._meet(a, b))
-            count += overlapping
+            k = sum(n for t, n in succ.items() if n > 1 or any(u != t and self._meet(t, u) for u in targets))
+            count += (k - 1).bit_length() if k > 1 else 0
         return count
 
 

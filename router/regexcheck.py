@@ -49,9 +49,9 @@ except ImportError:  # pragma: no cover
 
 MAX_CHAIN = 2  # longest chain of loops feeding each other (search prefix included)
 MAX_STATES = 120  # beyond this a pattern is refused as too complex to check
-MAX_UNROLL = 16  # positions a bounded repeat may unroll to; larger ones count as unbounded
+MAX_UNROLL = 4  # positions a bounded repeat may unroll to; larger ones count as loops (a{0,16} costs like a*)
 MAX_CHOICES = 8  # overlapping choices outside loops (each may double the ways to match)
-MAX_CHOICES_WITH_CHAIN = 2  # the same where two loops already make n**2 ways
+MAX_CHOICES_WITH_CHAIN = 1  # the same where two loops already make n**2 ways
 
 _REPEATS = tuple(op for op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)) if op is not None)
 _CHAR_OPS = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN)
@@ -139,6 +139,7 @@ class _Check:
         self.met: dict[tuple[int, ...], bool] = {}
         self.depth = 0  # repeats around the item being built
         self.looping_lookaround = False
+        self.empty_rounds = False
 
     # building
 
@@ -219,8 +220,10 @@ class _Check:
             # Unrolled as X (X (X)?)? : the way a backtracking {low,high} tries rounds.
             return self._unrolled(low, high, body)
         first, last, empty = self._seq(body)
+        if empty > 1:  # rounds that can each match nothing in several ways: 2**16 for (?:(?:)*){16}
+            self.empty_rounds = True
         self._link(last, first)  # the loop
-        return first, last, max(empty, 1) if low == 0 else empty
+        return first, last, min(empty + 1, _CAP) if low == 0 else empty  # no round, or one empty round
 
     def _unrolled(self, low: int, high: int, body: list[Any]) -> tuple[dict[int, int], dict[int, int], int]:
         if high == 0:
@@ -243,7 +246,8 @@ class _Check:
         self.prefixed = not anchored
         if not anchored:
             prefix = self._state(_ANY_CHAR)
-        first, _, _ = self._seq(items)
+        # An end state: the ways to get there count even when they read nothing ((?:)*{16}).
+        first, _, _ = self._seq(items + [_ANY_CHAR])
         if prefix is not None:
             self.follow[prefix][prefix] = 1
             self._link({prefix: 1}, first)
@@ -257,6 +261,9 @@ class _Check:
             if prefix is not None:
                 self._link({prefix: 1}, f)
             _add(self.start, f, 1)
+        if self.empty_rounds:
+            return ("a repeat whose rounds can match nothing in more than one way (like (?:(?:)*){16}): "
+                    "exponential backtracking on some model names")
         if self.looping_lookaround:
             return "a lookaround with a repeat inside, itself inside a repeat: its cost multiplies; rewrite it"
         self.sets = self._sets()
@@ -418,7 +425,9 @@ class _Check:
         With a search prefix its own choice at the start is already part of its loop."""
         count = 0
         for s, succ in [(-1, self.start)] + list(enumerate(self.follow)):
-            if s in cyclic or (s == -1 and self.prefixed):
+            if s in cyclic or (s == -1 and self.prefixed):  # only parallel edges count there
+                k = sum(n for n in succ.values() if n > 1)
+                count += (k - 1).bit_length() if k > 1 else 0
                 continue
             targets = list(succ)
             k = sum(n for t, n in succ.items() if n > 1 or any(u != t and self._meet(t, u) for u in targets))

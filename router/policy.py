@@ -198,7 +198,7 @@ def load_policy(src: Source) -> Mappings:
             else:
                 problem = backtracking_problem(text)
                 if problem:
-                    src.error(p + ("pattern",), f"refused regex {text[:200]!r}: {problem}; rewrite it without nested repeats")
+                    src.error(p + ("pattern",), f"refused regex {text[:200]!r}: {problem}")
                     regex = None
         if regex is not None and prov:
             patterns.append(PatternRule(regex, prov, _provider_ref(src, spec, "fallback", p, providers), get(src, spec, "description", p, "str", default="")))

@@ -229,6 +229,9 @@ class Proxy:
                 if cache is not None and (read or write) else None
             if ckey is not None and read:
                 entry = await cache.get(ckey)
+                if entry is not None and key is not None and key.models is not None and \
+                        not _may_reuse(key, entry, decision, routing.config):
+                    entry = None  # stored from a deployment this key may not use (a tenant-mate's fallback): a miss
                 if entry is not None:
                     outcome.cache, outcome.status = "hit", 200
                     return await self._from_cache(request, entry, facts.stream, rid)
@@ -609,6 +612,17 @@ class Proxy:
             self.log.info(message, **fields)
         else:
             self.log.warning(message, error=err.error_class, detail=err.message, **fields)
+
+
+def _may_reuse(key: ApiKey, entry: Entry, decision: RouteDecision, config: Config) -> bool:
+    """May ``key`` be handed a cached answer? Only if the deployment that served it is
+    one this key may use: among this decision's (already filtered) candidates, or a
+    configured deployment the key's own names allow (a fallback it may use too)."""
+    served = entry.headers.get("x-router-deployment")
+    if any(d.id == served for d in decision.candidates) or any(d.id == served for d in decision.last_resort):
+        return True
+    dep = config.by_id.get(served or "")
+    return dep is not None and not dep.is_dynamic and Access.may_use(key, dep, dep.upstream_model)
 
 
 def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, str]:

@@ -283,3 +283,44 @@ general_settings: {{master_key: {MASTER}, api_keys: [{{name: small-only, key: {C
         await runner.cleanup()
         await small_runner.cleanup()
         await big.stop()
+
+
+async def test_a_cached_answer_from_a_deployment_the_key_may_not_use_is_a_miss(tmp_path):
+    """Two keys of one tenant share cache entries, but not their permissions: an answer a
+    tenant-mate got from a fallback this key may not use is not handed to it."""
+    cheap, expensive = SimulatedBackend("vllm", ["m"]), SimulatedBackend("vllm", ["m"])
+    for sim in (cheap, expensive):
+        await sim.start()
+        sim.faults.paths = ("/v1/chat/completions",)
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: cheap, litellm_params: {{model: hosted_vllm/m, api_base: "{cheap.base_url}/v1"}}, model_info: {{id: cheap-1}}}}
+  - {{model_name: expensive, litellm_params: {{model: hosted_vllm/m, api_base: "{expensive.base_url}/v1"}}, model_info: {{id: exp-1}}}}
+router_settings: {{num_retries: 0, allowed_fails: 100, fallbacks: [{{cheap: [expensive]}}]}}
+litellm_settings: {{cache: true, cache_params: {{type: local, ttl: 60}}}}
+general_settings:
+  master_key: {MASTER}
+  api_keys:
+    - {{name: small, key: {A}, models: [cheap], tenant: acme}}
+    - {{name: big, key: {A2}, models: [cheap, expensive], tenant: acme}}
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    try:
+        async def ask_cheap(key: str) -> tuple[str, str]:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                  json={"model": "cheap", "messages": [{"role": "user", "content": "plan"}]}) as r:
+                    assert r.status == 200, await r.text()
+                    return r.headers["x-router-cache"], r.headers["x-router-deployment"]
+
+        cheap.faults.status = 500
+        assert await ask_cheap(A2) == ("miss", "exp-1")  # the big key's answer came from the fallback
+        await settled(runner)
+        cheap.faults.status = None
+        assert await ask_cheap(A2) == ("hit", "exp-1")  # shared within the tenant, for a key that may use it
+        assert await ask_cheap(A) == ("miss", "cheap-1")  # the small key may not use exp-1: not its answer
+    finally:
+        await runner.cleanup()
+        for sim in (cheap, expensive):
+            await sim.stop()

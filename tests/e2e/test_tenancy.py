@@ -324,3 +324,44 @@ general_settings:
         await runner.cleanup()
         for sim in (cheap, expensive):
             await sim.stop()
+
+
+async def test_many_tenants_at_once_each_get_only_their_own_cached_answers(tmp_path):
+    """Twelve tenants ask the same prompts concurrently, twice over: every answer a tenant
+    gets (hit or not) is one it was served itself, never another tenant's."""
+    sim = SimulatedBackend("vllm", ["m"])
+    await sim.start()
+    keys = [f"sk-tenant-{i:04d}-xxxx" for i in range(12)]
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - {{model_name: m, litellm_params: {{model: hosted_vllm/m, api_base: "{sim.base_url}/v1"}}}}
+router_settings: {{num_retries: 0}}
+litellm_settings: {{cache: true, cache_params: {{type: local, ttl: 60}}}}
+general_settings:
+  master_key: {MASTER}
+  api_keys: [{", ".join(f"{{name: t{i}, key: {k}}}" for i, k in enumerate(keys))}]
+""")
+    (tmp_path / "model-mappings.yaml").write_text("{}\n")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    try:
+        seen: dict[str, set[str]] = {k: set() for k in keys}
+
+        async def round_() -> list[tuple[str, str, str]]:
+            asks = [(k, p) for k in keys for p in ("alpha", "beta", "gamma")]
+            got = await asyncio.gather(*(ask(url, k, p) for k, p in asks))
+            return [(k, state, rid) for (k, _), (state, rid) in zip(asks, got)]
+
+        first = await round_()
+        for k, state, rid in first:
+            assert state == "miss"
+            seen[k].add(rid)
+        await settled(runner)
+        second = await round_()
+        assert all(state == "hit" for _, state, _ in second)
+        for k, _, rid in second:
+            assert rid in seen[k]  # its own earlier answer
+        owners = {rid: k for k, _, rid in first}
+        assert len(owners) == len(first)  # every tenant's answers were its own generations
+    finally:
+        await runner.cleanup()
+        await sim.stop()

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from router import __version__, log, systemd
 from router.checks import unix_socket
-from router.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from router.config import DEFAULT_CONFIG, Config, ConfigError, load_config, read_files
 
 EXIT_CONFIG = 2
 
@@ -87,10 +87,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_or_exit(args: argparse.Namespace) -> Config:
-    """Load the configuration, or print ``file:line: key.path: problem`` lines and exit 2."""
+def load_or_exit(args: argparse.Namespace, files: dict[str, bytes | None] | None = None) -> Config:
+    """Load the configuration (``files``: its bytes, ``read_files``), or print
+    ``file:line: key.path: problem`` lines and exit 2."""
     try:
-        return load_config(args.config, args.mappings, mappings_required=args.mappings is not None)
+        return load_config(args.config, args.mappings, mappings_required=args.mappings is not None, files=files)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -156,7 +157,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.app import PROXY, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)
-    config = load_or_exit(args)
+    from router.workers import GENERATION_ENV, SNAPSHOT_ENV, read_snapshot
+
+    files = None  # under --workers, every process loads the same bytes (router.workers.supervise)
+    if args.worker and os.environ.get(SNAPSHOT_ENV):
+        files = read_snapshot(os.environ[SNAPSHOT_ENV])
+    elif args.workers > 1 and not args.worker:
+        files = read_files(args.config, args.mappings)
+    config = load_or_exit(args, files)
     if not config.api_keys and not is_loopback(args.host):
         if not args.allow_unauthenticated:
             print(f"llm-router: refusing to listen on {args.host} without an API key: anyone who can reach this port "
@@ -178,13 +186,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not redis_url(config.router):
             log.get("SERVER").warning(f"{args.workers} workers without Redis: each keeps its own cooldowns, counters and "
                                       "statistics; set router_settings.redis_host (or redis_url) to share them")
-        return supervise(sys.argv[1:], args.workers, config.router.shutdown_grace_period, (args.host, args.port))
+        return supervise(sys.argv[1:], args.workers, config.router.shutdown_grace_period, (args.host, args.port),
+                         (args.config, args.mappings), files)
     logger = log.get("CONFIG")
     if not args.worker or os.environ.get("LLM_ROUTER_WORKER") == "1":
         for w in sorted(config.warnings, key=lambda i: (i.file, i.line)):
             logger.warning(str(w))
     app = create_app(config)
     app[PROXY].log_bodies = args.log_bodies
+    if args.worker and os.environ.get(GENERATION_ENV, "").isdigit():
+        app[PROXY].metrics.reloaded(int(os.environ[GENERATION_ENV]))  # a replacement: the generation it starts on
     link = None
     if args.worker:
         from router.app import SUPERVISOR_LINK
@@ -204,6 +215,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             systemd.ready(f"serving on {args.host}:{args.port}")
 
     async def reload(app: web.Application) -> None:
+        if link is not None:  # a SIGHUP sent to one worker: every worker reloads, as the supervisor's
+            await link.reload_all()
+            return
         if not args.worker:
             systemd.reloading("reloading the configuration")
         ok = False
@@ -218,7 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(app)))
         watchdog = loop.create_task(systemd.watchdog_loop())
         if link is not None:
-            link.start(lambda: reload_config(app))
+            link.start(lambda snapshot, generation: reload_config(app, snapshot, generation))
         yield
         watchdog.cancel()
         if link is not None:

@@ -407,15 +407,24 @@ async def _stop_monitor(app: web.Application) -> None:
             await task
 
 
-async def reload_config(app: web.Application) -> tuple[bool, str]:
-    """Load both files again and switch to them atomically. An invalid configuration
-    is refused and the old one keeps serving; requests in flight finish on the
+async def reload_config(app: web.Application, snapshot: str | None = None, generation: int | None = None) -> tuple[bool, str]:
+    """Load both files again (``snapshot``: their bytes as the supervisor read them, see
+    ``router.workers``) and switch to them atomically. An invalid configuration is
+    refused and the old one keeps serving; requests in flight finish on the
     configuration they started with; runtime state of unchanged deployments is kept."""
     proxy = app[PROXY]
     old = proxy.config
     logger = log.get("CONFIG")
+
+    def load() -> Config:
+        if snapshot is None:
+            return load_config(old.file, old.mappings_file)
+        from router.workers import read_snapshot
+
+        return load_config(old.file, old.mappings_file, files=read_snapshot(snapshot))
+
     try:
-        new = await asyncio.get_running_loop().run_in_executor(None, load_config, old.file, old.mappings_file)
+        new = await asyncio.get_running_loop().run_in_executor(None, load)
     except ConfigError as exc:
         for issue in exc.issues:
             logger.error(f"Reload refused: {issue}")
@@ -432,7 +441,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
     _start_monitor(app)
     for w in new.warnings:
         logger.warning(str(w))
-    proxy.metrics.reloaded()
+    proxy.metrics.reloaded(generation)
     logger.info("Configuration reloaded", config=new.file, summary=new.summary())
     return True, new.summary()
 

@@ -568,19 +568,43 @@ def default_mappings_path(config_path: str) -> str:
     return os.path.join(os.path.dirname(config_path), "model-mappings.yaml")
 
 
-def load_config(path: str, mappings_path: str | None = None, *, mappings_required: bool = False) -> Config:
+def read_files(path: str, mappings_path: str | None = None) -> dict[str, bytes | None]:
+    """The bytes of the files ``load_config`` would read (None: absent or unreadable), so
+    that several processes load the very same configuration whatever the disk holds
+    later (``router.workers`` hands its workers the configuration they accepted)."""
+    files: dict[str, bytes | None] = {}
+    for p in (path, default_mappings_path(path) if mappings_path is None else mappings_path):
+        try:
+            with open(p, "rb") as fh:
+                files[p] = fh.read()
+        except (OSError, ValueError):
+            files[p] = None
+    return files
+
+
+def load_config(path: str, mappings_path: str | None = None, *, mappings_required: bool = False,
+                files: Mapping[str, bytes | None] | None = None) -> Config:
     """Load and validate both files. ``mappings_path=None`` means the default file
-    beside ``path``, used only if it exists (unless ``mappings_required``)."""
-    src = load(path)
+    beside ``path``, used only if it exists (unless ``mappings_required``). ``files``
+    (from ``read_files``) gives their bytes instead of the disk's."""
+
+    def exists(p: str) -> bool:
+        return files[p] is not None if files is not None and p in files else os.path.exists(p)
+
+    def read(p: str) -> Source:
+        raw = files.get(p) if files is not None else None
+        return load(p, raw)  # no bytes: from the disk (which says why it cannot be read)
+
+    src = read(path)
     msrc: Source | None = None
     if mappings_path is None:
         candidate = default_mappings_path(path)
-        if os.path.exists(candidate):
+        if exists(candidate):
             mappings_path = candidate
-    elif not os.path.exists(mappings_path) and not mappings_required:
+    elif not exists(mappings_path) and not mappings_required:
         mappings_path = None
     if mappings_path is not None:
-        msrc = load(mappings_path)
+        msrc = read(mappings_path)
     if src.errors or (msrc and msrc.errors):
         raise ConfigError(src.errors + (msrc.errors if msrc else []))
 

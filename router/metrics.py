@@ -11,7 +11,8 @@ worker writes there; whichever worker answers ``/metrics`` aggregates all of the
 (prometheus_client multiprocess mode).
 
 Process and build metrics: ``llm_router_build_info{version}`` (always 1),
-``llm_router_config_generation`` (1 at start, +1 per successful reload),
+``llm_router_config_generation`` (1 at start, +1 per successful reload; under
+``--workers`` the supervisor's generation + 1, the same in every worker on it),
 ``llm_router_redis_sharing_up`` (only with Redis: 1 while the last sync round
 worked), and the standard ``process_*`` metrics (resident/virtual memory, open and
 max fds, CPU seconds, start time). In one process these are prometheus_client's
@@ -151,9 +152,13 @@ class Metrics:
             healthy = sum(1 for d in members if current.get(d.id, state[d.id].health.current(now).value) != "cooldown")
             self.set(self.child(self.group_healthy, group), healthy)
 
-    def reloaded(self) -> None:
-        """A configuration reload succeeded."""
-        self._mine(self.config_generation).inc()
+    def reloaded(self, generation: int | None = None) -> None:
+        """A configuration reload succeeded (under ``--workers``: the supervisor's
+        ``generation``, so that every worker on it, replacements too, shows the same)."""
+        if generation is None:
+            self._mine(self.config_generation).inc()
+        else:
+            self._mine(self.config_generation).set(generation + 1)
 
     def sharing(self, up: bool) -> None:
         """Redis sharing works (or not) after a sync round."""

@@ -29,6 +29,7 @@ worker end is passed as ``$LLM_ROUTER_SUPERVISOR_FD``. One message per datagram,
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import selectors
 import shutil
@@ -81,6 +82,26 @@ def follow_supervisor() -> None:
         sys.exit(0)
 
 
+SNAPSHOT_ENV = "LLM_ROUTER_CONFIG_SNAPSHOT"  # the accepted configuration's bytes, for a worker starting
+GENERATION_ENV = "LLM_ROUTER_CONFIG_GENERATION"  # ...and its generation (0: as at start-up)
+
+
+def write_snapshot(directory: str, generation: int, files: dict[str, bytes | None]) -> str:
+    """The bytes of a configuration (``router.config.read_files``) in a file only this
+    user can read (it holds keys), for workers to load instead of the disk."""
+    path = os.path.join(directory, f"config-{generation}.json")
+    data = orjson.dumps({k: None if v is None else base64.b64encode(v).decode() for k, v in files.items()})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def read_snapshot(path: str) -> dict[str, bytes | None]:
+    with open(path, "rb") as fh:
+        return {k: None if v is None else base64.b64decode(v) for k, v in orjson.loads(fh.read()).items()}
+
+
 def _message(kind: str, payload: Any = None) -> bytes:
     return kind.encode() + b" " + orjson.dumps(payload)
 
@@ -111,8 +132,10 @@ class SupervisorLink:
         fd = os.environ.get(LINK_ENV)
         return cls(int(fd)) if fd else None
 
-    def start(self, on_reload: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
-        """On the serving loop: beat, and answer the supervisor's reload commands."""
+    def start(self, on_reload: Callable[[str | None, int | None], Awaitable[tuple[bool, str]]]) -> None:
+        """On the serving loop: beat, and answer the supervisor's reload commands
+        (``on_reload(snapshot, generation)``; ``snapshot``: the configuration's bytes,
+        ``read_snapshot``)."""
         self.loop = asyncio.get_running_loop()
         self.on_reload = on_reload
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -164,9 +187,10 @@ class SupervisorLink:
                 if fut is not None and not fut.done():
                     fut.set_result(payload.get("workers"))
 
-    async def _reload(self, generation: int) -> None:
+    async def _reload(self, payload: Any) -> None:
+        generation, snapshot = (payload.get("gen"), payload.get("snapshot")) if isinstance(payload, dict) else (payload, None)
         try:
-            ok, detail = await self.on_reload()
+            ok, detail = await self.on_reload(snapshot, generation if isinstance(generation, int) else None)
             refused = not ok
         except Exception as exc:  # noqa: BLE001 - reported to whoever asked
             log.get("CONFIG").exception("Reload failed")
@@ -217,7 +241,15 @@ def _wait_ready(host: str, port: int, watchdog: _Watchdog, timeout: float = 30.0
     return False
 
 
-def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, int] = ("127.0.0.1", 4000)) -> int:
+def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, int] = ("127.0.0.1", 4000),
+              config: tuple[str, str | None] = ("config.yaml", None), files: dict[str, bytes | None] | None = None) -> int:
+    """``config``: the configuration's path and the ``--mappings`` given (or None);
+    ``files``: their bytes as validated at start-up. Workers load the configuration the
+    supervisor hands them (a reload: the files as read then), never the disk on their
+    own, so a worker that replaces a dead or hung one serves what the others serve,
+    whatever the disk holds by then."""
+    from router.config import read_files
+
     logger = log.get("SERVER")
     cmd = [sys.executable, "-m", "router", *argv, "--worker"]
     # /metrics aggregates all workers (prometheus_client multiprocess mode).
@@ -231,6 +263,9 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
     selector = selectors.DefaultSelector()
     reloads: dict[int, dict[str, Any]] = {}  # generation -> pending slots, results, who asked, deadline
     generation = 0
+    snapshots = tempfile.mkdtemp(prefix="llm-router-config-")  # mode 0700: the files hold keys
+    accepted = write_snapshot(snapshots, 0, files if files is not None else read_files(*config))
+    accepted_gen = 0
     stopping = False
     hangup = False
 
@@ -247,7 +282,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
     def spawn(slot: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-               SUPERVISOR_ENV: str(os.getpid()), LINK_ENV: str(theirs.fileno())}
+               SUPERVISOR_ENV: str(os.getpid()), LINK_ENV: str(theirs.fileno()), SNAPSHOT_ENV: accepted,
+               GENERATION_ENV: str(accepted_gen)}
         try:
             procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=(theirs.fileno(),))
         finally:
@@ -279,13 +315,16 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         generation += 1
         if requester is None:
             systemd.reloading("reloading the configuration in every worker")
-        pending = {slot for slot in range(workers) if alive(slot) and send(slot, "reload", generation)}
-        reloads[generation] = {"pending": pending, "results": {}, "requester": requester,
+        snapshot = write_snapshot(snapshots, generation, read_files(*config))  # one reading for every worker
+        message = {"gen": generation, "snapshot": snapshot}
+        pending = {slot for slot in range(workers) if alive(slot) and send(slot, "reload", message)}
+        reloads[generation] = {"pending": pending, "results": {}, "requester": requester, "snapshot": snapshot,
                                "deadline": time.monotonic() + RELOAD_TIMEOUT}
         if not pending:
             finish_reload(generation)
 
     def finish_reload(gen: int) -> None:
+        nonlocal accepted, accepted_gen
         r = reloads.pop(gen)
         for slot in r["pending"]:
             r["results"][slot] = {"ok": False, "refused": False,
@@ -294,6 +333,11 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         room = max(1000, _MAX_MESSAGE // 2 // max(1, len(rows)))  # the answer must fit in one message
         rows = [{**row, "detail": row["detail"][:room]} for row in rows]
         ok = bool(rows) and all(row["ok"] for row in rows)
+        if any(row["ok"] for row in rows) and gen > accepted_gen:  # what replacements start with from now on
+            old, accepted, accepted_gen = accepted, r["snapshot"], gen
+            os.unlink(old)
+        else:
+            os.unlink(r["snapshot"])
         if ok:
             logger.info(f"configuration reloaded in all {len(rows)} workers", generation=gen)
         elif rows and all(row["refused"] for row in rows):
@@ -397,5 +441,6 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         unlink(slot)
     if own_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    shutil.rmtree(snapshots, ignore_errors=True)
     logger.info("all workers stopped")
     return 0

@@ -77,15 +77,17 @@ class Source:
         self.warnings.append(Issue(self.file, self.line(path), format_path(path), message))
 
 
-def load(file: str) -> Source:
-    """Read and parse ``file``; unreadable files and YAML syntax errors become issues."""
+def load(file: str, raw: bytes | None = None) -> Source:
+    """Read and parse ``file`` (or ``raw``, its bytes as read earlier); unreadable files
+    and YAML syntax errors become issues."""
     src = Source(file)
-    try:
-        with open(file, "rb") as fh:
-            raw = fh.read()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        src.errors.append(Issue(file, 0, "(file)", f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
-        return src
+    if raw is None:
+        try:
+            with open(file, "rb") as fh:
+                raw = fh.read()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            src.errors.append(Issue(file, 0, "(file)", f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
+            return src
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -134,7 +134,7 @@ async def test_under_workers_process_metrics_are_per_worker_slot_and_a_restart_s
             assert m[("process_start_time_seconds", "2")] == before[("process_start_time_seconds", "2")]
             assert {w for n, w in m if n == "process_start_time_seconds"} == {"1", "2"}  # one series per slot, not per pid
             assert m[("process_cpu_seconds_total", "1")] >= before[("process_cpu_seconds_total", "1")]  # counts on
-            assert m[("llm_router_config_generation", "1")] == 1  # the new worker started from the file again
+            assert m[("llm_router_config_generation", "1")] == 2  # the new worker started on the accepted generation
         serve.send_signal(signal.SIGTERM)
         assert await asyncio.get_running_loop().run_in_executor(None, serve.wait, 30) == 0
     finally:

@@ -211,3 +211,61 @@ async def test_reload_endpoint_reloads_every_worker(tmp_path):
         assert serve.poll() is None
     finally:
         _stop(serve)
+
+
+async def test_a_replacement_worker_serves_the_accepted_configuration_not_the_disk(tmp_path):
+    """A worker that replaces a dead one loaded the file as it was on disk by then: a
+    key revoked by a reload but back in a file edited and never reloaded was accepted
+    on about half the connections, and an invalid file on disk made the replacement
+    crash-loop (exit 2 each second). It now starts with the configuration the other
+    workers accepted."""
+    master, doomed = "sk-master-0002", "sk-doomed-0002"
+    keys = f"general_settings: {{master_key: {master}, api_keys: [{{name: doomed, key: {doomed}}}]}}\n"
+    serve, port, _, pids = await _start_two_workers(tmp_path, UNREACHABLE_BACKEND + keys)
+    base = f"http://127.0.0.1:{port}"
+
+    async def status(path: str, key: str, method: str = "GET") -> int:
+        async with aiohttp.ClientSession() as s:  # a new connection each time: the kernel picks the worker
+            async with s.request(method, base + path, headers={"Authorization": f"Bearer {key}"}) as r:
+                return r.status
+
+    try:
+        (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + f"general_settings: {{master_key: {master}}}\n")
+        assert await status("/router/reload", master, "POST") == 200  # generation 1: the key is revoked
+        (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + keys)  # edited back, not reloaded
+        os.kill(pids[0], signal.SIGKILL)
+        out = await read_log_until(serve, "(worker 1)", deadline_s=30)  # the replacement listens
+        assert "worker 1 exited with -9; restarting" in out
+        assert [await status("/v1/models", doomed) for _ in range(40)] == [401] * 40
+        assert [await status("/v1/models", master) for _ in range(10)] == [200] * 10
+
+        (tmp_path / "c.yaml").write_text("model_list: [\n")  # invalid on disk, not reloaded
+        new_pid = int(re.findall(r"worker 1 started pid=(\d+)", out)[-1])
+        os.kill(new_pid, signal.SIGKILL)
+        out = await read_log_until(serve, "(worker 1)", deadline_s=30)
+        assert "exited with 2" not in out, out
+        assert [await status("/v1/models", master) for _ in range(20)] == [200] * 20
+        assert [await status("/v1/models", doomed) for _ in range(20)] == [401] * 20
+        assert serve.poll() is None
+    finally:
+        _stop(serve)
+
+
+async def test_sighup_to_one_worker_reloads_every_worker(tmp_path):
+    """A SIGHUP sent to one worker's pid (as `pkill -HUP -f router` does) reloaded only
+    that worker; now it asks the supervisor, which reloads all of them."""
+    master, doomed = "sk-master-0003", "sk-doomed-0003"
+    keys = f"general_settings: {{master_key: {master}, api_keys: [{{name: doomed, key: {doomed}}}]}}\n"
+    serve, port, _, pids = await _start_two_workers(tmp_path, UNREACHABLE_BACKEND + keys)
+    try:
+        (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + f"general_settings: {{master_key: {master}}}\n")
+        os.kill(pids[1], signal.SIGHUP)
+        await read_log_until(serve, "configuration reloaded in all 2 workers", deadline_s=20)
+        codes = []
+        for _ in range(40):
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {doomed}"}) as r:
+                    codes.append(r.status)
+        assert codes == [401] * 40, codes
+    finally:
+        _stop(serve)

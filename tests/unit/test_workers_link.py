@@ -32,7 +32,7 @@ async def test_the_link_beats_from_the_loop_and_acknowledges_a_reload_generation
     link = SupervisorLink(theirs.detach())
     reloads = []
 
-    async def on_reload() -> tuple[bool, str]:
+    async def on_reload(snapshot: str | None, generation: int | None) -> tuple[bool, str]:
         reloads.append(1)
         return len(reloads) == 1, "summary" if len(reloads) == 1 else "c.yaml:3: bad"
 

@@ -22,7 +22,7 @@ from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
 from router.probes import Monitor, UnixSessions, health_rows
-from router.proxy import CLIENT_KEY, Proxy, Routing, assign_request_id
+from router.proxy import CLIENT_KEY, CORS_ORIGIN, Proxy, Routing, assign_request_id, cors_grant
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import openapi
@@ -35,7 +35,6 @@ MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
 SUPERVISOR_LINK = web.AppKey("supervisor_link", object)  # a worker's router.workers.SupervisorLink
 BIND_HOST = web.AppKey("bind_host", str)  # what `serve --host` bound to (set by router.server.run)
-CORS_ORIGIN = web.RequestKey("cors_origin", str)  # request key: the allowed cross-origin page this answer is granted to
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,8 +50,6 @@ def _error(exc: RouterError, rid: str) -> web.Response:
 
 # Bodies a web page can send to another origin without asking first (a "simple" request).
 SIMPLE_TYPES = {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
-CORS_EXPOSE = "x-request-id, x-router-deployment, x-router-provider, x-router-route, x-router-attempts, " \
-              "x-router-fallback, x-router-overhead-ms, retry-after"
 
 
 def _split_host(value: str) -> str:
@@ -114,14 +111,22 @@ def origin_allowed(origin: str, host: str | None, web_access: WebAccess) -> bool
     return _is_loopback(_split_host(netloc))
 
 
-def web_guard(request: web.Request, config: Config) -> None:
+@lru_cache(maxsize=1024)
+def _host_ok(header: str | None, allowed_hosts: tuple[str, ...], bound: str | None) -> bool:
+    """``host_allowed``, remembered: a keyless router asks it per request, with the same
+    few Host values over and over (the key is strings and a tuple: cheap to hash)."""
+    return host_allowed(header, WebAccess(allowed_hosts=allowed_hosts), bound)
+
+
+def web_guard(request: web.Request, config: Config) -> str | None:
     """A router without any key is a service on loopback that web pages in the
     operator's browser can reach. Refuse what only a page would send: a foreign Host
     (DNS rebinding), a foreign Origin (cross-site requests), and a form or text body
-    from a browser (the requests a page may send cross-site without a preflight)."""
+    from a browser (the requests a page may send cross-site without a preflight).
+    Returns the allowed cross-origin page to grant the answer to (CORS), if any."""
     headers = request.headers
     host = headers.get("Host")
-    if not host_allowed(host, config.web, request.app.get(BIND_HOST)):
+    if not _host_ok(host, config.web.allowed_hosts, request.app.get(BIND_HOST)):
         raise PermissionDenied(f"Host `{host}` is not allowed: llm-router has no key, so it answers only to loopback "
                                "names and general_settings.allowed_hosts (a protection against DNS rebinding).",
                                code="host_not_allowed")
@@ -131,12 +136,14 @@ def web_guard(request: web.Request, config: Config) -> None:
             raise PermissionDenied(f"Origin `{origin}` is not allowed: llm-router has no key, so only pages on loopback "
                                    "and general_settings.allowed_origins (or LLM_ROUTER_ORIGINS) may call it.",
                                    code="origin_not_allowed")
-        if host is None or origin.strip().lower().partition("://")[2] != host.strip().lower():
-            request[CORS_ORIGIN] = origin
+    grant = None
+    if origin is not None and (host is None or origin.strip().lower().partition("://")[2] != host.strip().lower()):
+        request[CORS_ORIGIN] = grant = origin  # (the refusal below is granted too: the page may read why)
     if request.method == "POST" and (origin is not None or "Sec-Fetch-Mode" in headers) \
             and request.content_type in SIMPLE_TYPES:
         raise BadRequest(f"Content-Type `{request.content_type}` is not accepted from a web page; send "
                          "application/json.", status=415, code="unsupported_media_type")
+    return grant
 
 
 def _preflight(request: web.Request) -> web.Response:
@@ -147,15 +154,6 @@ def _preflight(request: web.Request) -> web.Response:
         "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", ""),
         "Access-Control-Max-Age": "600",
         "Vary": "Origin"})
-
-
-async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer to an allowed cross-origin page carries its grant (streams too)."""
-    origin = request.get(CORS_ORIGIN)
-    if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
-        response.headers["Vary"] = "Origin"
 
 
 def _encoding_refused(request: web.Request) -> RouterError | None:
@@ -171,25 +169,29 @@ def _encoding_refused(request: web.Request) -> RouterError | None:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Keys (``router.access``), OpenAI-shaped errors for everything (404s, 405s,
-    bugs), and x-request-id."""
+    """Keys (``router.access``), the keyless guard, OpenAI-shaped errors for
+    everything (404s, 405s, bugs), x-request-id, and CORS grants."""
     rid = assign_request_id(request)
     routing = request.app[PROXY].routing
+    grant = None
     try:
         if not routing.config.api_keys:
-            web_guard(request, routing.config)
-            if request.method == "OPTIONS" and CORS_ORIGIN in request and "Access-Control-Request-Method" in request.headers:
+            grant = web_guard(request, routing.config)
+            if grant is not None and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 return _preflight(request)
         request[CLIENT_KEY] = routing.access.authorize(request.path, request.headers)
     except RouterError as exc:
         log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),
                                   request_id=rid, path=request.path, status=exc.status)
-        return _error(exc, rid)
-    refused = _encoding_refused(request)
-    if refused is not None:
-        log.get("ROUTER").warning("Rejected request: " + refused.message, request_id=rid, path=request.path, status=415)
-        return _error(refused, rid)  # aiohttp then discards the unread body as it is (never inflated)
+        response = _error(exc, rid)
+        if "Origin" in request.headers and CORS_ORIGIN in request:
+            response.headers.update(cors_grant(request[CORS_ORIGIN]))
+        return response
+    refused = _encoding_refused(request) if "Content-Encoding" in request.headers else None
     try:
+        if refused is not None:
+            log.get("ROUTER").warning("Rejected request: " + refused.message, request_id=rid, path=request.path, status=415)
+            raise refused  # aiohttp then discards the unread body as it is (never inflated)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -198,14 +200,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = exc.reason.lower().replace(" ", "_")
         err = NotFound(message) if exc.status == 404 else BadRequest(message, status=exc.status, code=code)
         log.get("ROUTER").warning("Rejected request", request_id=rid, path=request.path, status=exc.status, detail=exc.reason)
-        return _error(err, rid)
+        response = _error(err, rid)
     except RouterError as exc:
-        return _error(exc, rid)
+        response = _error(exc, rid)
     except Exception:
         log.get("ROUTER").exception("Unhandled error", request_id=rid, path=request.path, status=500)
-        return _error(RouterError("Internal error in llm-router; see its log for this request id."), rid)
-    if not response.prepared and "x-request-id" not in response.headers:
-        response.headers["x-request-id"] = rid
+        response = _error(RouterError("Internal error in llm-router; see its log for this request id."), rid)
+    if not response.prepared:
+        if "x-request-id" not in response.headers:
+            response.headers["x-request-id"] = rid
+        if grant is not None and "Access-Control-Allow-Origin" not in response.headers:
+            response.headers.update(cors_grant(grant))
     return response
 
 
@@ -480,7 +485,6 @@ def create_app(config: Config) -> web.Application:
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
     app.cleanup_ctx.append(_upstream_session)
-    app.on_response_prepare.append(_cors_headers)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", _endpoint("chat"))
         app.router.add_post(f"{prefix}/completions", _endpoint("completions"))

@@ -53,6 +53,22 @@ from router.validate import parse_body
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_KEY = web.RequestKey("client_key", object)  # the caller's ApiKey, None where no key is needed
+CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the allowed cross-origin page this answer is granted to (router.app)
+CORS_EXPOSE = "x-request-id, x-router-deployment, x-router-provider, x-router-route, x-router-attempts, " \
+              "x-router-fallback, x-router-overhead-ms, retry-after"
+
+
+def cors_grant(origin: str) -> dict[str, str]:
+    """The headers that let an allowed page read an answer (``router.app.web_guard``)."""
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSE, "Vary": "Origin"}
+
+
+def _granted(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus the CORS grant of an answer the handler sends itself (a stream);
+    the middleware adds it to the others. Only pages send ``Origin``: one lookup else."""
+    if "Origin" in request.headers and CORS_ORIGIN in request:
+        headers.update(cors_grant(request[CORS_ORIGIN]))
+    return headers
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
 LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
@@ -428,7 +444,7 @@ class Proxy:
         headers = {"Content-Type": "application/json", "x-request-id": rid}
         if dep.api_key:
             headers["Authorization"] = f"Bearer {dep.api_key}"
-        response_headers = {"x-request-id": rid, **_route_headers(decision, outcome.tried)}
+        response_headers = _granted(request, {"x-request-id": rid, **_route_headers(decision, outcome.tried)})
         if outcome.cache is not None:
             response_headers["x-router-cache"] = outcome.cache
         if outcome.capture and stream:
@@ -521,7 +537,7 @@ class Proxy:
         headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
         if not stream:
             return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
-        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        out = web.StreamResponse(status=200, headers=_granted(request, {**SSE_HEADERS, **headers}))
         await out.prepare(request)
         await out.write(entry.body)
         await out.write_eof()

@@ -146,6 +146,16 @@ def web_guard(request: web.Request, config: Config) -> str | None:
     return grant
 
 
+def _listed_origin(request: web.Request, web_access: WebAccess) -> str | None:
+    """With a key configured the key is the protection: a page listed in
+    ``allowed_origins`` gets a CORS grant (browser apps that send the key), no other does."""
+    origin = request.headers["Origin"]
+    if any(fnmatchcase(origin.strip().lower(), pattern) for pattern in web_access.allowed_origins):
+        request[CORS_ORIGIN] = origin
+        return origin
+    return None
+
+
 def _preflight(request: web.Request) -> web.Response:
     """A CORS preflight from an allowed page: granted (GET and POST, the headers it asks for)."""
     return web.Response(status=204, headers={
@@ -179,6 +189,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             grant = web_guard(request, routing.config)
             if grant is not None and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 return _preflight(request)
+        elif routing.config.web.allowed_origins and "Origin" in request.headers:
+            grant = _listed_origin(request, routing.config.web)  # with a key: CORS for the listed pages only
+            if grant is not None and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                return _preflight(request)  # a preflight carries no key: granted before the key check
         request[CLIENT_KEY] = routing.access.authorize(request.path, request.headers)
     except RouterError as exc:
         log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),

@@ -165,7 +165,8 @@ class Config:
         return (
             f"{len(self.deployments)} deployments in {len(self.groups)} model groups, "
             f"{len(self.aliases)} aliases, {len(m.providers)} providers, {len(m.exact_matches)} exact matches, "
-            f"{len(m.patterns)} patterns, {len(m.capabilities)} capabilities, {len(m.fallback_chains)} fallback chains"
+            f"{len(m.patterns)} patterns, {len(m.capabilities)} capabilities, {len(m.fallback_chains)} fallback chains, "
+            f"fallbacks for {len(set(self.router.fallbacks) | set(self.router.context_window_fallbacks))} model groups"
         )
 
 

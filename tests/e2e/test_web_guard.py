@@ -59,6 +59,29 @@ async def test_with_a_key_host_and_origin_are_not_checked(make_stack):
     assert (await send(stack.url, headers={"Host": "evil.example"}))[0] == 401  # as before: the key decides
 
 
+async def test_with_a_key_only_listed_origins_get_cors_grants(make_stack):
+    """With a key, a browser app that sends it needs CORS: pages in allowed_origins get
+    their grant (the preflight carries no key, so it is answered before the key check);
+    others get no Access-Control-* header, and the key still decides."""
+    stack = await make_stack(extra_general=f"master_key: {MASTER}, allowed_origins: ['https://chat.corp.example']")
+    listed, other = "https://chat.corp.example", "https://evil.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+    status, _, headers = await send(stack.url, "OPTIONS", "/v1/chat/completions", {"Origin": listed, **preflight})
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == listed
+    auth = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+    status, body, headers = await send(stack.url, "POST", "/v1/chat/completions", {"Origin": listed, **auth}, CHAT)
+    assert status == 200 and body["choices"] and headers["Access-Control-Allow-Origin"] == listed
+    status, _, headers = await send(stack.url, "POST", "/v1/chat/completions", {"Origin": listed}, CHAT)
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == listed  # the page can read why
+    stream = json.dumps({**json.loads(CHAT), "stream": True})
+    status, body, headers = await send(stack.url, "POST", "/v1/chat/completions", {"Origin": listed, **auth}, stream)
+    assert status == 200 and b"[DONE]" in body and headers["Access-Control-Allow-Origin"] == listed
+    status, _, headers = await send(stack.url, "OPTIONS", "/v1/chat/completions", {"Origin": other, **preflight})
+    assert status != 204 and not any(h.lower().startswith("access-control-") for h in headers)
+    status, _, headers = await send(stack.url, "POST", "/v1/chat/completions", {"Origin": other, **auth}, CHAT)
+    assert status == 200 and not any(h.lower().startswith("access-control-") for h in headers)
+
+
 async def test_keyless_router_refuses_foreign_origins_and_grants_cors_only_to_allowed_ones(make_stack, monkeypatch):
     monkeypatch.setenv("LLM_ROUTER_ORIGINS", "https://chat.example.lan, http://tool.example:*")
     stack = await make_stack(extra_general="allowed_origins: ['https://*.corp.example']")

@@ -235,3 +235,18 @@ def test_explain_cli_prints_the_trace_and_the_decision_without_sending_anything(
     assert out.returncode == 0 and '"route": "capability"' in out.stdout and '"deployment": "llama2-13b-vllm"' in out.stdout
     out = subprocess.run([sys.executable, "-m", "router", "explain", "-H", "X-Capability: nope"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and "Unknown capability 'nope'" in out.stderr
+
+
+def test_summary_counts_litellm_fallbacks(tmp_path):
+    """The start-up line said "0 fallback chains" for a config whose fallbacks are
+    LiteLLM's (router_settings / litellm_settings), as if none were set."""
+    cfg = load_config(write(tmp_path, "c.yaml", textwrap.dedent("""\
+        model_list:
+          - {model_name: a, litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}}
+          - {model_name: b, litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}}
+        router_settings:
+          fallbacks: [{a: [b]}]
+        litellm_settings:
+          context_window_fallbacks: [{b: [a]}]
+        """)))
+    assert "fallbacks for 2 model groups" in cfg.summary()

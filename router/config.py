@@ -355,7 +355,7 @@ def _cache_settings(src: Source, ls: Mapping[str, Any], router: RouterSettings) 
     scope = get(src, cp, "scope", path, "str", default="key")
     if scope not in ("key", "shared"):
         src.error(path + ("scope",), f"unsupported cache scope {scope!r} (supported: key, shared)")
-    url = get(src, cp, "url", path, "secret") or get(src, cp, "redis_url", path, "secret")
+    url = _redis_url(src, cp, "url", path) or _redis_url(src, cp, "redis_url", path)
     host = get(src, cp, "host", path, "str")
     if url is None and host is not None:
         url = f"redis://{host}:{get(src, cp, 'port', path, 'int', default=6379)}"
@@ -371,6 +371,25 @@ def _cache_settings(src: Source, ls: Mapping[str, Any], router: RouterSettings) 
         max_bytes=int(get(src, cp, "max_bytes", path, "pos", default=64 * 1024 * 1024)),
         max_entry_bytes=int(get(src, cp, "max_entry_bytes", path, "pos", default=1024 * 1024)),
     )
+
+
+def _redis_url(src: Source, container: Mapping[str, Any], key: str, path: Path) -> str | None:
+    """A Redis URL, checked as redis-py will use it: its scheme and every query
+    parameter (an unknown one, ``?bogus=1``, passed the check and then failed each
+    connection, and the shutdown with a traceback). The URL is never shown: it may
+    hold a password."""
+    url = get(src, container, key, path, "secret")
+    if url:
+        from redis.asyncio import ConnectionPool
+
+        try:
+            pool = ConnectionPool.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)  # no I/O: only the arguments are checked
+        except (TypeError, ValueError) as exc:
+            unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+            detail = f"unknown query parameter {unknown.group(1)!r}" if unknown else str(exc).replace(url, "<url>")
+            src.error(path + (key,), f"not a Redis URL redis-py accepts: {detail}")
+    return url
 
 
 def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
@@ -396,7 +415,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
         redis_host=get(src, rs, "redis_host", path, "str"),
         redis_port=get(src, rs, "redis_port", path, "int"),
         redis_password=get(src, rs, "redis_password", path, "secret"),
-        redis_url=get(src, rs, "redis_url", path, "secret"),
+        redis_url=_redis_url(src, rs, "redis_url", path),
         fallbacks=MappingProxyType({**_fallback_map(src, ls.get("fallbacks"), lp + ("fallbacks",)),
                                     **_fallback_map(src, rs.get("fallbacks"), path + ("fallbacks",))}),
         context_window_fallbacks=MappingProxyType({

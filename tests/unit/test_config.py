@@ -250,3 +250,26 @@ def test_summary_counts_litellm_fallbacks(tmp_path):
           context_window_fallbacks: [{b: [a]}]
         """)))
     assert "fallbacks for 2 model groups" in cfg.summary()
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("redis://127.0.0.1:6379/15?bogus=1", "unknown query parameter 'bogus'"),
+    ("redis://:hunter2secret@127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("http://127.0.0.1:6379", "schemes"),
+])
+def test_a_redis_url_redis_py_would_refuse_is_a_config_error_without_its_secret(tmp_path, url, problem):
+    """An unknown query parameter passed check-config, then every connection failed and
+    the shutdown ended in a traceback. The error names the problem, never the URL."""
+    head = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}\n"
+    for where, key in ((f"router_settings:\n  redis_url: '{url}'\n", "router_settings.redis_url"),
+                       (f"litellm_settings:\n  cache: true\n  cache_params: {{type: redis, url: '{url}'}}\n",
+                        "litellm_settings.cache_params.url")):
+        errors = errors_of(write(tmp_path, "c.yaml", head + where))
+        assert len(errors) == 1 and problem in errors[0] and key in errors[0], errors
+        assert "hunter2secret" not in errors[0]
+
+
+def test_redis_urls_redis_py_accepts_load(tmp_path):
+    head = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}\n"
+    for good in ("redis://:pw@127.0.0.1:6379/0?socket_timeout=2", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///run/r.sock?db=2"):
+        assert load_config(write(tmp_path, "c.yaml", head + f"router_settings:\n  redis_url: '{good}'\n")).router.redis_url == good

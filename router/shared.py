@@ -56,6 +56,7 @@ SYNC_INTERVAL = 0.5
 HEARTBEAT_TTL = 5
 MAX_BACKOFF = 10.0
 MAX_BAD_KEYS = 1000  # keys remembered as logged (bounded; beyond it they are logged again)
+MAX_COUNT = 1 << 40  # the largest shared count believed (requests, tokens per minute, picks, in flight)
 STOP_WAIT = 3.0  # seconds stop() waits for the sharing tasks
 
 
@@ -174,12 +175,18 @@ class RedisShare:
                          value=shown[:100])
 
     def _int(self, key: str, raw: Any) -> int:
+        """A shared count: a whole number from 0 to ``MAX_COUNT``; anything else (a
+        negative, or a count no router reaches, that would block a deployment for good)
+        is skipped and logged."""
         if raw is None:
             return 0
         try:
             if isinstance(raw, Exception):
                 raise ValueError(raw)
-            return int(raw)
+            n = int(raw)
+            if not 0 <= n <= MAX_COUNT:
+                raise ValueError(n)
+            return n
         except (TypeError, ValueError):
             self._bad_value(key, raw)
             return 0

@@ -31,6 +31,7 @@ async def test_every_kind_of_unreadable_shared_value_is_skipped_logged_once_and_
                 f"{k}usage:pair-b:{minute}": lambda c, key: c.hset(key, mapping={"req": "many", "tok": "1e3"}),
                 f"{k}usage:solo-1:{minute}": lambda c, key: c.set(key, "7"),  # a string, not a hash
                 f"{k}fails:pair-c:{minute}": lambda c, key: c.set(key, "1.5"),
+                f"{k}rr:pair-c": lambda c, key: c.set(key, str(1 << 62), ex=60),  # no router counts that far
                 f"{k}inflight:pair-c": lambda c, key: c.hset(key, "feedfacefeed", "lots"),
                 f"{k}ttft:pair-b": lambda c, key: c.rpush(key, "nan", "fast", "-1", "0.5"),
                 f"{k}latency:pair-c": lambda c, key: c.set(key, "0.5"),  # a string, not a list
@@ -42,6 +43,7 @@ async def test_every_kind_of_unreadable_shared_value_is_skipped_logged_once_and_
             await client.set(f"{k}instance:feedfacefeed", 1, ex=30)  # the foreign in-flight count is "alive"
             for key, corrupt in bad.items():
                 await corrupt(client, key)
+            await client.hset(f"{k}usage:pair-c:{minute}", mapping={"req": "-5", "tok": "9" * 30})  # out of range
             for message in ("garbage", "1", '{"id": "pair-b"}', '{"id": "pair-b", "until": "x"}', '{"id": 5}'):
                 await client.publish(f"{k}events", message)
             shares = [p.state(i).share for i in (0, 1)]
@@ -59,6 +61,7 @@ async def test_every_kind_of_unreadable_shared_value_is_skipped_logged_once_and_
             await wait_for(lambda: p.state(1)["flaky-1"].picks >= before + 1, "B to see A's picks")
             await wait_for(lambda: p.state(1)["flaky-1"].snapshot()["state"] == "cooldown", "B to see A's cooldown")
             assert p.state(1)["pair-c"].remote_in_flight == 0  # "lots" counted as nothing
+            assert p.state(1)["pair-c"].minute_tokens < 1000 and p.state(1)["pair-c"].picks < 1000
             assert p.state(1)["pair-b"].shared_ttft is not None and list(p.state(1)["pair-b"].shared_ttft) == [0.5]
             await client.aclose()
         out = buf.getvalue()
@@ -66,6 +69,8 @@ async def test_every_kind_of_unreadable_shared_value_is_skipped_logged_once_and_
             n = len(re.findall(r"does not parse.*key=" + re.escape(key) + r"\b", out))
             assert 1 <= n <= 2, (key, n, out[-3000:])  # once per instance that read it, not once per round
         assert 1 <= out.count(f"key={k}events") <= 2 * 5
+        for field in ("req", "tok"):
+            assert 1 <= out.count(f'key="{k}usage:pair-c:{minute} {field}"') <= 2, field
         assert "Traceback" not in out
     finally:
         log.configure()

@@ -137,7 +137,7 @@ class Config:
     groups: Mapping[str, tuple[Deployment, ...]]
     by_id: Mapping[str, Deployment]
     aliases: Mapping[str, tuple[Deployment, ...]]
-    wildcards: tuple[tuple[re.Pattern[str], Deployment], ...]
+    wildcards: tuple[tuple[Wildcard, Deployment], ...]
     catchalls: Mapping[str, Deployment]  # provider name -> dynamic deployment
     router: RouterSettings
     mappings: Mappings
@@ -539,8 +539,44 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
     return out
 
 
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + "(.*)".join(re.escape(part) for part in pattern.split("*")) + "$")
+class Wildcard:
+    """A model_list name with ``*`` (LiteLLM's wildcard routing, ``openai/*``), matched
+    as the regex ``^a(.*)b(.*)c$`` would be, greedy captures included, but in linear time:
+    that regex backtracks, about n**(stars-1) steps on a hostile 512-character name
+    (``*a*b*c*``), and model names come from clients. A greedy match puts each literal
+    part as far right as the parts after it allow: placing them from the right, each at
+    its last occurrence before the next, gives exactly that."""
+
+    __slots__ = ("pattern", "parts")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.parts = pattern.split("*")
+
+    def match(self, name: str) -> tuple[str, ...] | None:
+        """The text each ``*`` stands for, or None. Like ``.``, a ``*`` never spans a
+        newline (model names with control characters are refused earlier anyway)."""
+        parts = self.parts
+        first, last = parts[0], parts[-1]
+        if len(parts) == 1:
+            return () if name == first else None
+        if len(name) < len(first) + len(last) or not name.startswith(first) or not name.endswith(last):
+            return None
+        start, end = len(first), len(name) - len(last)
+        ends: list[int] = []  # where each middle part starts, right to left
+        for part in reversed(parts[1:-1]):
+            at = name.rfind(part, start, end)
+            if at < 0:
+                return None
+            ends.append(at)
+            end = at
+        groups: list[str] = []
+        pos = start
+        for part, at in zip(parts[1:-1], reversed(ends)):
+            groups.append(name[pos:at])
+            pos = at + len(part)
+        groups.append(name[pos:len(name) - len(last)])
+        return None if any("\n" in g for g in groups) else tuple(groups)
 
 
 def _aliases(src: Source, top: Mapping[str, Any], groups: Mapping[str, tuple[Deployment, ...]], by_id: Mapping[str, Deployment]) -> dict[str, tuple[Deployment, ...]]:
@@ -661,10 +697,10 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
 
     by_id = {d.id: d for d in deployments}
     groups: dict[str, list[Deployment]] = {}
-    wildcards: list[tuple[re.Pattern[str], Deployment]] = []
+    wildcards: list[tuple[Wildcard, Deployment]] = []
     for d in deployments:
         if d.wildcard:
-            wildcards.append((_wildcard_regex(d.wildcard), d))
+            wildcards.append((Wildcard(d.wildcard), d))
         else:
             groups.setdefault(d.model_name, []).append(d)
     frozen_groups = {k: tuple(v) for k, v in groups.items()}

@@ -254,15 +254,15 @@ class Engine:
     def _pattern(self, model: str, trace: list[str]) -> _Resolution | None:
         rule = self.patterns.first_match(model)
         if rule is not None:
-            trace.append(f"pattern: {rule.pattern.pattern!r} matches -> provider {rule.provider}")
-            return self._on_provider("pattern", rule.provider, model, trace, matched=rule.pattern.pattern, fallback=rule.fallback)
+            trace.append(f"pattern: {rule.shown!r} matches -> provider {rule.provider}")
+            return self._on_provider("pattern", rule.provider, model, trace, matched=rule.shown, fallback=rule.fallback)
         if self.config.mappings.patterns:
             trace.append(f"pattern: none of {len(self.config.mappings.patterns)} patterns match")
-        for regex, wdep in self.config.wildcards:
-            m = regex.match(model)
-            if m:
+        for wildcard, wdep in self.config.wildcards:
+            groups = wildcard.match(model)
+            if groups is not None:
                 upstream = wdep.upstream_model
-                for part in m.groups():
+                for part in groups:
                     upstream = upstream.replace("*", part, 1)
                 trace.append(f"wildcard: model_list {wdep.wildcard!r} matches -> {wdep.id} as {upstream!r}")
                 return _Resolution("wildcard", wdep.wildcard or model, [wdep], upstream, wdep.wildcard or "")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from router.regexcheck import backtracking_problem
+from router.regexcheck import backtracking_problem, searched_form
 from router.checks import check_url, get, unknown_keys
 from router.domain import WIRE_FORMATS, Provider
 from router.routing import strategies
@@ -34,6 +34,11 @@ class PatternRule:
     provider: str
     fallback: str | None = None
     description: str = ""
+    text: str = ""  # the pattern as written (``pattern`` is its searched form: see ``regexcheck.searched_form``)
+
+    @property
+    def shown(self) -> str:
+        return self.text or self.pattern.pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,16 +197,18 @@ def load_policy(src: Source) -> Mappings:
         regex = None
         if text is not None:
             try:
-                regex = re.compile(text)
+                re.compile(text)
+                regex = re.compile(searched_form(text))  # what is matched: the same names, fewer loops
             except (re.error, OverflowError, RecursionError) as exc:  # "a{4294967296}", "((((...))))" 1000 deep
                 src.error(p + ("pattern",), f"bad regex {text[:200]!r}: {exc}")
             else:
-                problem = backtracking_problem(text)
+                problem = backtracking_problem(regex.pattern)
                 if problem:
                     src.error(p + ("pattern",), f"refused regex {text[:200]!r}: {problem}")
                     regex = None
         if regex is not None and prov:
-            patterns.append(PatternRule(regex, prov, _provider_ref(src, spec, "fallback", p, providers), get(src, spec, "description", p, "str", default="")))
+            patterns.append(PatternRule(regex, prov, _provider_ref(src, spec, "fallback", p, providers),
+                                        get(src, spec, "description", p, "str", default=""), text))
 
     capabilities: dict[str, Capability] = {}
     for name, spec in get(src, data, "capabilities", (), "map", default={}).items():

@@ -17,8 +17,10 @@ parsed form, for what a backtracking matcher can be made to explore:
 - **polynomial**: for states ``p != q`` that both loop, ``p`` "feeds" ``q`` if some text
   can loop on ``p``, lead from ``p`` to ``q`` and loop on ``q``. A chain of k states each
   feeding the next costs about n**k steps; chains longer than two (search prefix and
-  one ``.*``, as in ``.*\\.gguf$``) are refused: ``.*.*x``, ``a*a*a*x``, ``.*a.*b``
-  (write ``a.*b``: patterns are searched anywhere anyway);
+  one ``.*``, as in ``.*\\.gguf$``) are refused: ``a*a*a*x``, ``a.*b.*c.*d``. A leading
+  ``.*`` of an unanchored pattern is dropped before the check and the match
+  (``searched_form``: a search finds the same names without it), so ``.*a.*b`` is
+  ``a.*b`` and passes;
 - finite ambiguity (``(a|a)(a|a)...``) is bounded by counting overlapping choices;
   lookaround bodies count with the pattern around them; backreferences are treated as
   ``[\\s\\S]*``.
@@ -63,6 +65,20 @@ _FLAG_MASK = re.IGNORECASE | re.ASCII | re.LOCALE | re.UNICODE
 
 class _TooComplex(Exception):
     pass
+
+
+_LEADING_ANY = re.compile(r"(\(\?[aiLmsux]+\))?((?:\.\*\??)+)(?![*+?{])")
+
+
+def searched_form(pattern: str) -> str:
+    """``pattern`` without a leading ``.*`` (or ``.*?``), which changes nothing for a
+    search (the router searches: ``.*X`` finds a name exactly when ``X`` does) but adds
+    a loop: ``.*llama.*70b.*`` would be refused and ``llama.*70b.*`` is not. Global
+    inline flags (``(?i)``) stay in front."""
+    m = _LEADING_ANY.match(pattern)
+    if m is None:
+        return pattern
+    return (m.group(1) or "") + pattern[m.end():]
 
 
 def backtracking_problem(pattern: str) -> str | None:

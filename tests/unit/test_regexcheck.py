@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from router.regexcheck import backtracking_problem
+from router.regexcheck import backtracking_problem, searched_form
 from router.routing.engine import MAX_MODEL_NAME
 from router.routing.patterns import PatternIndex
 
@@ -107,6 +107,28 @@ def test_accepted_patterns_match_hostile_names_quickly(pattern, extra):
         return
     if backtracking_problem(pattern) is None:
         assert_fast(pattern, extra)
+    searched = searched_form(".*" + pattern)  # what the router matches for a pattern written with a leading .*
+    if backtracking_problem(searched) is None:
+        assert_fast(searched, extra)
+
+
+@FUZZ
+@given(lead=st.sampled_from([".*", ".*?", ".*.*", "(?i).*", "(?s).*?", ".*.*?"]), pattern=anchored,
+       names=st.lists(st.text(alphabet="ab1 -_x\n", max_size=12), max_size=6))
+@example(lead=".*", pattern="|b", names=["", "x"])
+@example(lead=".*", pattern="a|^b", names=["xb", "b", "xa"])
+@example(lead="(?s).*", pattern="\\Aa", names=["a", "xa", "\na"])
+def test_a_leading_dot_star_changes_no_search(lead, pattern, names):
+    """``searched_form`` drops it: every name a search finds with it, it finds without."""
+    try:
+        original = re.compile(lead + pattern)
+    except (re.error, OverflowError, RecursionError):
+        return
+    searched = re.compile(searched_form(lead + pattern))
+    assert searched.pattern != original.pattern or not lead.replace("(?i)", "").replace("(?s)", "")
+    for name in names:  # short names: the original may backtrack badly on long ones (that is the point)
+        with alarm(5.0):
+            assert bool(original.search(name)) == bool(searched.search(name)), (original.pattern, searched.pattern, name)
 
 
 @pytest.mark.parametrize("pattern", [
@@ -129,6 +151,22 @@ def test_patterns_the_old_check_let_through_are_refused(pattern):
 def test_more_ordinary_patterns_pass(pattern):
     assert backtracking_problem(pattern) is None
     assert_fast(pattern, [])
+
+
+def test_a_pattern_written_with_a_leading_dot_star_loads_and_shows_as_written(tmp_path):
+    """``.*llama.*70b.*`` (three loops with the search prefix) is matched as
+    ``llama.*70b.*``: accepted, fast, and logged as the operator wrote it."""
+    from router.policy import load_policy
+    from router.yamlsource import load
+
+    path = tmp_path / "m.yaml"
+    path.write_text("providers:\n  vllm: {type: vllm, api_base: 'http://127.0.0.1:9'}\n"
+                    "patterns:\n  - {pattern: '(?i).*llama.*70b.*', provider: vllm}\n")
+    src = load(str(path))
+    rule, = load_policy(src).patterns
+    assert not src.errors and rule.shown == "(?i).*llama.*70b.*" and rule.pattern.pattern == "(?i)llama.*70b.*"
+    assert rule.pattern.search("Meta-LLAMA-3-70B") and not rule.pattern.search("llama-8b")
+    assert_fast(rule.pattern.pattern, ["llama" * 102])
 
 
 def test_the_issue_example_really_is_slow_unchecked():

@@ -110,3 +110,15 @@ async def test_served_as_json_without_a_key(aiohttp_client, tmp_path):
     assert served == openapi.spec()
     r = await client.get("/v1/models")
     assert r.status == 401  # the rest still needs the key
+
+
+def test_every_operation_documents_the_refusals_every_request_can_get():
+    """On a keyless router every path can answer 403 (a foreign Host or Origin), and every
+    POST 415 (a compressed body; a form body from a page): the spec said neither."""
+    spec = yaml.safe_load(openapi.SPEC_FILE.read_text())
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if isinstance(op, dict) and "responses" in op:
+                assert "403" in op["responses"], (method, path)
+                if method == "post":
+                    assert "415" in op["responses"], (method, path)

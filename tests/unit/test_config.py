@@ -36,7 +36,7 @@ def test_shipped_config_loads_the_seed_setup():
     assert providers["llama2-13b-vllm"] == ("vllm", "vllm", "http://127.0.0.1:8001/v1", "meta-llama/Llama-2-13b-chat-hf")
     assert providers["llama-cpp-python"][:3] == ("llama_cpp_python", "llama_cpp_python", "http://127.0.0.1:8000/v1")
     assert providers["llama-cpp-native"][:3] == ("llama_cpp_native", "llama_cpp_native", "http://127.0.0.1:8080/v1")
-    assert [p.pattern.pattern for p in cfg.mappings.patterns] == ["^meta-llama/.*", "^mistralai/.*", ".*:\\d+[bB]$", ".*\\.gguf$"]
+    assert [p.shown for p in cfg.mappings.patterns] == ["^meta-llama/.*", "^mistralai/.*", ".*:\\d+[bB]$", ".*\\.gguf$"]
     assert set(cfg.mappings.fallback_chains) == {"default", "code_generation", "high_availability"}
     assert dict(cfg.mappings.redundant_models["llama3.1:8b"]) == {"ollama": 0.7, "llama_cpp_python": 0.3}
     assert [d.id for d in cfg.aliases["general_chat"]] == ["llama3.1-ollama", "llama2-13b-vllm", "llama-cpp-python"]

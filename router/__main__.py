@@ -157,11 +157,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.app import PROXY, create_app, reload_config
 
     log.configure(args.log_format, args.log_level)
-    from router.workers import GENERATION_ENV, SNAPSHOT_ENV, read_snapshot
+    from router.workers import GENERATION_ENV, SNAPSHOT_ENV, read_snapshot_fd
 
     files = None  # under --workers, every process loads the same bytes (router.workers.supervise)
     if args.worker and os.environ.get(SNAPSHOT_ENV):
-        files = read_snapshot(os.environ[SNAPSHOT_ENV])
+        files = read_snapshot_fd(int(os.environ[SNAPSHOT_ENV]))
     elif args.workers > 1 and not args.worker:
         files = read_files(args.config, args.mappings)
     config = load_or_exit(args, files)

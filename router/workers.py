@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import selectors
 import shutil
@@ -56,6 +57,9 @@ RELOAD_TIMEOUT = 15.0  # for every worker to acknowledge a reload
 # Test-only hook (never set it in production): a worker that manages to delete this
 # file (so exactly one does) blocks its event loop for an hour, like a hung worker.
 TEST_HANG_ENV = "LLM_ROUTER_TEST_HANG_FILE"
+# Test-only hook too: a worker starting while this file exists exits 3 at once (a
+# replacement that cannot start, now that a broken file on disk no longer does that).
+TEST_FAIL_START_ENV = "LLM_ROUTER_TEST_FAIL_START_FILE"
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 18
 
@@ -71,6 +75,9 @@ def follow_supervisor() -> None:
     pid = os.environ.get(SUPERVISOR_ENV)
     if not pid:
         return
+    if os.environ.get(TEST_FAIL_START_ENV) and os.path.exists(os.environ[TEST_FAIL_START_ENV]):
+        print("llm-router: this worker may not start (test hook)", file=sys.stderr)
+        sys.exit(3)
     try:
         import ctypes
 
@@ -82,16 +89,23 @@ def follow_supervisor() -> None:
         sys.exit(0)
 
 
-SNAPSHOT_ENV = "LLM_ROUTER_CONFIG_SNAPSHOT"  # the accepted configuration's bytes, for a worker starting
+SNAPSHOT_ENV = "LLM_ROUTER_CONFIG_SNAPSHOT_FD"  # a worker's start-up configuration: an fd of its bytes
 GENERATION_ENV = "LLM_ROUTER_CONFIG_GENERATION"  # ...and its generation (0: as at start-up)
 
 
-def write_snapshot(directory: str, generation: int, files: dict[str, bytes | None]) -> str:
-    """The bytes of a configuration (``router.config.read_files``) in a file only this
-    user can read (it holds keys), for workers to load instead of the disk."""
-    path = os.path.join(directory, f"config-{generation}.json")
-    data = orjson.dumps({k: None if v is None else base64.b64encode(v).decode() for k, v in files.items()})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def encode_snapshot(files: dict[str, bytes | None]) -> bytes:
+    """The bytes of a configuration's files (``router.config.read_files``), as handed to workers."""
+    return orjson.dumps({k: None if v is None else base64.b64encode(v).decode() for k, v in files.items()})
+
+
+def decode_snapshot(data: bytes) -> dict[str, bytes | None]:
+    return {k: None if v is None else base64.b64decode(v) for k, v in orjson.loads(data).items()}
+
+
+def write_snapshot(generation: int, data: bytes) -> str:
+    """A reload's snapshot, in a file only this user can read (mkstemp: 0600; it holds
+    keys), named in the reload message and removed once every worker has answered."""
+    fd, path = tempfile.mkstemp(prefix=f"llm-router-reload-{generation}-", suffix=".json")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return path
@@ -99,7 +113,14 @@ def write_snapshot(directory: str, generation: int, files: dict[str, bytes | Non
 
 def read_snapshot(path: str) -> dict[str, bytes | None]:
     with open(path, "rb") as fh:
-        return {k: None if v is None else base64.b64decode(v) for k, v in orjson.loads(fh.read()).items()}
+        return decode_snapshot(fh.read())
+
+
+def read_snapshot_fd(fd: int) -> dict[str, bytes | None]:
+    """A worker's start-up configuration, from the unnamed file the supervisor passed."""
+    with os.fdopen(fd, "rb") as fh:
+        fh.seek(0)
+        return decode_snapshot(fh.read())
 
 
 def _message(kind: str, payload: Any = None) -> bytes:
@@ -263,8 +284,9 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
     selector = selectors.DefaultSelector()
     reloads: dict[int, dict[str, Any]] = {}  # generation -> pending slots, results, who asked, deadline
     generation = 0
-    snapshots = tempfile.mkdtemp(prefix="llm-router-config-")  # mode 0700: the files hold keys
-    accepted = write_snapshot(snapshots, 0, files if files is not None else read_files(*config))
+    # What a worker starting now loads: the bytes every serving worker accepted, kept here
+    # (a file in /tmp could be cleaned away by systemd-tmpfiles over weeks of uptime).
+    accepted = encode_snapshot(files if files is not None else read_files(*config))
     accepted_gen = 0
     stopping = False
     hangup = False
@@ -281,13 +303,17 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
 
     def spawn(slot: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        snapshot = tempfile.TemporaryFile()  # unnamed: nothing else can see or remove it
+        snapshot.write(accepted)
+        snapshot.flush()
         env = {**os.environ, "LLM_ROUTER_WORKER": str(slot + 1), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-               SUPERVISOR_ENV: str(os.getpid()), LINK_ENV: str(theirs.fileno()), SNAPSHOT_ENV: accepted,
-               GENERATION_ENV: str(accepted_gen)}
+               SUPERVISOR_ENV: str(os.getpid()), LINK_ENV: str(theirs.fileno()),
+               SNAPSHOT_ENV: str(snapshot.fileno()), GENERATION_ENV: str(accepted_gen)}
         try:
-            procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=(theirs.fileno(),))
+            procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=(theirs.fileno(), snapshot.fileno()))
         finally:
             theirs.close()
+            snapshot.close()
         unlink(slot)
         ours.setblocking(False)
         links[slot] = ours
@@ -315,10 +341,11 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         generation += 1
         if requester is None:
             systemd.reloading("reloading the configuration in every worker")
-        snapshot = write_snapshot(snapshots, generation, read_files(*config))  # one reading for every worker
+        data = encode_snapshot(read_files(*config))  # one reading for every worker
+        snapshot = write_snapshot(generation, data)
         message = {"gen": generation, "snapshot": snapshot}
         pending = {slot for slot in range(workers) if alive(slot) and send(slot, "reload", message)}
-        reloads[generation] = {"pending": pending, "results": {}, "requester": requester, "snapshot": snapshot,
+        reloads[generation] = {"pending": pending, "results": {}, "requester": requester, "snapshot": snapshot, "data": data,
                                "deadline": time.monotonic() + RELOAD_TIMEOUT}
         if not pending:
             finish_reload(generation)
@@ -334,9 +361,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         rows = [{**row, "detail": row["detail"][:room]} for row in rows]
         ok = bool(rows) and all(row["ok"] for row in rows)
         if any(row["ok"] for row in rows) and gen > accepted_gen:  # what replacements start with from now on
-            old, accepted, accepted_gen = accepted, r["snapshot"], gen
-            os.unlink(old)
-        else:
+            accepted, accepted_gen = r["data"], gen
+        with contextlib.suppress(OSError):
             os.unlink(r["snapshot"])
         if ok:
             logger.info(f"configuration reloaded in all {len(rows)} workers", generation=gen)
@@ -441,6 +467,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         unlink(slot)
     if own_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    shutil.rmtree(snapshots, ignore_errors=True)
+    for r in reloads.values():
+        with contextlib.suppress(OSError):
+            os.unlink(r["snapshot"])
     logger.info("all workers stopped")
     return 0

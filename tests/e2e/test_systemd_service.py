@@ -223,7 +223,9 @@ async def test_workers_watchdog_is_withheld_while_no_worker_is_alive(serve_facto
     """The supervisor pinged for ever, even with no worker serving; now WATCHDOG=1 means
     some worker's event loop is turning (it beats), so systemd restarts a service whose
     workers are all gone: here both are killed and their replacements cannot start."""
-    proc, base, log = await serve_factory("--workers", "2", main_pid_watchdog=True, WATCHDOG_USEC="1000000")
+    doomed = tmp_path / "no-start"
+    proc, base, log = await serve_factory("--workers", "2", main_pid_watchdog=True, WATCHDOG_USEC="1000000",
+                                          LLM_ROUTER_TEST_FAIL_START_FILE=str(doomed))
     async with aiohttp.ClientSession() as s:
         await await_ready(notifications, proc, base, s)
     loop = asyncio.get_running_loop()
@@ -232,11 +234,11 @@ async def test_workers_watchdog_is_withheld_while_no_worker_is_alive(serve_facto
         assert loop.time() < end, log.read_text()
         await asyncio.sleep(0.05)
     await notifications.expect("WATCHDOG=1", proc, deadline_s=2)
-    (tmp_path / "config.yaml").write_text("model_list: [oops\n")  # replacements exit 2 at start
+    doomed.touch()  # replacements exit 3 at start (a broken config file on disk no longer does that)
     for pid in re.findall(r"worker \d started pid=(\d+)", log.read_text()):
         os.kill(int(pid), signal.SIGKILL)
     end = loop.time() + 20
-    while not all(f"worker {n} exited with 2" in log.read_text() for n in (1, 2)):
+    while not all(f"worker {n} exited with 3" in log.read_text() for n in (1, 2)):
         assert loop.time() < end, log.read_text()
         await asyncio.sleep(0.05)
     while await notifications.next(0.01) is not None:  # what was sent before

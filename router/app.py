@@ -169,12 +169,22 @@ def _preflight(request: web.Request) -> web.Response:
 def _encoding_refused(request: web.Request) -> RouterError | None:
     """A compressed request body is refused, never inflated (a few MB of gzip inflate
     to gigabytes, on the event loop); LiteLLM's server does not decode them either.
-    aiohttp's own inflating is off (``router.server.runner_options``)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("identity", ""):
-        return None
-    return BadRequest(f"Content-Encoding `{encoding[:64]}` is not supported: send the request body uncompressed.",
-                      status=415, code="unsupported_content_encoding")
+    aiohttp's own inflating is off (``router.server.runner_options``). Every
+    ``Content-Encoding`` header counts (``identity`` then ``gzip`` is gzip), and so does a
+    transfer coding other than ``chunked`` (``gzip, chunked``: aiohttp would pass the
+    gzip bytes on as the body)."""
+    headers = request.headers
+    codings = [c.strip().lower() for v in headers.getall("Content-Encoding", ()) for c in v.split(",")]
+    encoding = ", ".join(c for c in codings if c not in ("identity", ""))
+    if encoding:
+        return BadRequest(f"Content-Encoding `{encoding[:64]}` is not supported: send the request body uncompressed.",
+                          status=415, code="unsupported_content_encoding")
+    codings = [c.strip().lower() for v in headers.getall("Transfer-Encoding", ()) for c in v.split(",")]
+    encoding = ", ".join(c for c in codings if c not in ("chunked", ""))
+    if encoding:
+        return BadRequest(f"Transfer-Encoding `{encoding[:64]}` is not supported: send the request body uncompressed "
+                          "(chunked is fine).", status=415, code="unsupported_transfer_encoding")
+    return None
 
 
 @web.middleware
@@ -201,7 +211,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if "Origin" in request.headers and CORS_ORIGIN in request:
             response.headers.update(cors_grant(request[CORS_ORIGIN]))
         return response
-    refused = _encoding_refused(request) if "Content-Encoding" in request.headers else None
+    headers = request.headers
+    refused = _encoding_refused(request) if "Content-Encoding" in headers or "Transfer-Encoding" in headers else None
     try:
         if refused is not None:
             log.get("ROUTER").warning("Rejected request: " + refused.message, request_id=rid, path=request.path, status=415)

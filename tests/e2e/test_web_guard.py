@@ -5,6 +5,7 @@ decompression bomb. These run the real server (``Runner``) in-process."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import resource
 import time
@@ -242,3 +243,45 @@ def test_the_bound_name_is_a_host_and_an_unspecified_bind_allows_addresses_not_n
     assert host_allowed(None, none, "127.0.0.1")  # no Host at all (HTTP/1.0): no browser sends that
     assert not origin_allowed("null", "127.0.0.1:4000", none) and origin_allowed("null", None, WebAccess(allowed_origins=("null",)))
     assert origin_allowed("*anything*", None, WebAccess(allowed_origins=("*",)))
+
+
+async def raw_exchange(url: str, head_lines: list[str], body: bytes) -> tuple[int, dict]:
+    host, p = url.split("//")[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(p))
+    writer.write(("\r\n".join([f"POST /v1/chat/completions HTTP/1.1", f"Host: {host}:{p}", *head_lines]) + "\r\n\r\n").encode() + body)
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(next(x.split(b":")[1] for x in rest.split(b"\r\n") if x.lower().startswith(b"content-length")))
+        return int(status_line.split()[1]), json.loads(await asyncio.wait_for(reader.readexactly(length), 30))
+    finally:
+        writer.close()
+
+
+def chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+
+
+async def test_every_content_and_transfer_coding_header_counts(make_stack):
+    """`identity` then `gzip` in two Content-Encoding headers, or `Transfer-Encoding: gzip,
+    chunked`, reached the JSON parser as gzip bytes (a 400 about JSON); both are refused
+    as compressed bodies. Plain chunked uploads are fine."""
+    stack = await make_stack()
+    gz = gzip.compress(CHAT.encode())
+    ct = "Content-Type: application/json"
+    cases = [
+        ([ct, "Content-Encoding: identity", "Content-Encoding: gzip", f"Content-Length: {len(gz)}"], gz, "unsupported_content_encoding"),
+        ([ct, "Content-Encoding: identity, gzip", f"Content-Length: {len(gz)}"], gz, "unsupported_content_encoding"),
+        ([ct, "Transfer-Encoding: gzip, chunked"], chunked(gz), "unsupported_transfer_encoding"),
+    ]
+    for head, body, code in cases:
+        status, answer = await raw_exchange(stack.url, head, body)
+        assert (status, answer["error"]["code"]) == (415, code), (head, answer)
+    # two Transfer-Encoding headers: the HTTP parser refuses the request itself
+    status, answer = await raw_exchange(stack.url, [ct, "Transfer-Encoding: gzip", "Transfer-Encoding: chunked"], chunked(gz))
+    assert (status, answer["error"]["code"]) == (400, "malformed_request"), answer
+    status, answer = await raw_exchange(stack.url, [ct, "Transfer-Encoding: chunked"], chunked(CHAT.encode()))
+    assert status == 200 and answer["choices"], answer
+    status, answer = await raw_exchange(stack.url, [ct, "Content-Encoding: identity", f"Content-Length: {len(CHAT)}"],
+                                        CHAT.encode())
+    assert status == 200 and answer["choices"], answer

@@ -335,8 +335,12 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; the deployment state gauges are brought up to date first
     (a cooldown ends by time, not by an event)."""
     proxy = request.app[PROXY]
-    proxy.metrics.states(_all_deployments(proxy.config), proxy.config.groups, proxy.state, time.time())
-    return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    m = proxy.metrics
+    m.states(_all_deployments(proxy.config), proxy.config.groups, proxy.state, time.time())
+    m.flush()  # on the loop, where the metrics are written...
+    m.sample_process()
+    body = await asyncio.get_running_loop().run_in_executor(None, m.generate)  # ...the text, off it
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def router_stats(request: web.Request) -> web.Response:

@@ -296,6 +296,13 @@ class Metrics:
     def render(self) -> bytes:
         self.flush()
         self.sample_process()
+        return self.generate()
+
+    def generate(self) -> bytes:
+        """The exposition text, without touching this process's metrics: safe to run in a
+        thread (``router.app.metrics`` does: with thousands of deployments, merging every
+        worker's files takes seconds, which on the event loop stalled all requests and
+        got the worker killed as hung by the supervisor)."""
         path = multiprocess_dir()
         if path:
             registry = CollectorRegistry()

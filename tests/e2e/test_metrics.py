@@ -114,3 +114,45 @@ async def test_the_proxys_own_overhead_is_a_header_and_a_histogram_without_the_u
     samples = await scrape(stack.url)
     assert value(samples, "llm_router_overhead_seconds_count") == 2
     assert value(samples, "llm_router_overhead_seconds_sum") < 0.2
+
+
+async def test_a_scrape_leaves_the_event_loop_turning(aiohttp_client, tmp_path, monkeypatch):
+    """With thousands of deployments under --workers, building the text took seconds on
+    the event loop: every request on that worker stalled and the supervisor killed it as
+    hung (no heartbeat). The text is now built off the loop: a loop callback keeps
+    running while a (deliberately slow) exposition is being built."""
+    import asyncio
+    import time as _time
+
+    from router.app import PROXY, create_app
+    from router.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_list:\n  - {model_name: a, litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}}\n")
+    app = create_app(load_config(str(cfg)))
+    metrics = app[PROXY].metrics
+    real = metrics.generate
+
+    def slow() -> bytes:
+        _time.sleep(0.5)  # blocks whichever thread runs it
+        return real()
+
+    monkeypatch.setattr(metrics, "generate", slow)
+    client = await aiohttp_client(app)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await asyncio.sleep(0.02)
+        before = ticks
+        r = await client.get("/metrics")
+        assert r.status == 200 and "llm_router_build_info" in await r.text()
+        assert ticks - before >= 10, ticks - before  # 0 or 1 when the loop itself sleeps 0.5 s
+    finally:
+        ticker.cancel()

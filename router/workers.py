@@ -288,6 +288,8 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
     # (a file in /tmp could be cleaned away by systemd-tmpfiles over weeks of uptime).
     accepted = encode_snapshot(files if files is not None else read_files(*config))
     accepted_gen = 0
+    serving_gen = [0] * workers  # the generation each worker's configuration is on
+    catch_ups = 0
     stopping = False
     hangup = False
 
@@ -318,6 +320,7 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         ours.setblocking(False)
         links[slot] = ours
         selector.register(ours, selectors.EVENT_READ, slot)
+        serving_gen[slot] = accepted_gen
         started_at[slot] = time.monotonic()
         beat_deadline[slot] = started_at[slot] + STARTUP_TIMEOUT
         last_beat[slot] = started_at[slot]
@@ -345,14 +348,34 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         snapshot = write_snapshot(generation, data)
         message = {"gen": generation, "snapshot": snapshot}
         pending = {slot for slot in range(workers) if alive(slot) and send(slot, "reload", message)}
-        reloads[generation] = {"pending": pending, "results": {}, "requester": requester, "snapshot": snapshot, "data": data,
-                               "deadline": time.monotonic() + RELOAD_TIMEOUT}
+        reloads[generation] = {"gen": generation, "pending": pending, "results": {}, "requester": requester,
+                               "snapshot": snapshot, "data": data, "deadline": time.monotonic() + RELOAD_TIMEOUT}
         if not pending:
             finish_reload(generation)
 
-    def finish_reload(gen: int) -> None:
+    def catch_up() -> None:
+        """Workers on an older configuration than the accepted one reload to it: a
+        replacement started (with the then accepted one) while a reload was under way,
+        or a worker that missed the reload's deadline."""
+        nonlocal catch_ups
+        busy = {slot for r in reloads.values() for slot in r["pending"]}
+        stale = [slot for slot in range(workers) if alive(slot) and serving_gen[slot] < accepted_gen and slot not in busy]
+        if not stale:
+            return
+        catch_ups += 1
+        snapshot = write_snapshot(accepted_gen, accepted)
+        message = {"gen": accepted_gen, "snapshot": snapshot}
+        pending = {slot for slot in stale if send(slot, "reload", message)}
+        logger.info(f"worker(s) {', '.join(str(s + 1) for s in sorted(pending))} catching up with generation {accepted_gen}")
+        reloads[-catch_ups] = {"gen": accepted_gen, "pending": pending, "results": {}, "requester": None, "catch_up": True,
+                               "snapshot": snapshot, "data": accepted, "deadline": time.monotonic() + RELOAD_TIMEOUT}
+        if not pending:
+            finish_reload(-catch_ups)
+
+    def finish_reload(key: int) -> None:
         nonlocal accepted, accepted_gen
-        r = reloads.pop(gen)
+        r = reloads.pop(key)
+        gen = r["gen"]
         for slot in r["pending"]:
             r["results"][slot] = {"ok": False, "refused": False,
                                   "detail": f"no acknowledgement within {RELOAD_TIMEOUT:g} s"}
@@ -364,8 +387,16 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
             accepted, accepted_gen = r["data"], gen
         with contextlib.suppress(OSError):
             os.unlink(r["snapshot"])
+        if r.get("catch_up"):
+            for row in rows:
+                if row["ok"]:
+                    logger.info(f"worker {row['worker']} caught up with generation {gen}")
+                else:
+                    logger.error(f"worker {row['worker']} could not switch to generation {gen}; it serves an older "
+                                 "configuration", detail=row["detail"])
+            return  # no second round: a worker that refused the very bytes the others took is an error, not a loop
         if ok:
-            logger.info(f"configuration reloaded in all {len(rows)} workers", generation=gen)
+            logger.info(f"configuration reloaded in all {len(rows)} running workers", generation=gen)
         elif rows and all(row["refused"] for row in rows):
             logger.warning("every worker refused the new configuration; the old one keeps serving", generation=gen)
         else:
@@ -377,14 +408,17 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
         else:
             slot, rid = r["requester"]
             send(slot, "result", {"id": rid, "workers": rows})
+        catch_up()
 
     def acknowledge(slot: int, gen: Any, result: dict[str, Any]) -> None:
-        r = reloads.get(gen)
-        if r is not None and slot in r["pending"]:
-            r["pending"].discard(slot)
-            r["results"][slot] = result
-            if not r["pending"]:
-                finish_reload(gen)
+        if result["ok"] and isinstance(gen, int):
+            serving_gen[slot] = max(serving_gen[slot], gen)  # late acknowledgements count too
+        for key, r in list(reloads.items()):
+            if r["gen"] == gen and slot in r["pending"]:
+                r["pending"].discard(slot)
+                r["results"][slot] = result
+                if not r["pending"]:
+                    finish_reload(key)
 
     def receive(slot: int, sock: socket.socket) -> None:
         while True:
@@ -448,7 +482,7 @@ def supervise(argv: Sequence[str], workers: int, grace: float, bind: tuple[str, 
             if p is not None and p.poll() is not None and not stopping:
                 logger.warning(f"worker {slot + 1} exited with {p.returncode}; restarting", pid=p.pid)
                 multiprocess.mark_process_dead(p.pid, metrics_dir)
-                for gen in [g for g, r in reloads.items() if slot in r["pending"]]:
+                for gen in {r["gen"] for r in reloads.values() if slot in r["pending"]}:
                     acknowledge(slot, gen, {"ok": False, "refused": False, "detail": f"exited with {p.returncode} during the reload"})
                 if time.monotonic() - started_at[slot] < RESTART_MIN_INTERVAL:
                     time.sleep(RESTART_MIN_INTERVAL)  # a crash loop must not spin the supervisor

@@ -260,12 +260,60 @@ async def test_sighup_to_one_worker_reloads_every_worker(tmp_path):
     try:
         (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + f"general_settings: {{master_key: {master}}}\n")
         os.kill(pids[1], signal.SIGHUP)
-        await read_log_until(serve, "configuration reloaded in all 2 workers", deadline_s=20)
+        await read_log_until(serve, "configuration reloaded in all 2 running workers", deadline_s=20)
         codes = []
         for _ in range(40):
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {doomed}"}) as r:
                     codes.append(r.status)
         assert codes == [401] * 40, codes
+    finally:
+        _stop(serve)
+
+
+def _many_deployments(n: int) -> str:
+    rows = "".join(f"  - {{model_name: m{i}, litellm_params: {{model: openai/tiny, api_base: 'http://127.0.0.1:9/v1'}}, "
+                   "model_info: {provider: llama_cpp_native}}\n" for i in range(n))
+    return "model_list:\n" + rows
+
+
+async def test_a_worker_replaced_during_a_reload_catches_up_with_it(tmp_path):
+    """A worker killed while the others reloaded was replaced with the configuration
+    accepted before that reload; when the reload then succeeded in the others, nothing
+    brought the replacement along, and the workers served different configurations
+    (a revoked key accepted on some connections) until some later restart. Now the
+    supervisor reloads the replacement to the generation the others accepted. A
+    thousand deployments make the reload slower than the worker's replacement."""
+    master, doomed = "sk-master-0004", "sk-doomed-0004"
+    body = _many_deployments(1000)
+    keys = f"general_settings: {{master_key: {master}, api_keys: [{{name: doomed, key: {doomed}}}]}}\n"
+    serve, port, _, pids = await _start_two_workers(tmp_path, body + keys)
+    try:
+        (tmp_path / "c.yaml").write_text(body + f"general_settings: {{master_key: {master}}}\n")
+        serve.send_signal(signal.SIGHUP)
+        os.kill(pids[1], signal.SIGKILL)  # while worker 1 is still loading the new file
+        # Depending on when the kill lands, the replacement starts on generation 1 or catches up with
+        # it: either way both workers must end up on it (config_generation = generation + 1).
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 60
+        while True:
+            async with aiohttp.ClientSession() as s:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        text = await r.text()
+                except aiohttp.ClientError:
+                    text = ""
+            gens = dict(re.findall(r'llm_router_config_generation\{worker="(\d)"\} (\S+)', text))
+            if gens == {"1": "2.0", "2": "2.0"}:
+                break
+            assert loop.time() < end, gens
+            await asyncio.sleep(0.2)
+        codes = []
+        for _ in range(40):
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {doomed}"}) as r:
+                    codes.append(r.status)
+        assert codes == [401] * 40, codes
+        assert serve.poll() is None
     finally:
         _stop(serve)

@@ -229,10 +229,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        if link is not None:  # before the SIGHUP handler, which may use it
+            link.start(lambda snapshot, generation: reload_config(app, snapshot, generation))
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(app)))
         watchdog = loop.create_task(systemd.watchdog_loop())
-        if link is not None:
-            link.start(lambda snapshot, generation: reload_config(app, snapshot, generation))
         yield
         watchdog.cancel()
         if link is not None:

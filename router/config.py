@@ -383,6 +383,9 @@ def _redis_url(src: Source, container: Mapping[str, Any], key: str, path: Path) 
         from redis.asyncio import ConnectionPool
 
         try:
+            db = urlsplit(url).path.strip("/") if not url.startswith("unix:") else ""
+            if db and not db.isdigit():  # redis-py would quietly use database 0
+                raise ValueError(f"the database `/{db[:20]}` is not a number")
             pool = ConnectionPool.from_url(url)
             pool.connection_class(**pool.connection_kwargs)  # no I/O: only the arguments are checked
         except (TypeError, ValueError) as exc:

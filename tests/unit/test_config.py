@@ -256,6 +256,7 @@ def test_summary_counts_litellm_fallbacks(tmp_path):
     ("redis://127.0.0.1:6379/15?bogus=1", "unknown query parameter 'bogus'"),
     ("redis://:hunter2secret@127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
     ("http://127.0.0.1:6379", "schemes"),
+    ("redis://:hunter2secret@127.0.0.1:6379/notadb", "`/notadb` is not a number"),  # redis-py: database 0, quietly
 ])
 def test_a_redis_url_redis_py_would_refuse_is_a_config_error_without_its_secret(tmp_path, url, problem):
     """An unknown query parameter passed check-config, then every connection failed and

@@ -117,6 +117,7 @@ class Metrics:
         self._mine(self.config_generation).set(1)
         self.redis_sharing_up: Gauge | None = None  # made at the first sync round: only with Redis
         self._process: dict[str, Any] = {}
+        self._shown: dict[tuple[str, str], Any] = {}  # the state gauges' last written values (``states``)
         self._cpu_seen = 0.0
         self._sampler: asyncio.Task[None] | None = None
         if self.worker is None:
@@ -144,13 +145,18 @@ class Metrics:
         """Bring the deployment state gauges and each group's healthy count up to date (a
         cooldown ends by time, not by an event)."""
         current: dict[str, str] = {}
+        shown = self._shown  # only what changed since the last scrape is written (thousands of deployments)
         for d in deployments:
             current[d.id] = now_state = state[d.id].health.current(now).value
-            for name in STATES:
-                self.set(self.child(self.state, d.id, name), 1 if name == now_state else 0)
+            if shown.get(("state", d.id)) != now_state:
+                shown[("state", d.id)] = now_state
+                for name in STATES:
+                    self.set(self.child(self.state, d.id, name), 1 if name == now_state else 0)
         for group, members in groups.items():
             healthy = sum(1 for d in members if current.get(d.id, state[d.id].health.current(now).value) != "cooldown")
-            self.set(self.child(self.group_healthy, group), healthy)
+            if shown.get(("group", group)) != healthy:
+                shown[("group", group)] = healthy
+                self.set(self.child(self.group_healthy, group), healthy)
 
     def reloaded(self, generation: int | None = None) -> None:
         """A configuration reload succeeded (under ``--workers``: the supervisor's

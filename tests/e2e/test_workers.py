@@ -261,14 +261,20 @@ async def test_sighup_to_one_worker_reloads_every_worker(tmp_path):
         (tmp_path / "c.yaml").write_text(UNREACHABLE_BACKEND + f"general_settings: {{master_key: {master}}}\n")
         os.kill(pids[1], signal.SIGHUP)
         await read_log_until(serve, "configuration reloaded in all 2 running workers", deadline_s=20)
-        codes = []
-        for _ in range(40):
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {doomed}"}) as r:
-                    codes.append(r.status)
+        codes = await _codes_on_new_connections(port, doomed, 40)
         assert codes == [401] * 40, codes
     finally:
         _stop(serve)
+
+
+async def _codes_on_new_connections(port: int, key: str, n: int) -> list[int]:
+    """GET /v1/models with ``key`` n times, each on a new connection (the kernel picks the worker)."""
+    codes = []
+    for _ in range(n):
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}) as r:
+                codes.append(r.status)
+    return codes
 
 
 def _many_deployments(n: int) -> str:
@@ -308,11 +314,7 @@ async def test_a_worker_replaced_during_a_reload_catches_up_with_it(tmp_path):
                 break
             assert loop.time() < end, gens
             await asyncio.sleep(0.2)
-        codes = []
-        for _ in range(40):
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {doomed}"}) as r:
-                    codes.append(r.status)
+        codes = await _codes_on_new_connections(port, doomed, 40)
         assert codes == [401] * 40, codes
         assert serve.poll() is None
     finally:

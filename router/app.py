@@ -35,6 +35,7 @@ MONITOR = web.AppKey("monitor", dict)  # {"task": the running monitor task}
 STARTED = web.AppKey("started", float)
 SUPERVISOR_LINK = web.AppKey("supervisor_link", object)  # a worker's router.workers.SupervisorLink
 BIND_HOST = web.AppKey("bind_host", str)  # what `serve --host` bound to (set by router.server.run)
+RELOADING = web.AppKey("reloading", asyncio.Lock)  # one reload at a time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -446,6 +447,11 @@ async def reload_config(app: web.Application, snapshot: str | None = None, gener
     ``router.workers``) and switch to them atomically. An invalid configuration is
     refused and the old one keeps serving; requests in flight finish on the
     configuration they started with; runtime state of unchanged deployments is kept."""
+    async with app[RELOADING]:  # two at once each stopped the one monitor and started their own: one leaked
+        return await _reload(app, snapshot, generation)
+
+
+async def _reload(app: web.Application, snapshot: str | None, generation: int | None) -> tuple[bool, str]:
     proxy = app[PROXY]
     old = proxy.config
     logger = log.get("CONFIG")
@@ -511,6 +517,7 @@ async def _reload_all(link: Any) -> web.Response:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=int(config.limits.max_request_size_mb * 1024 * 1024))
     app[STARTED] = time.time()
+    app[RELOADING] = asyncio.Lock()
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
     app.cleanup_ctx.append(_upstream_session)

@@ -138,3 +138,23 @@ async def test_reload_endpoint_swaps_atomically_and_in_flight_requests_finish_on
     finally:
         await runner.cleanup()
         await sim.stop()
+
+
+async def test_overlapping_reloads_leave_one_monitor(aiohttp_client, tmp_path):
+    """Twenty reloads at once each stopped "the" monitor task and started their own, so
+    all but one leaked: probes went from 5 to 42 per 5 s and never came back down, and
+    the leaked monitors went on probing the old configuration's servers. Reloads now
+    run one at a time: afterwards exactly one monitor runs."""
+    from router.app import create_app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_list:\n  - {model_name: a, litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}}\n")
+    client = await aiohttp_client(create_app(load_config(str(cfg))))
+
+    def monitors() -> int:
+        return sum(1 for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == "Monitor.run")
+
+    assert monitors() == 1
+    answers = await asyncio.gather(*(client.post("/router/reload") for _ in range(20)))
+    assert [r.status for r in answers] == [200] * 20
+    assert monitors() == 1

@@ -24,6 +24,7 @@ import orjson
 from aiohttp.client_exceptions import UnixClientConnectorError
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import log
 from router.checks import http_url, shown, unix_socket
 from router.domain import Deployment
 from router.routing.rules import parse_size
@@ -123,7 +124,7 @@ def parse_listing(data: Any, wire: str) -> tuple[set[str], dict[str, float], dic
     sizes: dict[str, float] = {}
     contexts: dict[str, int] = {}
     items = data.get("models" if wire == "ollama" else "data") if isinstance(data, dict) else None
-    for item in items or []:
+    for item in items if isinstance(items, list) else []:  # {"data": 5} raised, and ended the monitor
         if not isinstance(item, dict):
             continue
         name = item.get("name") or item.get("model") or item.get("id")
@@ -136,7 +137,7 @@ def parse_listing(data: Any, wire: str) -> tuple[set[str], dict[str, float], dic
                 sizes[name] = parse_size(details["parameter_size"])
             elif isinstance(meta, dict) and isinstance(meta.get("n_params"), (int, float)):
                 sizes[name] = meta["n_params"] / 1e9
-        except ValueError:
+        except (ValueError, TypeError):
             pass
         ctx = item.get("max_model_len") or (meta.get("n_ctx_train") if isinstance(meta, dict) else None)
         if isinstance(ctx, int):
@@ -262,9 +263,23 @@ class Monitor:
                     self.on_transition(d, t)
 
     async def run(self) -> None:
+        """A round every ``interval``, for good: a round that fails unexpectedly (an answer
+        no parser foresaw) is logged, once per kind of failure, and the rounds go on,
+        further apart while they keep failing (an ended monitor froze every health
+        state until a restart)."""
+        failures = 0
+        logged: set[str] = set()
         while True:
-            await self.probe_all()
-            await asyncio.sleep(self.interval)
+            try:
+                await self.probe_all()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one round
+                failures += 1
+                kind = f"{type(exc).__name__}: {exc}"[:300]
+                if kind not in logged and len(logged) < 100:
+                    logged.add(kind)
+                    log.get("HEALTH").exception("A health-probe round failed; the probes go on", error=kind)
+            await asyncio.sleep(self.interval * min(2 ** failures, 8))
 
     def _session_for(self, d: Deployment) -> aiohttp.ClientSession:
         sock = unix_socket(d.api_base)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
+from hypothesis import example, given, settings, strategies as st
+
 from router.probes import parse_listing, parse_prometheus_sum, parse_slots
 
 VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -55,3 +60,45 @@ def test_a_malformed_line_elsewhere_or_a_nan_sample_does_not_hide_or_poison_the_
             "vllm:num_requests_waiting 2\n")
     assert parse_prometheus_sum(text, "vllm:num_requests_running") == 3.0
     assert parse_prometheus_sum(text, "vllm:num_requests_waiting") == 2.0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["data", "models", "id", "name", "model", "details", "meta", "parameter_size", "n_params",
+                         "max_model_len", "n_ctx_train", "x"]), inner, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, derandomize=bool(os.environ.get("CI")))
+@given(data=json_values, wire=st.sampled_from(["openai", "ollama", "llama_cpp"]))
+@example(data={"data": 5}, wire="openai")  # raised TypeError and ended the monitor for good
+@example(data={"models": [{"name": "a", "details": {"parameter_size": 7}}]}, wire="ollama")
+def test_a_listing_of_any_shape_never_raises(data, wire):
+    names, sizes, contexts = parse_listing(data, wire)
+    assert all(isinstance(n, str) for n in names) and set(sizes) <= names and set(contexts) <= names
+
+
+async def test_the_monitor_outlives_a_failing_round():
+    """Any unexpected error in a round ended the monitor task: health states froze
+    until a restart. Now the round is logged and the next one comes."""
+    from router.probes import Monitor
+    from router.state import StateTable
+
+    monitor = Monitor(None, [], StateTable(), interval=0.001)  # type: ignore[arg-type]
+    rounds = 0
+
+    async def flaky() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds <= 2:
+            raise TypeError("'int' object is not iterable")
+
+    monitor.probe_all = flaky  # type: ignore[method-assign]
+    task = asyncio.create_task(monitor.run())
+    try:
+        while rounds < 5:
+            await asyncio.sleep(0.005)
+            assert not task.done(), task.exception()
+    finally:
+        task.cancel()

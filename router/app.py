@@ -440,6 +440,7 @@ async def _stop_monitor(app: web.Application) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await app[MONITOR]["monitor"].stop_round()
 
 
 async def reload_config(app: web.Application, snapshot: str | None = None, generation: int | None = None) -> tuple[bool, str]:

@@ -262,6 +262,17 @@ class Monitor:
                 if t is not None and self.on_transition is not None:
                     self.on_transition(d, t)
 
+    async def stop_round(self) -> None:
+        """Cancel the round under way, if any (it is shielded from its callers: stopping
+        the monitor alone left it running into the closed session, and an unretrieved
+        "Session is closed" error in the log at every shutdown)."""
+        r, self._round = self._round, None
+        if r is not None and not r.done():
+            r.cancel()
+            await asyncio.wait({r})  # our own cancellation still propagates
+        if r is not None and r.done() and not r.cancelled():
+            r.exception()  # retrieved: no "exception was never retrieved" at shutdown
+
     async def run(self) -> None:
         """A round every ``interval``, for good: a round that fails unexpectedly (an answer
         no parser foresaw) is logged, once per kind of failure, and the rounds go on,

@@ -42,10 +42,9 @@ from router.providers import ADAPTERS
 from router.providers.ollama import Context
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.state import StateTable
-from router.stats import RoutingStats
+from router.stats import RecentDecisions, RoutingStats
 from router.cache import Cache, Entry, cache_control, cache_key, scope_of
 from router.metrics import STATES, Metrics, model_group
-from router.ui import RecentDecisions
 from router.routing.strategies.shuffle import shuffle_weights
 from router.h1 import Pool, Target
 from router.upstream import SSE_HEADERS, Attempt, Call, call

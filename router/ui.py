@@ -18,48 +18,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from router.probes import health_rows
-from router.routing.engine import ROUTE_LABELS
 
 if TYPE_CHECKING:
     from router.proxy import Proxy
-
-RECENT_SIZE = 100
-MAX_MODEL_CHARS = 200  # the model name is the client's; keep entries small
-
-
-class RecentDecisions:
-    """The last ``size`` requests' routing outcomes, newest last; O(1) per record."""
-
-    def __init__(self, size: int = RECENT_SIZE) -> None:
-        self._ring: deque[tuple[Any, ...]] = deque(maxlen=size)  # tuples: the dicts are built when the page asks
-
-    def record(self, request_id: str, model: str, route: str | None, deployment: str | None, provider: str | None,
-               status: int, latency_ms: float, attempts: int, *, fallback: str | None = None,
-               error: str | None = None, cache: str | None = None) -> None:
-        """One request ended. ``route`` is ``RouteDecision.route`` (None: no route);
-        ``deployment``/``provider`` the last one tried (None: none was);
-        ``fallback`` the tried deployment ids joined by commas, when more than one."""
-        self._ring.append((time.time(), request_id, model[:MAX_MODEL_CHARS], route, deployment, provider, status,
-                           latency_ms, attempts, fallback, error, cache))
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Newest first."""
-        return [{"time": round(t, 3), "request_id": rid, "model": model, "route": route,
-                 "route_label": ROUTE_LABELS.get(route, route) if route else None, "deployment": dep, "provider": provider,
-                 "status": status, "latency_ms": latency, "attempts": attempts, "fallback": fallback, "error": error,
-                 "cache": cache}
-                for t, rid, model, route, dep, provider, status, latency, attempts, fallback, error, cache in reversed(self._ring)]
-
-    def __len__(self) -> int:
-        return len(self._ring)
-
 
 def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
     """Per deployment: what the page shows (the last background probe, no new one)."""

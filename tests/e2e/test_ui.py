@@ -26,7 +26,7 @@ import pytest
 from router import log
 from router.config import load_config
 from router.simulate import SimulatedBackend
-from router.ui import RecentDecisions
+from router.stats import RecentDecisions
 from tests.conftest import start_proxy
 
 KEY = "sk-ui-test-key"

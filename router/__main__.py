@@ -231,7 +231,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         if link is not None:  # before the SIGHUP handler, which may use it
             link.start(lambda snapshot, generation: reload_config(app, snapshot, generation))
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(app)))
+        reloads: set[asyncio.Task] = set()  # referenced until done (an unreferenced task may be collected mid-way)
+
+        def on_sighup() -> None:
+            task = loop.create_task(reload(app))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         watchdog = loop.create_task(systemd.watchdog_loop())
         yield
         watchdog.cancel()

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import multiprocess
 
-from router import __version__
+from router import __version__, log
 from router.domain import Deployment, RouteDecision
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -205,9 +205,15 @@ class Metrics:
                 await task
 
     async def _sample_forever(self) -> None:
+        logged = False
         while True:
             await asyncio.sleep(PROCESS_SAMPLE_INTERVAL)
-            self.sample_process()
+            try:
+                self.sample_process()
+            except Exception:  # noqa: BLE001 - e.g. /proc unreadable for a moment: the next sample comes
+                if not logged:
+                    logged = True
+                    log.get("METRICS").exception("Sampling this process's metrics failed; sampling goes on")
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once (labels are bounded: configured names)."""

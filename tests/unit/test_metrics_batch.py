@@ -45,3 +45,31 @@ async def test_noted_changes_apply_at_the_end_of_the_loop_turn_and_before_a_scra
     assert requests._value.get() == 2
     assert in_flight._value.get() == 1
     assert m.child(m.effectiveness, "g")._value.get() == 0.5
+
+
+async def test_the_process_sampler_outlives_a_failing_sample(monkeypatch):
+    """A worker's /proc sampler ended at its first exception, and its process metrics
+    froze for the rest of its life; now a failed sample is logged once and the next comes."""
+    import asyncio
+
+    from router import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "PROCESS_SAMPLE_INTERVAL", 0.001)
+    m = Metrics()
+    samples = 0
+
+    def flaky() -> None:
+        nonlocal samples
+        samples += 1
+        if samples <= 2:
+            raise OSError("/proc/self/stat: unreadable for a moment")
+
+    m._process = {"x": None}  # as in a worker (multiprocess mode): the sampler runs
+    monkeypatch.setattr(m, "sample_process", flaky)
+    m.start()
+    try:
+        while samples < 5:
+            await asyncio.sleep(0.005)
+            assert not m._sampler.done(), m._sampler.exception()
+    finally:
+        await m.stop()

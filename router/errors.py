@@ -263,3 +263,25 @@ def _extract(body: bytes) -> tuple[str, str | None, bool]:
         if "detail" in data:
             return str(data["detail"]), None, False
     return str(data)[:500], None, False
+
+
+class RateLimited(RouterError):
+    """Every candidate is over its rpm/tpm limit this minute (the router's own limits)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return retry_after(self.retry_after)
+
+
+class NoCapableDeployment(RouterError):
+    status = 503
+    type = "api_error"
+    code = "no_capable_deployment"

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from router.config import Config
 from router.domain import Deployment, RequestFacts, RouteDecision
-from router.errors import BadRequest, RouterError
+from router.errors import BadRequest, NoCapableDeployment, RateLimited
 from router.policy import Capability
 from router.routing import strategies
 from router.routing.patterns import PatternIndex
@@ -47,26 +47,6 @@ ROUTE_LABELS = {
 }
 _CONTEXT_KEYS = ("max_input_tokens", "context_length", "context_window", "num_ctx", "max_tokens")
 _SIZE_KEYS = ("parameter_size", "model_size", "parameters", "params")
-
-
-class RateLimited(RouterError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limited"
-    retryable = True
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
-class NoCapableDeployment(RouterError):
-    status = 503
-    type = "api_error"
-    code = "no_capable_deployment"
 
 
 @dataclass(slots=True)

@@ -11,7 +11,8 @@ import pytest
 from router.config import load_config
 from router.domain import RequestFacts
 from router.errors import BadRequest
-from router.routing.engine import Engine, NoCapableDeployment, RateLimited
+from router.errors import NoCapableDeployment, RateLimited
+from router.routing.engine import Engine
 from router.state import ServerState, StateTable
 
 ROOT = Path(__file__).resolve().parents[2]

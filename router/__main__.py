@@ -419,7 +419,7 @@ def simulator_specs(config: Config) -> list[tuple[str, str, int, list[str]]]:
     """One simulated server per api_base: (kind, host, port, model names it serves);
     host is the socket's path (port 0) for a unix-socket api_base."""
     servers: dict[tuple[str, int], tuple[str, list[str]]] = {}
-    for d in list(config.deployments) + list(config.catchalls.values()):
+    for d in config.all_deployments():
         kind, models = servers.setdefault(_server_key(d.api_base), (d.kind, []))
         if d.upstream_model and "*" not in d.upstream_model and d.upstream_model not in models:
             models.append(d.upstream_model)

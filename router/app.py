@@ -294,7 +294,7 @@ async def health(request: web.Request) -> web.Response:
     config = request.app[PROXY].config
     proxy = request.app[PROXY]
     await request.app[MONITOR]["monitor"].probe_all()  # a fresh round (or the one under way)
-    rows = health_rows(list(config.deployments) + list(config.catchalls.values()), proxy.state)
+    rows = health_rows(config.all_deployments(), proxy.state)
     healthy = [r for r in rows if r["healthy"]]
     unhealthy = [r for r in rows if not r["healthy"]]
     return _json({"healthy_count": len(healthy), "unhealthy_count": len(unhealthy),
@@ -337,7 +337,7 @@ async def metrics(request: web.Request) -> web.Response:
     (a cooldown ends by time, not by an event)."""
     proxy = request.app[PROXY]
     m = proxy.metrics
-    m.states(_all_deployments(proxy.config), proxy.config.groups, proxy.state, time.time())
+    m.states(proxy.config.all_deployments(), proxy.config.groups, proxy.state, time.time())
     m.flush()  # on the loop, where the metrics are written...
     m.sample_process()
     body = await asyncio.get_running_loop().run_in_executor(None, m.generate)  # ...the text, off it
@@ -364,7 +364,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     proxy.pool.on_resend = proxy.resent
     url = redis_url(config.router)
     if url:
-        share = RedisShare(url, proxy.state, _all_deployments(config), config.router.redis_key_prefix, config.router.redis_password)
+        share = RedisShare(url, proxy.state, config.all_deployments(), config.router.redis_key_prefix, config.router.redis_password)
         share.limits = proxy.limits
         share.on_health = proxy.metrics.sharing
         proxy.metrics.sharing(False)  # until the first sync round works
@@ -395,10 +395,6 @@ def make_cache(config: Config) -> Cache | None:
     return LocalCache(c.ttl, c.max_bytes, c.max_entry_bytes)
 
 
-def _all_deployments(config: Config) -> list[Any]:
-    return list(config.deployments) + list(config.catchalls.values())
-
-
 _SECRET_PARAM_PARTS = ("pass", "pwd", "user", "auth", "token", "secret", "cred", "key")
 
 
@@ -426,7 +422,7 @@ def _redact(url: str) -> str:
 def _start_monitor(app: web.Application) -> None:
     proxy = app[PROXY]
     config = proxy.config
-    monitor = Monitor(proxy.session, _all_deployments(config), proxy.state,
+    monitor = Monitor(proxy.session, config.all_deployments(), proxy.state,
                       interval=config.router.monitor_interval,
                       warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition,
                       unix_sessions=app[MONITOR]["unix"])
@@ -473,7 +469,7 @@ async def _reload(app: web.Application, snapshot: str | None, generation: int | 
     proxy.routing = Routing.build(new)
     proxy.state.policy = new.health_policy()
     if proxy.state.share is not None:
-        proxy.state.share.ids = sorted({d.id for d in _all_deployments(new)})
+        proxy.state.share.ids = sorted({d.id for d in new.all_deployments()})
     if new.cache != old.cache:
         if proxy.cache is not None:
             await proxy.cache.close()

@@ -160,6 +160,11 @@ class Config:
             degrade_seconds=m.error_cooldown_seconds,
         )
 
+    def all_deployments(self) -> list[Deployment]:
+        """The configured deployments and the providers' catch-alls: what is probed,
+        shown on /health and /ui, shared through Redis and counted in metrics."""
+        return [*self.deployments, *self.catchalls.values()]
+
     def summary(self) -> str:
         m = self.mappings
         return (

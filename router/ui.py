@@ -32,7 +32,7 @@ def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
     """Per deployment: what the page shows (the last background probe, no new one)."""
     config = proxy.config
     rows = []
-    for r in health_rows(list(config.deployments) + list(config.catchalls.values()), proxy.state):
+    for r in health_rows(config.all_deployments(), proxy.state):
         requests, failures = r["requests"], r["failures"]
         rows.append({
             "id": r["id"], "model_name": r["model_name"], "model": r["model"], "provider": r["provider"],

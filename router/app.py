@@ -348,20 +348,33 @@ async def router_stats(request: web.Request) -> web.Response:
     return _json(request.app[PROXY].stats.snapshot())
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[PROXY].config
+async def _http_clients(app: web.Application) -> AsyncIterator[None]:
+    """The connections to the backends: the request pool, the probes' session, and
+    the probes' sessions for unix sockets."""
+    proxy = app[PROXY]
+    config = proxy.config
     # No global cap, a cap per backend server: one stuck backend can hold at most its
     # own connections and never starve the others (aiohttp's default is 100 in total).
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=config.router.max_connections_per_backend,
                                      keepalive_timeout=30, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
-                                    timeout=aiohttp.ClientTimeout(total=None))
-    proxy = app[PROXY]
-    proxy.session = session  # probes and warm-ups
+    proxy.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                          timeout=aiohttp.ClientTimeout(total=None))  # probes and warm-ups
     app[MONITOR]["unix"] = UnixSessions()  # probes of backends on unix sockets
     proxy.loop = asyncio.get_running_loop()
     proxy.pool = Pool(limit=config.router.max_connections_per_backend)  # the requests themselves
     proxy.pool.on_resend = proxy.resent
+    try:
+        yield
+    finally:
+        await proxy.session.close()
+        await app[MONITOR]["unix"].close()
+        await proxy.pool.close()
+
+
+async def _sharing(app: web.Application) -> AsyncIterator[None]:
+    """State shared with other instances through Redis, when configured."""
+    proxy = app[PROXY]
+    config = proxy.config
     url = redis_url(config.router)
     if url:
         share = RedisShare(url, proxy.state, config.all_deployments(), config.router.redis_key_prefix, config.router.redis_password)
@@ -371,19 +384,41 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await share.start()
         proxy.state.share = share
         log.get("SHARED").info("Sharing state through Redis", redis=_redact(url), prefix=config.router.redis_key_prefix)
-    proxy.cache = make_cache(config)
+    try:
+        yield
+    finally:
+        if proxy.state.share is not None:
+            await proxy.state.share.stop()
+            proxy.state.share = None
+
+
+async def _responses(app: web.Application) -> AsyncIterator[None]:
+    """The response cache, and the proxy's own background work (warm-ups): ended
+    before the connections they use."""
+    proxy = app[PROXY]
+    proxy.cache = make_cache(proxy.config)
+    try:
+        yield
+    finally:
+        await proxy.close()
+
+
+async def _health_monitor(app: web.Application) -> AsyncIterator[None]:
     _start_monitor(app)
+    try:
+        yield
+    finally:
+        await _stop_monitor(app)
+
+
+async def _process_metrics(app: web.Application) -> AsyncIterator[None]:
+    """A worker's own /proc sampler (multiprocess mode)."""
+    proxy = app[PROXY]
     proxy.metrics.start()
-    yield
-    await proxy.metrics.stop()
-    await _stop_monitor(app)
-    await proxy.close()
-    if proxy.state.share is not None:
-        await proxy.state.share.stop()
-        proxy.state.share = None
-    await session.close()
-    await app[MONITOR]["unix"].close()
-    await proxy.pool.close()
+    try:
+        yield
+    finally:
+        await proxy.metrics.stop()
 
 
 def make_cache(config: Config) -> Cache | None:
@@ -517,7 +552,9 @@ def create_app(config: Config) -> web.Application:
     app[RELOADING] = asyncio.Lock()
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
-    app.cleanup_ctx.append(_upstream_session)
+    # One context per resource: started in this order, ended in the reverse one, each
+    # ended even when a later one failed to start.
+    app.cleanup_ctx.extend([_http_clients, _sharing, _responses, _health_monitor, _process_metrics])
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", _endpoint("chat"))
         app.router.add_post(f"{prefix}/completions", _endpoint("completions"))

@@ -39,7 +39,7 @@ from router.errors import (
 from router.health import Transition
 from router.probes import warm_up
 from router.providers import ADAPTERS
-from router.providers.ollama import Context
+from router.providers.base import Context
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.state import StateTable
 from router.stats import RecentDecisions, RoutingStats

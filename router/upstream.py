@@ -23,7 +23,7 @@ from router.domain import Deployment
 from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
 from router.providers import ADAPTERS
-from router.providers.ollama import Context, StreamTranslator, error_event
+from router.providers.base import Context, StreamTranslator, error_event
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
 POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend

@@ -8,39 +8,17 @@ bytes the client receives. vLLM, llama.cpp's server, llama-cpp-python and any
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from router.domain import Deployment
 from router.errors import UpstreamError
 from router.providers import ollama
-from router.providers.ollama import Context, StreamTranslator
+from router.providers.base import Adapter, Context, StreamTranslator
 
 _ERROR_OBJECT = re.compile(rb'\s*\{\s*"error"\s*:')  # a JSON object whose first key is "error"
 OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}  # under api_base, which ends in /v1
-
-
-class Adapter(Protocol):
-    rewrites: bool  # builds its own response objects (needs a Context with a fresh id); False: bytes pass through
-
-    def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
-        """Return the upstream URL and JSON payload for ``body`` (already validated),
-        sending ``model`` as the model name. May raise ``BadRequest``."""
-        ...
-
-    def response_body(self, endpoint: str, raw: bytes, ctx: Context, provider: str) -> bytes:
-        """Turn a successful non-streaming upstream body into the client's body;
-        raise ``UpstreamError`` if it is not what the server should send."""
-        ...
-
-    def is_stream(self, content_type: str) -> bool:
-        """Whether a 200 answer to a streaming request really is a stream."""
-        ...
-
-    def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
-        """A stream translator, or ``None`` to relay the upstream bytes unchanged."""
-        ...
 
 
 class OpenAICompatible:
@@ -91,7 +69,7 @@ class Ollama:
         return "json" in content_type
 
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
-        return StreamTranslator(endpoint, ctx)
+        return ollama.StreamTranslator(endpoint, ctx)
 
 
 ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama()}

@@ -13,12 +13,12 @@ translation; ``router.proxy`` only moves bytes.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from router.errors import BadRequest, UpstreamError
+from router.providers.base import Context, error_event, sse  # noqa: F401 - error_event: used by callers of this module before
 
 PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
 MAX_LINE = 16 * 1024 * 1024  # one NDJSON line; Ollama's final generate line carries the context tokens
@@ -35,17 +35,6 @@ _OPTION_MAP = {
 }
 _OLLAMA_OPTIONS = ("top_k", "min_p", "repeat_penalty", "repeat_last_n", "num_ctx", "typical_p", "mirostat", "num_keep")
 _FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
-
-
-@dataclass(slots=True)  # built per request: not frozen, which would cost a __setattr__ per field
-class Context:
-    """Per-request facts the translation needs: the name the client asked for, the
-    response id and creation time, and whether the client asked for stream usage."""
-
-    model: str
-    id: str
-    created: int
-    include_usage: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -264,14 +253,6 @@ RESPONSES = {"chat": chat_response, "completions": generate_response, "embedding
 # ---------------------------------------------------------------------------
 
 DONE = b"data: [DONE]\n\n"
-
-
-def sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def error_event(message: str, type_: str = "api_error", code: str | None = "upstream_error") -> bytes:
-    return sse({"error": {"message": message, "type": type_, "param": None, "code": code}})
 
 
 class StreamTranslator:

@@ -26,7 +26,8 @@ import orjson
 from router import log
 from router.config import load_config
 from router.providers import OpenAICompatible
-from router.providers.ollama import Context, StreamTranslator, chat_response
+from router.providers.base import Context
+from router.providers.ollama import StreamTranslator, chat_response
 
 SSE_CT = b"text/event-stream"
 NDJSON_CT = b"application/x-ndjson"

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from router.domain import Deployment
 from router.errors import RouterError
 from router.h1 import Disconnected
-from router.providers.ollama import Context, StreamTranslator, error_event
+from router.providers.base import Context, error_event
+from router.providers.ollama import StreamTranslator
 from router.upstream import Attempt, UpstreamErrors, _first, _relay
 
 # Random exploration locally (it finds new cases over time); the same examples every time under CI.

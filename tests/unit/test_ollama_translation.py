@@ -7,7 +7,8 @@ import pytest
 
 from router.errors import BadRequest, UpstreamError
 from router.providers import ollama
-from router.providers.ollama import Context, StreamTranslator
+from router.providers.base import Context
+from router.providers.ollama import StreamTranslator
 
 CTX = Context(model="llama3.1:8b", id="chatcmpl-1", created=1700000000)
 

@@ -3,12 +3,13 @@
 The canonical document is ``router/openapi.yaml``, inside the package (so an
 installed router serves it too; ``setup.cfg`` ships it as package data), and
 ``docs/openapi.yaml`` is a symlink to it. It is read with ``yaml.safe_load`` once,
-on first use, and kept as encoded JSON; ``info.version`` is this router's version.
+on first use (in a thread), and kept as encoded JSON; ``info.version`` is this router's version.
 The path is open (no key): it describes the interface, nothing of the deployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ def _encoded() -> bytes:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_encoded(), content_type="application/json")
+    # Off the loop: the first call reads and parses the YAML (tens of ms of blocking work).
+    body = await asyncio.get_running_loop().run_in_executor(None, _encoded)
+    return web.Response(body=body, content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:

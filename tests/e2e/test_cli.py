@@ -107,3 +107,11 @@ async def test_seed_test_routing_loop_through_the_real_cli(tmp_path, processes):
     assert any("[ROUTER] Model: qwen-coder -> Provider: ollama (deployment id)" in l for l in router_lines), out
     assert any("[ROUTER] Model: meta-llama/Llama-2-13b-chat-hf -> Provider: vllm (pattern match)" in l for l in router_lines), out
     assert "listening on" in out and "Traceback" not in out + err
+
+
+def test_the_tours_scripts_start_the_right_commands():
+    """README's tour starts `scripts/simulate &` then `scripts/serve &`: both make .venv
+    if needed (the tour used `.venv/bin/llm-router simulate` before anything had made it)."""
+    for script, command in (("simulate", "llm-router simulate"), ("serve", "llm-router serve")):
+        r = subprocess.run([str(ROOT / "scripts" / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: {command}"), (script, r.stdout[:200], r.stderr[-500:])

@@ -12,9 +12,13 @@ import math
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from router.domain import Deployment
 
 # The longest a backend's Retry-After is believed: a larger value is clamped to this,
 # both for the deployment's cooldown and for what the client is told.
@@ -285,3 +289,21 @@ class NoCapableDeployment(RouterError):
     status = 503
     type = "api_error"
     code = "no_capable_deployment"
+
+
+def all_attempts_failed(errors: Sequence[tuple[Deployment, RouterError]]) -> RouterError:
+    """The error for a request whose every attempt failed (``errors``: deployment and
+    error per attempt, in order). It is the last error, so the client sees that one's
+    class, status, type, code and ``retryable``, as with LiteLLM; with several attempts
+    its message names each one and ``attempts`` keeps them. A 429 carries the smallest
+    ``Retry-After`` any rate-limited attempt gave, so a client waits for the first
+    deployment to be free, not for none."""
+    last = errors[-1][1]
+    if len(errors) == 1:
+        return last
+    last.attempts = tuple((d.id, e.error_class, e.message) for d, e in errors)
+    last.message = f"All {len(errors)} attempts failed: " + "; ".join(f"{d.id}: {e.message}" for d, e in errors)
+    waits = [e.retry_after for _, e in errors if isinstance(e, UpstreamRateLimited) and e.retry_after is not None]
+    if isinstance(last, UpstreamRateLimited) and waits:
+        last.retry_after = min(waits)
+    return last

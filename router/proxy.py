@@ -29,14 +29,13 @@ from router.config import ApiKey, Config
 from router.domain import Deployment, RequestFacts, RouteDecision
 from router.errors import (
     BadRequest,
-    CapacityExceeded,
-    ContextWindowExceeded,
     ModelNotFound,
     PermissionDenied,
     RouterError,
     UpstreamRateLimited,
 )
 from router.health import Transition
+from router.plan import AttemptPlan, Backoff, Failed, Fallbacks, Try, Waited, WaitForSlot
 from router.probes import warm_up
 from router.providers import ADAPTERS
 from router.providers.base import Context
@@ -308,117 +307,77 @@ class Proxy:
     async def _serve(self, request: web.Request, endpoint: str, body: dict[str, Any], facts: RequestFacts,
                      decision: RouteDecision, routing: Routing, outcome: Outcome,
                      key: ApiKey | None = None) -> web.StreamResponse:
-        """Try the candidates, then the fallbacks, in order; retry rounds with backoff
-        while the deadline allows. Returns the first response that reached the client."""
+        """Run the request's ``AttemptPlan``: try, wait for a slot, back off, until an
+        answer reaches the client or the plan gives up. Returns that answer."""
         loop = self.loop or asyncio.get_running_loop()
-        deadline = loop.time() + routing.config.request_timeout
-        plan: list[tuple[Deployment, str]] = [(d, decision.upstream_name(d)) for d in decision.candidates]
-        errors: list[tuple[Deployment, RouterError]] = []
-        failed_providers: set[str] = set()
-        fallbacks_added = False
-        rounds, max_rounds = 0, routing.config.router.num_retries
-        max_rounds = DEFAULT_NUM_RETRIES if max_rounds is None else max_rounds
-        delay = RETRY_BASE_DELAY
-        full: list[Deployment] = []  # candidates skipped only because they were at max_parallel_requests
-        i = 0
-        def permitted(entries: list[tuple[Deployment, str]]) -> list[tuple[Deployment, str]]:
-            """Fallbacks ``key`` may use; the others are skipped (and traced)."""
-            if key is None or key.models is None:
-                return entries
-            kept = [(d, u) for d, u in entries if Access.may_use(key, d, u, facts.model if u == facts.model else None)]
-            denied = list(dict.fromkeys(d.id for d, u in entries if (d, u) not in kept))
-            if denied:
-                self._trace(routing, [f"access: key {key.name!r} may not use fallback {', '.join(denied)}: skipped"], request)
-            return kept
+        config = routing.config
+        deadline = loop.time() + config.request_timeout
+        retries = config.router.num_retries
 
+        def fallbacks(failed: set[str], context_overflow: bool) -> Fallbacks:
+            fb = routing.engine.fallbacks(decision, facts, self.state, failed, context_overflow=context_overflow)
+            self._trace(routing, fb.trace, request)
+            return Fallbacks(self._permitted_fallbacks(routing, key, facts, fb.entries, request),
+                             fb.retry_attempts, fb.retry_delay_ms)
+
+        plan = AttemptPlan(decision.model, [(d, decision.upstream_name(d)) for d in decision.candidates],
+                           [(d, decision.upstream_name(d)) for d in decision.last_resort], fallbacks, self, deadline,
+                           config.router.queue_timeout, DEFAULT_NUM_RETRIES if retries is None else retries,
+                           RETRY_BASE_DELAY, _jitter)
+        step = plan.next(loop.time())
         while True:
-            if i == len(plan) and full and not errors:
-                # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
+            if type(step) is Try:
+                if step.after is not None:
+                    self._fallback_triggered(step.after, step.deployment, outcome.rid)
+                try:
+                    return await self._attempt(request, endpoint, body, decision, step.deployment, step.upstream,
+                                               loop, deadline, outcome)
+                except RouterError as exc:
+                    step = plan.next(loop.time(), Failed(exc))
+            elif type(step) is WaitForSlot:
                 queued = time.perf_counter()
-                got = await self._wait_for_slot(full, min(deadline - loop.time(), routing.config.router.queue_timeout))
+                freed = await self._wait_for_slot(step.deployments, step.timeout)
                 outcome.waited += time.perf_counter() - queued
-                if not got:
-                    break
-                full.clear()
-                i = 0
-                continue
-            if i == len(plan):
-                if not fallbacks_added:
-                    fallbacks_added = True
-                    fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers)
-                    self._trace(routing, fb.trace, request)
-                    plan += [e for e in permitted(fb.entries) if e not in plan]
-                    plan += [e for e in ((d, decision.upstream_name(d)) for d in decision.last_resort) if e not in plan]
-                    if fb.retry_attempts is not None:
-                        max_rounds = max(max_rounds, fb.retry_attempts - 1)
-                    if fb.retry_delay_ms is not None:
-                        delay = fb.retry_delay_ms / 1000
-                    if i < len(plan):
-                        continue
-                if not errors or rounds >= max_rounds:
-                    break
-                pause = delay * (2 ** rounds) * random.uniform(0.5, 1.5)
-                if loop.time() + pause >= deadline:
-                    break
-                rounds += 1
-                await asyncio.sleep(pause)
-                outcome.waited += pause
-                i = 0
-                continue
-            dep, upstream = plan[i]
-            i += 1
-            if not self.state[dep.id].has_capacity(dep):
-                full.append(dep)
-                continue
-            if not self._ready(dep, first=not outcome.tried and i == 1 and bool(decision.candidates),
-                               last_resort=dep in decision.last_resort):
-                continue
-            if loop.time() >= deadline:
-                break
-            if outcome.tried and outcome.tried[-1].deployment is not dep:
-                prev = outcome.tried[-1].deployment
-                self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=outcome.rid,
-                                 from_deployment=prev.id, to_deployment=dep.id, reason=errors[-1][1].error_class)
-                self.metrics.add(self.metrics.child(self.metrics.fallbacks, prev.provider, dep.provider))
-            try:
-                return await self._attempt(request, endpoint, body, decision, dep, upstream, loop, deadline, outcome)
-            except RouterError as exc:
-                errors.append((dep, exc))
-                failed_providers.add(dep.provider)
-                if isinstance(exc, ContextWindowExceeded) and not fallbacks_added:
-                    fallbacks_added = True  # only the context window fallbacks apply now
-                    fb = routing.engine.fallbacks(decision, facts, self.state, failed_providers, context_overflow=True)
-                    self._trace(routing, fb.trace, request)
-                    entries = permitted(fb.entries)
-                    if not entries:
-                        raise
-                    plan[i:] = [e for e in entries if e not in plan[:i]]
-                    max_rounds = 0
-                    continue
-                if not exc.retryable:
-                    raise
-                if loop.time() >= deadline:
-                    break
-        if not errors:
-            raise CapacityExceeded(f"No deployment for `{decision.model}` can take the request now "
-                                   f"(busy at max_parallel_requests for {routing.config.router.queue_timeout:g} s, "
-                                   "cooling down or unreachable); retry shortly.", self._soonest(plan))
-        raise _aggregate(errors)
+                step = plan.next(loop.time(), Waited(freed))
+            elif type(step) is Backoff:
+                await asyncio.sleep(step.seconds)
+                outcome.waited += step.seconds
+                step = plan.next(loop.time())
+            else:
+                raise step.error
 
-    def _soonest(self, plan: list[tuple[Deployment, str]]) -> float:
-        """Seconds until the first of ``plan`` is expected back: its cooldown's end when every
-        one of them is cooling down, else 1 (busy ones free up at any moment)."""
-        now = time.time()
-        left = [self.state[d.id].health.cooldown_until - now for d, _ in plan]
-        return max(1.0, min(left)) if left and min(left) > 0 else 1.0
+    def _permitted_fallbacks(self, routing: Routing, key: ApiKey | None, facts: RequestFacts,
+                             entries: list[tuple[Deployment, str]], request: web.Request) -> list[tuple[Deployment, str]]:
+        """The fallbacks ``key`` may use; the others are skipped (and traced)."""
+        if key is None or key.models is None:
+            return entries
+        kept = [(d, u) for d, u in entries if Access.may_use(key, d, u, facts.model if u == facts.model else None)]
+        denied = list(dict.fromkeys(d.id for d, u in entries if (d, u) not in kept))
+        if denied:
+            self._trace(routing, [f"access: key {key.name!r} may not use fallback {', '.join(denied)}: skipped"], request)
+        return kept
 
-    def _ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
+    def _fallback_triggered(self, after: tuple[Deployment, RouterError], dep: Deployment, rid: str) -> None:
+        prev, error = after
+        self.log.warning(f"Fallback triggered: {prev.provider} -> {dep.provider}", request_id=rid,
+                         from_deployment=prev.id, to_deployment=dep.id, reason=error.error_class)
+        self.metrics.add(self.metrics.child(self.metrics.fallbacks, prev.provider, dep.provider))
+
+    # -- router.plan.View: what the plan may ask of the deployments' state
+
+    def has_capacity(self, dep: Deployment) -> bool:
+        return self.state[dep.id].has_capacity(dep)
+
+    def ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
         """May ``dep`` take an attempt now (capacity aside)? The decision's first pick was
         just checked by the engine; a last resort is tried even though it is cooling down."""
         return first or last_resort or (self.state.available(dep) and not
                                         (self.config.router.enable_pre_call_checks and self.state.server_down(dep)))
 
-    async def _wait_for_slot(self, deployments: list[Deployment], timeout: float) -> bool:
+    def cooldown_left(self, dep: Deployment) -> float:
+        return self.state[dep.id].health.cooldown_until - time.time()
+
+    async def _wait_for_slot(self, deployments: tuple[Deployment, ...], timeout: float) -> bool:
         """Wait until one of ``deployments`` finishes a request; False on timeout."""
         if timeout <= 0:
             return False
@@ -640,6 +599,11 @@ def _may_reuse(key: ApiKey, entry: Entry, decision: RouteDecision, config: Confi
     return dep is not None and not dep.is_dynamic and Access.may_use(key, dep, dep.upstream_model)
 
 
+def _jitter() -> float:
+    """The backoff's random factor."""
+    return random.uniform(0.5, 1.5)
+
+
 def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, str]:
     dep = tried[-1].deployment
     return {
@@ -650,18 +614,3 @@ def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, s
         "x-router-fallback": ",".join(a.deployment.id for a in tried),
     }
 
-
-def _aggregate(errors: list[tuple[Deployment, RouterError]]) -> RouterError:
-    """Every attempt failed: the last error (its class, status, type, code and
-    ``retryable`` kept) naming every attempt, which it also keeps in ``attempts``. A 429
-    carries the smallest ``Retry-After`` any rate-limited candidate gave, so a client
-    waits for the first one to be free, not for none."""
-    last = errors[-1][1]
-    if len(errors) == 1:
-        return last
-    last.attempts = tuple((d.id, e.error_class, e.message) for d, e in errors)
-    last.message = f"All {len(errors)} attempts failed: " + "; ".join(f"{d.id}: {e.message}" for d, e in errors)
-    waits = [e.retry_after for _, e in errors if isinstance(e, UpstreamRateLimited) and e.retry_after is not None]
-    if isinstance(last, UpstreamRateLimited) and waits:
-        last.retry_after = min(waits)
-    return last

@@ -1,0 +1,245 @@
+"""Which deployment a request tries next: the fallback and retry rules, as a pure object.
+
+``Proxy`` asks an ``AttemptPlan`` what to do and does it; the plan never awaits and
+never reads a clock of its own, so every fallback, retry and queueing case is a
+unit test without an event loop (``tests/unit/test_plan.py``).
+
+    plan = AttemptPlan(...)
+    step = plan.next(now)                       # Try | Backoff | WaitForSlot | GiveUp
+    ... Try failed       -> plan.next(now, Failed(error))
+    ... WaitForSlot done -> plan.next(now, Waited(freed))
+    ... Backoff slept    -> plan.next(now)
+
+The order: the decision's candidates; when every usable one is busy at
+``max_parallel_requests`` and nothing has failed yet, wait for a slot (all waits of
+a request share one ``queue_timeout``); then the fallbacks (LiteLLM's, then the
+policy's chain) and the last resort; then retry rounds of the whole list with
+jittered, doubling backoff while the deadline allows. A context overflow switches to
+``context_window_fallbacks`` only, without retry rounds. An error that another
+deployment cannot fix (``retryable`` false) ends the plan at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from router.domain import Deployment
+from router.errors import CapacityExceeded, ContextWindowExceeded, RouterError, all_attempts_failed
+
+Entry = tuple[Deployment, str]  # a deployment and the model name it is asked for upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Try:
+    """Send the request to ``deployment`` (as ``upstream``); ``after`` is the deployment
+    whose failure led here when it is another one (a fallback: logged and counted)."""
+
+    deployment: Deployment
+    upstream: str
+    after: tuple[Deployment, RouterError] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Sleep ``seconds`` before the next retry round."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForSlot:
+    """Wait up to ``timeout`` seconds for one of ``deployments`` to finish a request."""
+
+    deployments: tuple[Deployment, ...]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Answer the client with ``error``."""
+
+    error: RouterError
+
+
+Step = Try | Backoff | WaitForSlot | GiveUp
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The last ``Try`` failed before its first byte reached the client."""
+
+    error: RouterError
+
+
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """The last ``WaitForSlot`` ended: ``freed`` is False when it timed out."""
+
+    freed: bool
+
+
+class View(Protocol):
+    """What the plan may ask of the deployments' state (synchronous reads)."""
+
+    def has_capacity(self, dep: Deployment) -> bool:
+        """Is ``dep`` below its ``max_parallel_requests``?"""
+
+    def ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
+        """May ``dep`` take an attempt now, capacity aside (healthy, not cooling down)?
+        ``first``: the decision's own pick, already checked; ``last_resort``: tried anyway."""
+
+    def cooldown_left(self, dep: Deployment) -> float:
+        """Seconds until ``dep``'s cooldown ends (0 or less: not cooling down)."""
+
+
+@dataclass(slots=True)
+class Fallbacks:
+    """What ``AttemptPlan``'s ``fallbacks`` hook returns: the entries this request may
+    use (already filtered for its key) and the chain's retry settings (None: keep)."""
+
+    entries: list[Entry]
+    retry_attempts: int | None = None
+    retry_delay_ms: int | None = None
+
+
+FallbackHook = Callable[[set[str], bool], Fallbacks]
+"""``fallbacks(failed_providers, context_overflow)``: where to go once the candidates
+failed (``Engine.fallbacks``, filtered by ``Access``; it may trace). Called at most once."""
+
+
+@dataclass(slots=True)
+class AttemptPlan:
+    """The attempts of one request. ``deadline`` and every ``now`` are on one clock
+    (the loop's); ``jitter`` draws the backoff factor in [0.5, 1.5]."""
+
+    model: str
+    candidates: list[Entry]
+    last_resort: list[Entry]
+    fallbacks: FallbackHook
+    view: View
+    deadline: float
+    queue_timeout: float
+    retries: int  # retry rounds after the first pass (router_settings.num_retries)
+    delay: float  # seconds before the first retry round; doubles each round
+    jitter: Callable[[], float]
+    errors: list[tuple[Deployment, RouterError]] = field(default_factory=list)  # every failed attempt, in order
+    _order: list[Entry] = field(default_factory=list)
+    _i: int = 0
+    _rounds: int = 0
+    _full: list[Deployment] = field(default_factory=list)  # skipped only because at max_parallel_requests
+    _fallbacks_added: bool = False
+    _failed_providers: set[str] = field(default_factory=set)
+    _queue_left: float = -1.0
+    _waiting_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self._order = list(self.candidates)
+        self._queue_left = self.queue_timeout
+
+    @property
+    def by_deployment(self) -> dict[str, RouterError]:
+        """Each failed deployment's last error."""
+        return {d.id: e for d, e in self.errors}
+
+    def next(self, now: float, outcome: Failed | Waited | None = None) -> Step:
+        """What to do now, given how the previous step ended (None: the first call, or a
+        ``Backoff`` slept)."""
+        if type(outcome) is Failed:
+            stop = self._failed(outcome.error, now)
+            if stop is not None:
+                return stop
+        elif type(outcome) is Waited:
+            if self._waiting_since is not None:
+                self._queue_left -= now - self._waiting_since
+                self._waiting_since = None
+            if not outcome.freed:
+                return self._give_up()
+            self._full.clear()
+            self._i = 0
+        while True:
+            if self._i == len(self._order):
+                step = self._end_of_pass(now)
+                if step is not None:
+                    return step
+                continue
+            dep, upstream = entry = self._order[self._i]
+            self._i += 1
+            if not self.view.has_capacity(dep):
+                self._full.append(dep)
+                continue
+            first = not self.errors and self._i == 1 and bool(self.candidates)
+            if not self.view.ready(dep, first, any(d is dep for d, _ in self.last_resort)):
+                continue
+            if now >= self.deadline:
+                return self._give_up()
+            prev = self.errors[-1] if self.errors else None
+            return Try(dep, upstream, prev if prev is not None and prev[0] is not dep else None)
+
+    def _end_of_pass(self, now: float) -> Step | None:
+        """Every entry of this pass was tried or skipped: queue, add the fallbacks, retry
+        or give up (None: a new pass starts)."""
+        if self._full and not self.errors:
+            # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
+            timeout = min(self.deadline - now, self._queue_left)
+            if timeout <= 0:
+                return self._give_up()
+            self._waiting_since = now
+            return WaitForSlot(tuple(self._full), timeout)
+        if not self._fallbacks_added:
+            self._fallbacks_added = True
+            fb = self.fallbacks(self._failed_providers, False)
+            _extend(self._order, fb.entries)
+            _extend(self._order, self.last_resort)
+            if fb.retry_attempts is not None:
+                self.retries = max(self.retries, fb.retry_attempts - 1)
+            if fb.retry_delay_ms is not None:
+                self.delay = fb.retry_delay_ms / 1000
+            if self._i < len(self._order):
+                return None
+        if not self.errors or self._rounds >= self.retries:
+            return self._give_up()
+        pause = self.delay * (2 ** self._rounds) * self.jitter()
+        if now + pause >= self.deadline:
+            return self._give_up()
+        self._rounds += 1
+        self._i = 0
+        return Backoff(pause)
+
+    def _failed(self, error: RouterError, now: float) -> GiveUp | None:
+        """Record a failed attempt; a ``GiveUp`` when it ends the plan."""
+        dep = self._order[self._i - 1][0]
+        self.errors.append((dep, error))
+        self._failed_providers.add(dep.provider)
+        if isinstance(error, ContextWindowExceeded) and not self._fallbacks_added:
+            self._fallbacks_added = True  # only the context window fallbacks apply now
+            entries = self.fallbacks(self._failed_providers, True).entries
+            if not entries:
+                return GiveUp(error)
+            del self._order[self._i:]
+            _extend(self._order, entries)
+            self.retries = 0
+            return None
+        if not error.retryable:
+            return GiveUp(error)
+        if now >= self.deadline:
+            return self._give_up()
+        return None
+
+    def _give_up(self) -> GiveUp:
+        if self.errors:
+            return GiveUp(all_attempts_failed(self.errors))
+        left = [self.view.cooldown_left(d) for d, _ in self._order]
+        retry = max(1.0, min(left)) if left and min(left) > 0 else 1.0
+        return GiveUp(CapacityExceeded(
+            f"No deployment for `{self.model}` can take the request now (busy at max_parallel_requests "
+            f"for {self.queue_timeout:g} s, cooling down or unreachable); retry shortly.", retry))
+
+
+def _extend(order: list[Entry], entries: list[Entry]) -> None:
+    """Append the ``entries`` not yet in ``order`` (a fallback list may name one
+    deployment twice, or one the candidates had)."""
+    for e in entries:
+        if e not in order:
+            order.append(e)

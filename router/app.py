@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import time
 from fnmatch import fnmatchcase
@@ -22,7 +23,9 @@ from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
 from router.probes import Monitor, UnixSessions, health_rows
-from router.proxy import CLIENT_KEY, CORS_ORIGIN, Proxy, Routing, assign_request_id, cors_grant
+from router.attempt import transition
+from router.exchange import CLIENT_KEY, CORS_ORIGIN, assign_request_id, cors_grant
+from router.proxy import Proxy, Routing
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
 from router import openapi
@@ -459,7 +462,7 @@ def _start_monitor(app: web.Application) -> None:
     config = proxy.config
     monitor = Monitor(proxy.session, config.all_deployments(), proxy.state,
                       interval=config.router.monitor_interval,
-                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=proxy._transition,
+                      warm_timeout=max(config.mappings.warm_check_timeout_ms, 1) / 1000, on_transition=functools.partial(transition, proxy),
                       unix_sessions=app[MONITOR]["unix"])
     app[MONITOR]["monitor"] = monitor
     app[MONITOR]["task"] = asyncio.create_task(monitor.run())

@@ -164,7 +164,7 @@ class AttemptPlan:
                 if step is not None:
                     return step
                 continue
-            dep, upstream = entry = self._order[self._i]
+            dep, upstream = self._order[self._i]
             self._i += 1
             if not self.view.has_capacity(dep):
                 self._full.append(dep)

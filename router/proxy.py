@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import itertools
-import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
-from router import log
+from router import accesslog, attempt, log
+from router.accesslog import route_headers
 from router.access import Access, RateLimits
 from router.config import ApiKey, Config
 from router.domain import Deployment, RequestFacts, RouteDecision
@@ -32,70 +30,21 @@ from router.errors import (
     ModelNotFound,
     PermissionDenied,
     RouterError,
-    UpstreamRateLimited,
 )
-from router.health import Transition
 from router.plan import AttemptPlan, Backoff, Failed, Fallbacks, Try, Waited, WaitForSlot
 from router.probes import warm_up
-from router.providers import ADAPTERS
-from router.providers.base import Context
-from router.routing.engine import ROUTE_LABELS, Engine
+from router.routing.engine import Engine
 from router.state import StateTable
 from router.stats import RecentDecisions, RoutingStats
 from router.cache import Cache, Entry, cache_control, cache_key, scope_of
-from router.metrics import STATES, Metrics, model_group
-from router.routing.strategies.shuffle import shuffle_weights
+from router.exchange import CLIENT_KEY, granted, request_id
+from router.metrics import Metrics
 from router.h1 import Pool, Target
-from router.upstream import SSE_HEADERS, Attempt, Call, call
+from router.upstream import SSE_HEADERS, Attempt
 from router.validate import parse_body
 
-REQUEST_ID = web.RequestKey("request_id", str)
-CLIENT_KEY = web.RequestKey("client_key", object)  # the caller's ApiKey, None where no key is needed
-CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the allowed cross-origin page this answer is granted to (router.app)
-CORS_EXPOSE = "x-request-id, x-router-deployment, x-router-provider, x-router-route, x-router-attempts, " \
-              "x-router-fallback, x-router-overhead-ms, retry-after"
-
-
-def cors_grant(origin: str) -> dict[str, str]:
-    """The headers that let an allowed page read an answer (``router.app.web_guard``)."""
-    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSE, "Vary": "Origin"}
-
-
-def _granted(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
-    """``headers`` plus the CORS grant of an answer the handler sends itself (a stream);
-    the middleware adds it to the others. Only pages send ``Origin``: one lookup else."""
-    if "Origin" in request.headers and CORS_ORIGIN in request:
-        headers.update(cors_grant(request[CORS_ORIGIN]))
-    return headers
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
-LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
-
-
-_ID_PREFIX = os.urandom(5).hex()  # per process
-_ids = itertools.count(1)
-
-
-def new_id() -> str:
-    """A unique id (32 hex characters, like a uuid4's), without a uuid4's cost on every request:
-    random per process, then a counter."""
-    return f"{_ID_PREFIX}{next(_ids):022x}"
-
-
-def assign_request_id(request: web.Request) -> str:
-    """Fix the request's id: the client's ``x-request-id`` if it is sane, else a new one
-    (the middleware does it first thing, so later reads find it without a miss)."""
-    given = request.headers.get("x-request-id", "")
-    rid = request[REQUEST_ID] = given if 0 < len(given) <= 128 and given.isprintable() else new_id()
-    return rid
-
-
-def request_id(request: web.Request) -> str:
-    """The request's id (assigned on first use)."""
-    try:
-        return request[REQUEST_ID]
-    except KeyError:
-        return assign_request_id(request)
 
 
 async def _read_body(request: web.Request, timeout: float) -> bytes:
@@ -215,52 +164,16 @@ class Proxy:
         outcome = Outcome(started=time.perf_counter(), rid=rid)
         model = "?"
         try:
-            limits = routing.config.limits
             key: ApiKey | None = request.get(CLIENT_KEY)  # type: ignore[assignment]
-            self.limits.admit(key, limits.global_rpm_limit)
-            raw = await _read_body(request, limits.client_read_timeout)
-            body = parse_body(endpoint, raw, model_optional="x-capability" in request.headers,
-                              max_messages=limits.max_messages, max_items=limits.max_input_items)
-            if too_deep(raw, body, limits.max_json_depth):
-                raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
-            facts = self.facts(request, endpoint, body, routing.engine)
-            if self.log_bodies:
-                outcome.body = body
+            body, facts = await self._admit(request, endpoint, routing, key, outcome)
             model = facts.model or f"capability:{facts.capability}"
-            decision = self.decide(routing.engine, facts)
-            if key is not None and key.models is not None:
-                decision = self._permitted(routing, key, facts, decision, model)
-            if decision is None:
-                raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
-            if routing.config.router.debug_router:
-                for step in decision.trace:
-                    self.log.info(f"trace: {step}", request_id=rid, model=model)
-            for cold in decision.warm_up:
-                self._warm_up(cold, decision.upstream_name(cold))
-            read, write = cache_control(request.headers, body)  # also drops LiteLLM's "cache" field
-            cache = self.cache if routing.config.cache.enabled else None
-            ckey = cache_key(decision.model, endpoint, facts.stream, body, scope_of(key, routing.config.cache.scope)) \
-                if cache is not None and (read or write) else None
-            if ckey is not None and read:
-                entry = await cache.get(ckey)
-                if entry is not None and key is not None and key.models is not None and \
-                        not _may_reuse(key, entry, decision, routing.config):
-                    entry = None  # stored from a deployment this key may not use (a tenant-mate's fallback): a miss
-                if entry is not None:
-                    outcome.cache, outcome.status = "hit", 200
-                    return await self._from_cache(request, entry, facts.stream, rid)
-                self.stats.cache_misses += 1
-            outcome.cache = None if cache is None else "miss" if ckey is not None and read else "skip"
-            outcome.capture = write and ckey is not None
-            response = await self._serve(request, endpoint, body, facts, decision, routing, outcome, key)
-            if write and ckey is not None:
-                self._store(cache, ckey, response, outcome)
-            return response
+            decision = self._route(routing, key, facts, model, rid)
+            return await self._answer(request, endpoint, body, facts, decision, routing, outcome, key)
         except RouterError as exc:
             outcome.error, outcome.status = exc, exc.status
             headers = {"x-request-id": rid, **exc.headers()}
             if decision is not None and outcome.tried:
-                headers.update(_route_headers(decision, outcome.tried))
+                headers.update(route_headers(decision, outcome.tried))
             response = web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)
             if exc.status == 408:
                 response.force_close()  # the rest of that body will never be read
@@ -274,7 +187,59 @@ class Proxy:
             outcome.error, outcome.status = err, 500
             return web.Response(body=err.to_bytes(), status=500, content_type="application/json", headers={"x-request-id": rid})
         finally:
-            self._log(rid, model, endpoint, decision, outcome, time.monotonic() - start)
+            accesslog.record(self, routing.engine, rid, model, endpoint, decision, outcome, time.monotonic() - start)
+
+    async def _admit(self, request: web.Request, endpoint: str, routing: Routing, key: ApiKey | None,
+                     outcome: Outcome) -> tuple[dict[str, Any], RequestFacts]:
+        """The request's body, read within the limits and checked, and its facts."""
+        limits = routing.config.limits
+        self.limits.admit(key, limits.global_rpm_limit)
+        raw = await _read_body(request, limits.client_read_timeout)
+        body = parse_body(endpoint, raw, model_optional="x-capability" in request.headers,
+                          max_messages=limits.max_messages, max_items=limits.max_input_items)
+        if too_deep(raw, body, limits.max_json_depth):
+            raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
+        if self.log_bodies:
+            outcome.body = body
+        return body, self.facts(request, endpoint, body, routing.engine)
+
+    def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:
+        """The engine's decision, narrowed to what ``key`` may use; its trace logged
+        under ``debug_router``, and the warm-ups it asks for started."""
+        decision = self.decide(routing.engine, facts)
+        if key is not None and key.models is not None:
+            decision = self._permitted(routing, key, facts, decision, model)
+        if decision is None:
+            raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
+        if routing.config.router.debug_router:
+            for step in decision.trace:
+                self.log.info(f"trace: {step}", request_id=rid, model=model)
+        for cold in decision.warm_up:
+            self._warm_up(cold, decision.upstream_name(cold))
+        return decision
+
+    async def _answer(self, request: web.Request, endpoint: str, body: dict[str, Any], facts: RequestFacts,
+                      decision: RouteDecision, routing: Routing, outcome: Outcome, key: ApiKey | None) -> web.StreamResponse:
+        """From the response cache where it may, else from the deployments (and cached)."""
+        read, write = cache_control(request.headers, body)  # also drops LiteLLM's "cache" field
+        cache = self.cache if routing.config.cache.enabled else None
+        ckey = cache_key(decision.model, endpoint, facts.stream, body, scope_of(key, routing.config.cache.scope)) \
+            if cache is not None and (read or write) else None
+        if ckey is not None and read:
+            entry = await cache.get(ckey)
+            if entry is not None and key is not None and key.models is not None and \
+                    not _may_reuse(key, entry, decision, routing.config):
+                entry = None  # stored from a deployment this key may not use (a tenant-mate's fallback): a miss
+            if entry is not None:
+                outcome.cache, outcome.status = "hit", 200
+                return await self._from_cache(request, entry, facts.stream, outcome.rid)
+            self.stats.cache_misses += 1
+        outcome.cache = None if cache is None else "miss" if ckey is not None and read else "skip"
+        outcome.capture = write and ckey is not None
+        response = await self._serve(request, endpoint, body, facts, decision, routing, outcome, key)
+        if write and ckey is not None:
+            self._store(cache, ckey, response, outcome)
+        return response
 
     def _permitted(self, routing: Routing, key: ApiKey, facts: RequestFacts, decision: RouteDecision | None,
                    model: str) -> RouteDecision:
@@ -330,7 +295,7 @@ class Proxy:
                 if step.after is not None:
                     self._fallback_triggered(step.after, step.deployment, outcome.rid)
                 try:
-                    return await self._attempt(request, endpoint, body, decision, step.deployment, step.upstream,
+                    return await attempt.run(self, request, endpoint, body, decision, step.deployment, step.upstream,
                                                loop, deadline, outcome)
                 except RouterError as exc:
                     step = plan.next(loop.time(), Failed(exc))
@@ -389,99 +354,12 @@ class Proxy:
             for w in waits:
                 w.cancel()
 
-    async def _attempt(self, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
-                       dep: Deployment, upstream: str, loop: asyncio.AbstractEventLoop, deadline: float,
-                       outcome: Outcome) -> web.StreamResponse:
-        attempt = Attempt(dep)
-        outcome.tried.append(attempt)
-        url, payload = ADAPTERS[dep.wire].upstream_request(endpoint, body, dep, upstream)
-        stream = endpoint != "embeddings" and body.get("stream") is True
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        rid = outcome.rid
-        headers = {"Content-Type": "application/json", "x-request-id": rid}
-        if dep.api_key:
-            headers["Authorization"] = f"Bearer {dep.api_key}"
-        response_headers = _granted(request, {"x-request-id": rid, **_route_headers(decision, outcome.tried)})
-        if outcome.cache is not None:
-            response_headers["x-router-cache"] = outcome.cache
-        if outcome.capture and stream:
-            attempt.capture, attempt.capture_limit = bytearray(), self.config.cache.max_entry_bytes
-        if ADAPTERS[dep.wire].rewrites:  # a response id and timestamp only where the adapter writes the responses
-            prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
-            ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage)
-        else:
-            ctx = Context(decision.model, "", 0, include_usage)
-        c = Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
-                 lambda msg: self.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
-        # From the pick on, every exit goes through the finally below, which releases
-        # what the pick took (a half-open trial) whatever the outcome.
-        health = self.state[dep.id].health
-        trial_before = health.trial_in_flight
-        self._transition(dep, self.state.picked(dep))
-        trial = health.trial_in_flight and not trial_before  # this attempt is the half-open trial
-        self.state.started(dep)
-        in_flight = self.metrics.child(self.metrics.in_flight, dep.id)
-        self.metrics.add(in_flight)
-        started = time.monotonic()
-        error: RouterError | None = None
-        try:
-            response = await call(self.pool, c, attempt)
-            outcome.status = attempt.status
-            error = attempt.error
-            outcome.error = error
-            outcome.client_gone = attempt.client_gone
-            return response
-        except asyncio.CancelledError:
-            attempt.client_gone = outcome.client_gone = True
-            raise
-        except RouterError as exc:
-            error = attempt.error = exc
-            raise
-        except Exception:
-            error = attempt.error = RouterError("internal error")
-            raise
-        finally:
-            self.metrics.add(in_flight, -1)
-            if attempt.overhead is None:
-                outcome.waited += attempt.upstream  # it failed: its wait was not ours
-            else:
-                self.metrics.observe(self.metrics.overhead, attempt.overhead)
-            if error is not None:
-                self.metrics.add(self.metrics.child(self.metrics.upstream_errors, dep.id, error.error_class))
-            if attempt.prompt_tokens:
-                self.metrics.add(self.metrics.child(self.metrics.tokens, dep.id, "in"), attempt.prompt_tokens)
-            if attempt.tokens - attempt.prompt_tokens > 0:
-                self.metrics.add(self.metrics.child(self.metrics.tokens, dep.id, "out"), attempt.tokens - attempt.prompt_tokens)
-            self.state.finished(dep, f"{error.error_class}: {error.message}" if error else None, abandoned=attempt.client_gone,
-                                stream=stream, ttft=attempt.ttft, latency=time.monotonic() - started, tokens=attempt.tokens)
-            if error is not None and error.counts:
-                retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
-                self._transition(dep, self.state.failed(dep, f"{error.error_class}: {error.message}",
-                                                        rate_limited=isinstance(error, UpstreamRateLimited), retry_after=retry_after,
-                                                        unreachable=error.unreachable))
-            elif error is None and not attempt.client_gone:
-                self._transition(dep, self.state.succeeded(dep))
-                self.state.loaded(dep, upstream)  # it served, so its model is loaded now
-            elif trial:  # no verdict (client gone, a 4xx passed through, model not found, a bug): the next request tries
-                self.state.released(dep)
-
     def resent(self, target: Target) -> None:
         """router.h1 sent a request a second time (a kept connection closed under it)."""
         server = target.host_header
         self.metrics.add(self.metrics.child(self.metrics.resends, server))
         self.log.debug("Resent a request on a new connection: the kept one was closed by the server before it "
                        "read the request", server=server)
-
-    def _transition(self, dep: Deployment, t: Transition | None) -> None:
-        if t is None:
-            return
-        for name in STATES:
-            self.metrics.set(self.metrics.child(self.metrics.state, dep.id, name), 1 if name == t.new.value else 0)
-        fields: dict[str, Any] = {"deployment": dep.id, "reason": t.reason}
-        if t.until is not None:
-            fields["for_s"] = round(t.until - time.time(), 1)
-        self.log.warning(f"Deployment {dep.id} ({dep.provider}): {t.old.value} -> {t.new.value}", **fields)
 
     def _trace(self, routing: Routing, lines: list[str], request: web.Request) -> None:
         if routing.config.router.debug_router:
@@ -495,7 +373,7 @@ class Proxy:
         headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
         if not stream:
             return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
-        out = web.StreamResponse(status=200, headers=_granted(request, {**SSE_HEADERS, **headers}))
+        out = web.StreamResponse(status=200, headers=granted(request, {**SSE_HEADERS, **headers}))
         await out.prepare(request)
         await out.write(entry.body)
         await out.write_eof()
@@ -539,54 +417,6 @@ class Proxy:
         if self.cache is not None:
             await self.cache.close()
 
-    # -- the log line -----------------------------------------------------------------------------------
-
-    def _log(self, rid: str, model: str, endpoint: str, decision: RouteDecision | None, outcome: Outcome, elapsed: float) -> None:
-        fields: dict[str, Any] = {"request_id": rid, "endpoint": endpoint, "status": 499 if outcome.client_gone else outcome.status or 499,
-                                  "latency_ms": round(elapsed * 1000, 1)}
-        last = outcome.last
-        err = outcome.error
-        self.recent.record(rid, model, decision.route if decision else None, last.deployment.id if last else None,
-                           last.deployment.provider if last else None, fields["status"], fields["latency_ms"],
-                           len(outcome.tried), fallback=",".join(a.deployment.id for a in outcome.tried) if len(outcome.tried) > 1 else None,
-                           error=err.error_class if err else None, cache=outcome.cache)
-        if last is not None and last.ttft is not None:
-            fields["ttft_ms"] = round(last.ttft * 1000, 1)
-        if outcome.cache is not None:
-            fields["cache"] = outcome.cache
-            self.metrics.add(self.metrics.child(self.metrics.cache, outcome.cache))
-        if outcome.body is not None:
-            fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
-        if outcome.cache == "hit":
-            self.log.info(f"Model: {model} -> cache hit", **fields)
-            return
-        if decision is None or last is None:
-            if isinstance(err, ModelNotFound):
-                self.log.warning(f"Model: {model} -> no route (404)", **fields)
-            else:
-                self.log.warning(f"Rejected request for model {model}", error=err.error_class if err else None,
-                                 detail=err.message if err else None, **fields)
-            return
-        dep = last.deployment
-        fields["deployment"] = dep.id
-        group = model_group(decision, dep)
-        self.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
-        if fields["status"] == 200 and len(decision.candidates) > 1:
-            weights = shuffle_weights(decision.candidates) if decision.strategy == "simple-shuffle" else None
-            self.metrics.split(group, dep, decision.candidates, weights)
-        if len(outcome.tried) > 1:
-            fields["attempts"] = len(outcome.tried)
-            fields["fallback"] = ",".join(a.deployment.id for a in outcome.tried)
-        if decision.matched:
-            fields["matched"] = decision.matched
-        message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
-        if outcome.client_gone:
-            self.log.warning(message, error="ClientDisconnected", **fields)
-        elif err is None:
-            self.log.info(message, **fields)
-        else:
-            self.log.warning(message, error=err.error_class, detail=err.message, **fields)
-
 
 def _may_reuse(key: ApiKey, entry: Entry, decision: RouteDecision, config: Config) -> bool:
     """May ``key`` be handed a cached answer? Only if the deployment that served it is
@@ -602,15 +432,3 @@ def _may_reuse(key: ApiKey, entry: Entry, decision: RouteDecision, config: Confi
 def _jitter() -> float:
     """The backoff's random factor."""
     return random.uniform(0.5, 1.5)
-
-
-def _route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, str]:
-    dep = tried[-1].deployment
-    return {
-        "x-router-deployment": dep.id,
-        "x-router-provider": dep.provider,
-        "x-router-route": decision.route,
-        "x-router-attempts": str(len(tried)),
-        "x-router-fallback": ",".join(a.deployment.id for a in tried),
-    }
-

@@ -158,14 +158,7 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
             resp = await pool.request("POST", c.url, c.headers.items(), c.payload, pool_timeout=min(POOL_WAIT, idle or POOL_WAIT),
                                       connect_timeout=min(CONNECT_TIMEOUT, idle or CONNECT_TIMEOUT), idle_timeout=idle,
                                       deadline=c.loop.time() + remaining)
-            if resp.status >= 400:
-                raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
-                                     resp.headers.get("retry-after"))
-            content_type = resp.headers.get("content-type", "")
-            if not adapter.is_stream(content_type):
-                snippet = (await resp.read_some(200)).decode("utf-8", "replace")
-                raise UpstreamError(f"{dep.provider} answered a streaming request with "
-                                    f"{content_type or 'no content type'}: {snippet!r}")
+            await _check_stream(resp, adapter, dep)
             chunk = await _first(resp, translator, dep)
         resp.deadline = None  # the first output is in: from here on only the idle bound applies
         attempt.ttft = attempt.upstream = time.perf_counter() - sent
@@ -177,23 +170,7 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
         # From here on the client has our 200: every failure must end the stream
         # with an error event, never a second response or a silent stop.
         guard.limit = idle
-        try:
-            end = await _relay(out, resp, chunk, translator, guard, attempt)
-            complete = attempt.error is None
-        except RouterError as exc:
-            end, attempt.error = error_event(exc.message, exc.type, exc.code), exc
-        except ConnectionResetError:
-            attempt.client_gone = True
-            return out
-        except Exception:
-            c.log_exception("Internal error while relaying a stream")
-            attempt.error = RouterError("internal error while relaying the stream")
-            end = error_event(attempt.error.message)
-        try:
-            attempt.captured(end)
-            await out.write_eof(end)  # the last bytes and the chunked terminator in one write
-        except ConnectionResetError:
-            attempt.client_gone = True
+        complete = await _deliver(out, resp, chunk, translator, guard, attempt, c)
         return out
     finally:
         if attempt.status != 200:
@@ -203,6 +180,43 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
                 resp.release()
             else:
                 resp.close()  # client gone or upstream broken: drop the upstream connection now
+
+
+async def _check_stream(resp: Response, adapter: Any, dep: Deployment) -> None:
+    """Raise (so the caller may fall back) unless ``resp`` is the start of a stream."""
+    if resp.status >= 400:
+        raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
+                             resp.headers.get("retry-after"))
+    content_type = resp.headers.get("content-type", "")
+    if not adapter.is_stream(content_type):
+        snippet = (await resp.read_some(200)).decode("utf-8", "replace")
+        raise UpstreamError(f"{dep.provider} answered a streaming request with "
+                            f"{content_type or 'no content type'}: {snippet!r}")
+
+
+async def _deliver(out: web.StreamResponse, resp: Response, chunk: bytes, translator: StreamTranslator | None,
+                   guard: UpstreamErrors, attempt: Attempt, c: Call) -> bool:
+    """Relay the rest of a stream whose 200 the client has, and end it: with the
+    upstream's end, or an error event. True when the upstream's answer was complete."""
+    complete = False
+    try:
+        end = await _relay(out, resp, chunk, translator, guard, attempt)
+        complete = attempt.error is None
+    except RouterError as exc:
+        end, attempt.error = error_event(exc.message, exc.type, exc.code), exc
+    except ConnectionResetError:
+        attempt.client_gone = True
+        return False
+    except Exception:
+        c.log_exception("Internal error while relaying a stream")
+        attempt.error = RouterError("internal error while relaying the stream")
+        end = error_event(attempt.error.message)
+    try:
+        attempt.captured(end)
+        await out.write_eof(end)  # the last bytes and the chunked terminator in one write
+    except ConnectionResetError:
+        attempt.client_gone = True
+    return complete
 
 
 _DATA_LINE = re.compile(rb"(?:^|[\r\n])data:([^\r\n]*)[\r\n]")  # a complete data line
@@ -279,6 +293,30 @@ async def _relay(out: web.StreamResponse, resp: Response, first: bytes, translat
     return end
 
 
+def _whole_lines(held: bytearray, chunk: bytes) -> bytes:
+    """Add ``chunk`` to ``held`` and take out what ends in a line ending (or, past
+    ``LINE_LIMIT`` without one, all of it): the rest waits for its end."""
+    start = len(held)
+    held += chunk
+    cut = max(held.rfind(b"\n", start), held.rfind(b"\r", start)) + 1
+    if not cut and len(held) > LINE_LIMIT:
+        cut = len(held)
+    data = bytes(held[:cut])
+    del held[:cut]
+    return data
+
+
+async def _cut_short(out: web.StreamResponse, data: bytes, edge: bytes, attempt: Attempt) -> bytes:
+    """The upstream said [DONE] without a finish_reason: relay ``data`` (what came before
+    it) and return the error event that ends the stream."""
+    if data:
+        await out.write(data)
+        edge = data if len(data) >= 4 else (edge + data)[-4:]
+    attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream without a finish_reason "
+                                  "(cut short, e.g. by a concurrent request)")
+    return _separator(edge) + error_event(attempt.error.message, attempt.error.type, "stream_truncated")
+
+
 async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guard: UpstreamErrors,
                      attempt: Attempt) -> bytes:
     """The OpenAI-compatible relay: the upstream's bytes, in order and unchanged.
@@ -303,26 +341,12 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             m = _DONE.search(window) if b"[DONE]" in window else None
             if m is not None and not finished:
                 data = bytes(held) + chunk
-                data = data[: max(0, len(data) - (len(window) - m.start() - 1))]  # up to "data: [DONE]"
-                if data:
-                    await out.write(data)
-                    edge = data if len(data) >= 4 else (edge + data)[-4:]
-                attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream without a finish_reason "
-                                              "(cut short, e.g. by a concurrent request)")
-                return _separator(edge) + error_event(attempt.error.message, attempt.error.type, "stream_truncated")
+                return await _cut_short(out, data[: max(0, len(data) - (len(window) - m.start() - 1))], edge, attempt)
             done = m is not None
         events += window.count(b"data:", max(0, len(tail) - 4))  # each once, also when split across chunks
         tail = window[-40:]
-        if not held and chunk[-1:] == b"\n":  # the usual case: whole lines, relayed as they came
-            data = chunk
-        else:
-            start = len(held)
-            held += chunk
-            cut = max(held.rfind(b"\n", start), held.rfind(b"\r", start)) + 1
-            if not cut and len(held) > LINE_LIMIT:
-                cut = len(held)
-            data = bytes(held[:cut])
-            del held[:cut]
+        # the usual case: whole lines, relayed as they came
+        data = chunk if not held and chunk[-1:] == b"\n" else _whole_lines(held, chunk)
         if data:
             if resp.at_eof():  # nothing more will come (no waiting is involved in holding these)
                 last = data

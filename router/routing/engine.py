@@ -343,6 +343,12 @@ class Engine:
 
     # -- fallbacks (step 6) ---------------------------------------------------------------------
 
+    def target_split(self, decision: RouteDecision) -> list[float] | None:
+        """The share of traffic each of ``decision.candidates`` should get under the
+        decision's strategy (None: an even split), for the effectiveness metric."""
+        target = getattr(self._strategies.get(decision.strategy), "target", None)
+        return target(decision.candidates) if target is not None else None
+
     def fallbacks(self, decision: RouteDecision, facts: RequestFacts, view: StateTable,
                   failed_providers: set[str], context_overflow: bool = False) -> FallbackPlan:
         """Where to go once the decision's own candidates failed: LiteLLM's

@@ -28,6 +28,10 @@ class Strategy(Protocol):
         per-group memo state."""
         ...
 
+    # Optional: ``target(candidates) -> list[float]``, the share of traffic each candidate
+    # should get (weights, any scale), for the load-balance effectiveness metric. A strategy
+    # without it aims at an even split.
+
 
 # Every accepted name -> canonical name.
 STRATEGY_NAMES: dict[str, str] = {

@@ -55,3 +55,7 @@ class SimpleShuffle:
             weights = shuffle_weights(candidates, self._provider_weights.get(candidates[0].model_name))
             cached = self._weights[key] = (tuple(candidates), weights)
         return weighted_order(candidates, cached[1], rng)
+
+    def target(self, candidates: Sequence[Deployment]) -> list[float]:
+        """The share of traffic each candidate should get: its weight."""
+        return shuffle_weights(candidates, self._provider_weights.get(candidates[0].model_name)) if candidates else []

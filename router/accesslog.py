@@ -1,0 +1,95 @@
+"""What a request leaves behind once it is answered: the one ``[ROUTER]`` line, the
+``x-router-*`` headers, the per-request metrics and the status page's recent list.
+
+``record`` runs in ``Proxy.handle``'s ``finally``, once per request, whatever happened.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from router.domain import RouteDecision
+from router.errors import ModelNotFound
+from router.metrics import model_group
+from router.routing.engine import ROUTE_LABELS, Engine
+from router.upstream import Attempt
+
+if TYPE_CHECKING:
+    from router.proxy import Outcome, Proxy
+
+LOGGED_BODY_LIMIT = 4096  # bytes of a request body --log-bodies puts in the log line
+
+
+def route_headers(decision: RouteDecision, tried: list[Attempt]) -> dict[str, str]:
+    """The ``x-router-*`` headers: which deployment answered, how it was routed, what was tried."""
+    dep = tried[-1].deployment
+    return {
+        "x-router-deployment": dep.id,
+        "x-router-provider": dep.provider,
+        "x-router-route": decision.route,
+        "x-router-attempts": str(len(tried)),
+        "x-router-fallback": ",".join(a.deployment.id for a in tried),
+    }
+
+
+def record(proxy: Proxy, engine: Engine, rid: str, model: str, endpoint: str, decision: RouteDecision | None, outcome: Outcome,
+           elapsed: float) -> None:
+    """Log the request's ``[ROUTER]`` line and count it (status 499: the client left)."""
+    status = 499 if outcome.client_gone else outcome.status or 499
+    fields: dict[str, Any] = {"request_id": rid, "endpoint": endpoint, "status": status, "latency_ms": round(elapsed * 1000, 1)}
+    last = outcome.last
+    err = outcome.error
+    tried = len(outcome.tried)
+    fallback = ",".join(a.deployment.id for a in outcome.tried) if tried > 1 else None
+    proxy.recent.record(rid, model, decision.route if decision else None, last.deployment.id if last else None,
+                        last.deployment.provider if last else None, status, fields["latency_ms"], tried,
+                        fallback=fallback, error=err.error_class if err else None, cache=outcome.cache)
+    if last is not None and last.ttft is not None:
+        fields["ttft_ms"] = round(last.ttft * 1000, 1)
+    if outcome.cache is not None:
+        fields["cache"] = outcome.cache
+        proxy.metrics.add(proxy.metrics.child(proxy.metrics.cache, outcome.cache))
+    if outcome.body is not None:
+        fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
+    if outcome.cache == "hit":
+        proxy.log.info(f"Model: {model} -> cache hit", **fields)
+    elif decision is None or last is None:
+        _rejected(proxy, model, err, fields)
+    else:
+        _answered(proxy, engine, model, decision, outcome, elapsed, fallback, fields)
+
+
+def _rejected(proxy: Proxy, model: str, err: Any, fields: dict[str, Any]) -> None:
+    """No deployment was tried: refused at the door, or nowhere to route."""
+    if isinstance(err, ModelNotFound):
+        proxy.log.warning(f"Model: {model} -> no route (404)", **fields)
+    else:
+        proxy.log.warning(f"Rejected request for model {model}", error=err.error_class if err else None,
+                          detail=err.message if err else None, **fields)
+
+
+def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision, outcome: Outcome, elapsed: float,
+              fallback: str | None, fields: dict[str, Any]) -> None:
+    """At least one deployment was tried: the line names the last one, and how it was routed."""
+    last = outcome.tried[-1]
+    err = outcome.error
+    dep = last.deployment
+    fields["deployment"] = dep.id
+    group = model_group(decision, dep)
+    proxy.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
+    if fields["status"] == 200 and len(decision.candidates) > 1:
+        proxy.metrics.split(group, dep, decision.candidates, engine.target_split(decision))
+    if fallback is not None:
+        fields["attempts"] = len(outcome.tried)
+        fields["fallback"] = fallback
+    if decision.matched:
+        fields["matched"] = decision.matched
+    message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
+    if outcome.client_gone:
+        proxy.log.warning(message, error="ClientDisconnected", **fields)
+    elif err is None:
+        proxy.log.info(message, **fields)
+    else:
+        proxy.log.warning(message, error=err.error_class, detail=err.message, **fields)

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from router.checks import api_root, check_url, get, unknown_keys
-from router.domain import PREFIX_KINDS, WIRE_FORMATS, Deployment, Provider
+from router.backends import KINDS, PREFIX_KINDS, WIRE_FORMATS
+from router.domain import Deployment, Provider
 from router.health import Policy
 from router.policy import Mappings, load_policy
 from router.routing import strategies
@@ -26,10 +27,6 @@ from router.yamlsource import Issue, Path, Source, load
 
 DEFAULT_CONFIG = "config/litellm-unified.yaml"
 DEFAULT_TIMEOUT = 600.0  # LiteLLM's default request timeout, seconds
-# Servers that handle one request at a time: llama-cpp-python even cuts a running
-# stream short when a second request arrives (interrupt_requests). The router queues
-# for them instead. Set max_parallel_requests to override.
-SERIAL_KINDS = {"llama_cpp_python": 1}
 
 
 class ConfigError(Exception):
@@ -538,7 +535,7 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 stream_timeout=get(src, params, "stream_timeout", pp, "pos"),
                 max_tokens=get(src, params, "max_tokens", pp, "int"),
                 max_parallel_requests=get(src, params, "max_parallel_requests", pp, "int",
-                                          default=SERIAL_KINDS.get(kind)),
+                                          default=KINDS[kind].serial),
                 model_info=MappingProxyType(dict(info)),
                 is_dynamic=wildcard is not None and "*" in upstream,
                 wildcard=wildcard,
@@ -716,7 +713,7 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     catchalls = {
         p.name: Deployment(id=f"{p.name}/*", model_name="*", provider=p.name, kind=p.kind, upstream_model="",
                            api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True,
-                           max_parallel_requests=SERIAL_KINDS.get(p.kind))
+                           max_parallel_requests=KINDS[p.kind].serial)
         for p in mappings.providers.values()
     }
     aliases = _aliases(src, top, frozen_groups, by_id)

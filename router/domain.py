@@ -10,29 +10,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from router.backends import KINDS, PREFIX_KINDS, WIRE_FORMATS, BackendKind
 from router.checks import shown
 
-# Provider kinds we know how to talk to, and the wire format each one speaks.
-WIRE_FORMATS: Mapping[str, str] = MappingProxyType(
-    {
-        "ollama": "ollama",
-        "vllm": "openai",
-        "llama_cpp_python": "openai",
-        "llama_cpp_native": "openai",
-        "openai": "openai",
-    }
-)
-
-# LiteLLM model prefixes we accept, and the provider kind each implies.
-PREFIX_KINDS: Mapping[str, str] = MappingProxyType(
-    {
-        "ollama": "ollama",
-        "ollama_chat": "ollama",
-        "openai": "openai",
-        "hosted_vllm": "vllm",
-    }
-)
-
+__all__ = ["PREFIX_KINDS", "WIRE_FORMATS", "Deployment", "Provider", "RequestFacts", "RouteDecision"]
 
 @dataclass(frozen=True, slots=True)
 class Provider:
@@ -79,6 +60,11 @@ class Deployment:
     @property
     def wire(self) -> str:
         return WIRE_FORMATS[self.kind]
+
+    @property
+    def backend(self) -> BackendKind:
+        """What this kind of server does and how it is probed (``router.backends``)."""
+        return KINDS[self.kind]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ deployment cannot fix (``retryable`` false) ends the plan at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from router.domain import Deployment
@@ -31,7 +31,7 @@ from router.errors import CapacityExceeded, ContextWindowExceeded, RouterError, 
 Entry = tuple[Deployment, str]  # a deployment and the model name it is asked for upstream
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a __setattr__ per field
 class Try:
     """Send the request to ``deployment`` (as ``upstream``); ``after`` is the deployment
     whose failure led here when it is another one (a fallback: logged and counted)."""
@@ -41,14 +41,14 @@ class Try:
     after: tuple[Deployment, RouterError] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Backoff:
     """Sleep ``seconds`` before the next retry round."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WaitForSlot:
     """Wait up to ``timeout`` seconds for one of ``deployments`` to finish a request."""
 
@@ -56,7 +56,7 @@ class WaitForSlot:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GiveUp:
     """Answer the client with ``error``."""
 
@@ -66,14 +66,14 @@ class GiveUp:
 Step = Try | Backoff | WaitForSlot | GiveUp
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     """The last ``Try`` failed before its first byte reached the client."""
 
     error: RouterError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Waited:
     """The last ``WaitForSlot`` ended: ``freed`` is False when it timed out."""
 
@@ -109,34 +109,36 @@ FallbackHook = Callable[[set[str], bool], Fallbacks]
 failed (``Engine.fallbacks``, filtered by ``Access``; it may trace). Called at most once."""
 
 
-@dataclass(slots=True)
 class AttemptPlan:
     """The attempts of one request. ``deadline`` and every ``now`` are on one clock
-    (the loop's); ``jitter`` draws the backoff factor in [0.5, 1.5]."""
+    (the loop's); ``jitter`` draws the backoff factor in [0.5, 1.5]. (A plain class with
+    slots, not a dataclass: it is built for every request, and this is the cheap way.)"""
 
-    model: str
-    candidates: list[Entry]
-    last_resort: list[Entry]
-    fallbacks: FallbackHook
-    view: View
-    deadline: float
-    queue_timeout: float
-    retries: int  # retry rounds after the first pass (router_settings.num_retries)
-    delay: float  # seconds before the first retry round; doubles each round
-    jitter: Callable[[], float]
-    errors: list[tuple[Deployment, RouterError]] = field(default_factory=list)  # every failed attempt, in order
-    _order: list[Entry] = field(default_factory=list)
-    _i: int = 0
-    _rounds: int = 0
-    _full: list[Deployment] = field(default_factory=list)  # skipped only because at max_parallel_requests
-    _fallbacks_added: bool = False
-    _failed_providers: set[str] = field(default_factory=set)
-    _queue_left: float = -1.0
-    _waiting_since: float | None = None
+    __slots__ = ("model", "candidates", "last_resort", "fallbacks", "view", "deadline", "queue_timeout", "retries",
+                 "delay", "jitter", "errors", "_order", "_i", "_rounds", "_full", "_fallbacks_added",
+                 "_queue_left", "_waiting_since")
 
-    def __post_init__(self) -> None:
-        self._order = list(self.candidates)
-        self._queue_left = self.queue_timeout
+    def __init__(self, model: str, candidates: list[Entry], last_resort: list[Entry], fallbacks: FallbackHook,
+                 view: View, deadline: float, queue_timeout: float, retries: int, delay: float,
+                 jitter: Callable[[], float]) -> None:
+        self.model = model
+        self.candidates = candidates
+        self.last_resort = last_resort
+        self.fallbacks = fallbacks
+        self.view = view
+        self.deadline = deadline
+        self.queue_timeout = queue_timeout
+        self.retries = retries  # retry rounds after the first pass (router_settings.num_retries)
+        self.delay = delay  # seconds before the first retry round; doubles each round
+        self.jitter = jitter
+        self.errors: list[tuple[Deployment, RouterError]] = []  # every failed attempt, in order
+        self._order = candidates  # what this pass walks; copied before it is changed
+        self._i = 0
+        self._rounds = 0
+        self._full: list[Deployment] = []  # skipped only because at max_parallel_requests
+        self._fallbacks_added = False
+        self._queue_left = queue_timeout  # one budget for all waits for a slot
+        self._waiting_since: float | None = None
 
     @property
     def by_deployment(self) -> dict[str, RouterError]:
@@ -169,8 +171,8 @@ class AttemptPlan:
             if not self.view.has_capacity(dep):
                 self._full.append(dep)
                 continue
-            first = not self.errors and self._i == 1 and bool(self.candidates)
-            if not self.view.ready(dep, first, any(d is dep for d, _ in self.last_resort)):
+            first = self._i == 1 and not self.errors and bool(self.candidates)
+            if not self.view.ready(dep, first, bool(self.last_resort) and any(d is dep for d, _ in self.last_resort)):
                 continue
             if now >= self.deadline:
                 return self._give_up()
@@ -189,7 +191,8 @@ class AttemptPlan:
             return WaitForSlot(tuple(self._full), timeout)
         if not self._fallbacks_added:
             self._fallbacks_added = True
-            fb = self.fallbacks(self._failed_providers, False)
+            fb = self.fallbacks(self._failed_providers(), False)
+            self._order = list(self._order)
             _extend(self._order, fb.entries)
             _extend(self._order, self.last_resort)
             if fb.retry_attempts is not None:
@@ -211,13 +214,12 @@ class AttemptPlan:
         """Record a failed attempt; a ``GiveUp`` when it ends the plan."""
         dep = self._order[self._i - 1][0]
         self.errors.append((dep, error))
-        self._failed_providers.add(dep.provider)
         if isinstance(error, ContextWindowExceeded) and not self._fallbacks_added:
             self._fallbacks_added = True  # only the context window fallbacks apply now
-            entries = self.fallbacks(self._failed_providers, True).entries
+            entries = self.fallbacks(self._failed_providers(), True).entries
             if not entries:
                 return GiveUp(error)
-            del self._order[self._i:]
+            self._order = self._order[:self._i]
             _extend(self._order, entries)
             self.retries = 0
             return None
@@ -226,6 +228,9 @@ class AttemptPlan:
         if now >= self.deadline:
             return self._give_up()
         return None
+
+    def _failed_providers(self) -> set[str]:
+        return {d.provider for d, _ in self.errors}
 
     def _give_up(self) -> GiveUp:
         if self.errors:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 
 from router.regexcheck import backtracking_problem, searched_form
 from router.checks import check_url, get, unknown_keys
-from router.domain import WIRE_FORMATS, Provider
+from router.backends import WIRE_FORMATS
+from router.domain import Provider
 from router.routing import strategies
 from router.routing.rules import Condition, SizeRange, parse_condition, parse_size, parse_size_range
 from router.yamlsource import Path, Source

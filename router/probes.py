@@ -15,30 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from typing import Any, Callable, Iterable
 
 import aiohttp
 import orjson
 from aiohttp.client_exceptions import UnixClientConnectorError
-from prometheus_client.parser import text_string_to_metric_families
 
 from router import log
 from router.checks import http_url, shown, unix_socket
+from router.backends.base import get_json, root
 from router.domain import Deployment
 from router.routing.rules import parse_size
 from router.health import Transition
 from router.state import ServerState, StateTable
-
-_LISTING = {"ollama": "/api/tags", "openai": "/models"}  # under the deployment's api_base
-_ANY_NAME = {"llama_cpp_python", "llama_cpp_native"}  # serve their one model under any name
-# llama-cpp-python's /v1/models takes the model lock, and with its default
-# interrupt_requests any request that does so cuts a running stream short — ours
-# or another client's. Its listing tells nothing we need (it serves its one model
-# under any name), so its probe only checks that the server answers: FastAPI's 404
-# for /health does not touch the model.
-_LIVENESS_ONLY = {"llama_cpp_python"}
 
 MONITOR_INTERVAL = 5.0  # seconds between probes of one backend server
 META_TIMEOUT = 2.0
@@ -46,11 +36,10 @@ META_TIMEOUT = 2.0
 
 def serves(server: ServerState, d: Deployment) -> bool:
     """Does the server's last listing include ``d``'s model?"""
-    if d.is_dynamic or d.kind in _ANY_NAME:
+    backend = d.backend
+    if d.is_dynamic or backend.any_name:
         return True
-    name = d.upstream_model
-    # Ollama lists "llama3.1:8b" and, for untagged pulls, "name:latest".
-    return name in server.models or f"{name}:latest" in server.models
+    return any(name in server.models for name in backend.names(d.upstream_model))
 
 
 def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[dict[str, Any]]:
@@ -73,49 +62,6 @@ def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[di
             **state[d.id].snapshot(),
         })
     return rows
-
-
-def parse_prometheus_sum(text: str, metric: str) -> float | None:
-    """Sum of every sample of ``metric`` (any labels) in Prometheus text format.
-
-    prometheus_client's parser: a sample's optional timestamp is not its value
-    (``name{...} 3 1712345678000`` is 3), quoted label values may hold spaces, and
-    NaN/Inf samples are skipped. A text the parser refuses as a whole is parsed
-    again line by line, so one malformed line elsewhere does not hide the metric.
-    """
-    try:
-        return _sum_samples(text_string_to_metric_families(text), metric)
-    except ValueError:
-        pass
-    total, seen = 0.0, False
-    for line in text.splitlines():
-        if not (line.startswith(metric) and line[len(metric):len(metric) + 1] in ("{", " ")):
-            continue
-        try:
-            value = _sum_samples(text_string_to_metric_families(line + "\n"), metric)
-        except ValueError:
-            continue
-        if value is not None:
-            total, seen = total + value, True
-    return total if seen else None
-
-
-def _sum_samples(families: Iterable[Any], metric: str) -> float | None:
-    total, seen = 0.0, False
-    for family in families:
-        for sample in family.samples:
-            if sample.name == metric and math.isfinite(sample.value):
-                total += sample.value
-                seen = True
-    return total if seen else None
-
-
-def parse_slots(data: Any) -> tuple[int, int] | None:
-    """llama.cpp ``/slots``: (slots, busy). Newer servers say ``is_processing``, older ``state`` != 0."""
-    if not isinstance(data, list):
-        return None
-    busy = sum(1 for s in data if isinstance(s, dict) and (s.get("is_processing") or s.get("state", 0) != 0))
-    return len(data), busy
 
 
 def parse_listing(data: Any, wire: str) -> tuple[set[str], dict[str, float], dict[str, int]]:
@@ -145,10 +91,6 @@ def parse_listing(data: Any, wire: str) -> tuple[set[str], dict[str, float], dic
     return names, sizes, contexts
 
 
-def _root(api_base: str) -> str:
-    return api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return f"no answer within {META_TIMEOUT:g} s"
@@ -159,25 +101,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str, timeout: float, headers: dict[str, str]) -> Any:
-    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        if resp.status != 200:
-            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
-        return orjson.loads(await resp.read())
-
-
 async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeout: float) -> ServerState:
-    """One probe of ``d``'s server: its models with sizes and contexts, and where the
-    server says so, its load (vLLM /metrics, llama.cpp /slots) and loaded models
-    (Ollama /api/ps); for llama-cpp-python only whether it answers (_LIVENESS_ONLY).
-    For a unix-socket server ``session`` must be one connected to that socket."""
+    """One probe of ``d``'s server: its models with sizes and contexts, and whatever
+    its kind says of load or loaded models (``BackendKind.load_probe``); for a
+    ``liveness_only`` kind only whether it answers. For a unix-socket server
+    ``session`` must be one connected to that socket."""
     base = http_url(d.api_base)
+    backend = d.backend
     headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
     state = ServerState(updated_at=time.time())
     start = time.monotonic()
-    if d.kind in _LIVENESS_ONLY:
+    if backend.liveness_only:
         try:
-            async with session.get(_root(base) + "/health", headers=headers,
+            async with session.get(root(base) + "/health", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=META_TIMEOUT)) as resp:
                 await resp.read()
                 state.reachable = resp.status < 500
@@ -186,36 +122,18 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
         state.latency_ms = round((time.monotonic() - start) * 1000, 1)
         return state
     try:
-        listing = await _get_json(session, base + _LISTING[d.wire], META_TIMEOUT, headers)
+        listing = await get_json(session, base + backend.listing, META_TIMEOUT, headers)
     except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
         state.error = _describe(exc)
         return state
     state.latency_ms = round((time.monotonic() - start) * 1000, 1)
     names, state.sizes, state.contexts = parse_listing(listing, d.wire)
     state.models, state.reachable = frozenset(names), True
-    try:
-        if d.kind == "ollama":
-            ps = await _get_json(session, base + "/api/ps", warm_timeout, headers)
-            loaded = [m for m in (ps.get("models") or []) if isinstance(m, dict)]
-            state.loaded = frozenset(str(m.get("name") or m.get("model")) for m in loaded)
-            for m in loaded:
-                if isinstance(m.get("context_length"), int):
-                    state.contexts.setdefault(str(m.get("name")), m["context_length"])
-        elif d.kind == "llama_cpp_native":
-            slots = parse_slots(await _get_json(session, _root(base) + "/slots", warm_timeout, headers))
-            if slots:
-                state.slots, state.running = slots
-                state.waiting = 0
-        elif d.kind == "vllm":
-            async with session.get(_root(base) + "/metrics", headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=warm_timeout)) as resp:
-                text = (await resp.read()).decode("utf-8", "replace") if resp.status == 200 else ""
-            running = parse_prometheus_sum(text, "vllm:num_requests_running")
-            if running is not None:
-                state.running = int(running)
-                state.waiting = int(parse_prometheus_sum(text, "vllm:num_requests_waiting") or 0)
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, AttributeError):
-        pass  # load and warmth stay unknown; the listing answered, so the server is reachable
+    if backend.load_probe is not None:
+        try:
+            await backend.load_probe(session, base, headers, warm_timeout, state)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, AttributeError):
+            pass  # load and warmth stay unknown; the listing answered, so the server is reachable
     return state
 
 
@@ -320,13 +238,14 @@ class UnixSessions:
 
 
 async def warm_up(session: aiohttp.ClientSession, d: Deployment, model: str) -> bool:
-    """Make ``d`` load ``model`` without generating anything; True when it did. Ollama
-    loads a model on a generate request with no prompt; OpenAI-compatible servers
-    keep theirs loaded."""
-    if d.wire != "ollama":
+    """Make ``d`` load ``model`` without generating anything; True when it did (only a
+    kind with a ``warm_up_path`` can: Ollama loads a model on a generate request with
+    no prompt; the others keep theirs loaded)."""
+    path = d.backend.warm_up_path
+    if path is None:
         return False
     try:
-        async with session.post(d.api_base + "/api/generate", data=orjson.dumps({"model": model}),
+        async with session.post(d.api_base + path, data=orjson.dumps({"model": model}),
                                 timeout=aiohttp.ClientTimeout(total=max(d.timeout or 600, 60))) as resp:
             await resp.read()
             return resp.status == 200

@@ -276,7 +276,8 @@ class Proxy:
         answer reaches the client or the plan gives up. Returns that answer."""
         loop = self.loop or asyncio.get_running_loop()
         config = routing.config
-        deadline = loop.time() + config.request_timeout
+        now = loop.time()
+        deadline = now + config.request_timeout
         retries = config.router.num_retries
 
         def fallbacks(failed: set[str], context_overflow: bool) -> Fallbacks:
@@ -286,17 +287,18 @@ class Proxy:
                              fb.retry_attempts, fb.retry_delay_ms)
 
         plan = AttemptPlan(decision.model, [(d, decision.upstream_name(d)) for d in decision.candidates],
-                           [(d, decision.upstream_name(d)) for d in decision.last_resort], fallbacks, self, deadline,
+                           [(d, decision.upstream_name(d)) for d in decision.last_resort] if decision.last_resort else [],
+                           fallbacks, self, deadline,
                            config.router.queue_timeout, DEFAULT_NUM_RETRIES if retries is None else retries,
                            RETRY_BASE_DELAY, _jitter)
-        step = plan.next(loop.time())
+        step = plan.next(now)
         while True:
             if type(step) is Try:
                 if step.after is not None:
                     self._fallback_triggered(step.after, step.deployment, outcome.rid)
                 try:
                     return await attempt.run(self, request, endpoint, body, decision, step.deployment, step.upstream,
-                                               loop, deadline, outcome)
+                                             loop, deadline, outcome)
                 except RouterError as exc:
                     step = plan.next(loop.time(), Failed(exc))
             elif type(step) is WaitForSlot:

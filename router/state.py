@@ -275,28 +275,27 @@ class StateTable:
         """Loaded per the backend (Ollama /api/ps), else served recently; None = unknown."""
         server = self.servers.get(d.api_base)
         if server is not None and server.loaded is not None:
-            return _loaded(model, server.loaded)
+            return any(name in server.loaded for name in d.backend.names(model))
         last = self[d.id].last_success_at
         if last is not None and time.time() - last < WARM_AFTER_SERVING_S:
             return True
-        if server is not None and server.reachable and d.wire == "openai":
+        if server is not None and server.reachable and d.backend.always_warm:
             return True  # llama.cpp and vLLM servers hold their model loaded while they run
         return None
 
     def model_size(self, d: Deployment, model: str) -> float | None:
         server = self.servers.get(d.api_base)
-        return _by_name(server.sizes, model) if server else None
+        return _by_name(server.sizes, d, model) if server else None
 
     def context_length(self, d: Deployment, model: str) -> int | None:
         server = self.servers.get(d.api_base)
-        return _by_name(server.contexts, model) if server else None
+        return _by_name(server.contexts, d, model) if server else None
 
 
-def _loaded(model: str, loaded: frozenset[str]) -> bool:
-    return model in loaded or f"{model}:latest" in loaded
-
-
-def _by_name(table: dict[str, Any], model: str) -> Any:
-    """Ollama lists an untagged model as ``name:latest``."""
-    value = table.get(model)
-    return value if value is not None else table.get(f"{model}:latest")
+def _by_name(table: dict[str, Any], d: Deployment, model: str) -> Any:
+    """``model``'s entry, under any name ``d``'s kind lists it by (``name:latest``)."""
+    for name in d.backend.names(model):
+        value = table.get(name)
+        if value is not None:
+            return value
+    return None

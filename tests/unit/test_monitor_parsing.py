@@ -7,7 +7,9 @@ import os
 
 from hypothesis import example, given, settings, strategies as st
 
-from router.probes import parse_listing, parse_prometheus_sum, parse_slots
+from router.backends.llama_cpp_native import parse_slots
+from router.backends.vllm import parse_prometheus_sum
+from router.probes import parse_listing
 
 VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge

@@ -1,0 +1,51 @@
+"""The shape of a backend kind, and the small HTTP helpers its probes share."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+LoadProbe = Callable[[aiohttp.ClientSession, str, dict[str, str], float, Any], Awaitable[None]]
+"""``probe(session, base, headers, timeout, state)``: after a listing answered, learn
+what the server says of its load or loaded models and write it into ``state`` (a
+``router.state.ServerState``). It may
+raise ``aiohttp.ClientError``, ``TimeoutError``, ``orjson.JSONDecodeError`` or
+``AttributeError``: the monitor then leaves load and warmth unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendKind:
+    """One kind of backend server."""
+
+    name: str  # as in model_info.provider and the policy file's provider type
+    wire: str  # the wire format it speaks: "openai" or "ollama" (router.providers)
+    prefixes: tuple[str, ...] = ()  # LiteLLM model prefixes that mean this kind ("hosted_vllm/…")
+    listing: str = "/models"  # its model listing, under api_base
+    liveness_only: bool = False  # probe only that it answers (GET /health), never its listing
+    any_name: bool = False  # serves its one model under whatever name a request gives
+    serial: int | None = None  # the max_parallel_requests it gets unless configured
+    always_warm: bool = False  # holds its model loaded while it runs
+    load_probe: LoadProbe | None = None  # what it says of its load or loaded models (see LoadProbe)
+    warm_up_path: str | None = None  # POST {"model": …} here loads a model without generating anything
+
+    def names(self, model: str) -> tuple[str, str]:
+        """The names a listing may show ``model`` under: Ollama lists an untagged pull as
+        ``name:latest``, on its own API and on its OpenAI-compatible one alike (so every
+        kind accepts both: an ``openai/`` deployment may well be an Ollama)."""
+        return model, f"{model}:latest"
+
+
+def root(api_base: str) -> str:
+    """The server's root: ``api_base`` without its ``/v1``."""
+    return api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, timeout: float, headers: dict[str, str]) -> Any:
+    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        if resp.status != 200:
+            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+        return orjson.loads(await resp.read())

@@ -342,8 +342,7 @@ async def metrics(request: web.Request) -> web.Response:
     m = proxy.metrics
     m.states(proxy.config.all_deployments(), proxy.config.groups, proxy.state, time.time())
     m.flush()  # on the loop, where the metrics are written...
-    m.sample_process()
-    body = await asyncio.get_running_loop().run_in_executor(None, m.generate)  # ...the text, off it
+    body = await asyncio.get_running_loop().run_in_executor(None, m.sample_and_generate)  # .../proc and the text, off it
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

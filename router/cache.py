@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from router import log
 from router.config import ApiKey
+from router.shared import REDIS_CLIENT_INFO
 
 # Body fields known not to change the answer; every other field is part of the key
 # (a field we do not know — guided_choice, grammar, think, ... — might change it).
@@ -132,7 +133,8 @@ class RedisCache:
 
     def __init__(self, url: str, password: str | None, namespace: str, ttl: float, max_entry_bytes: int) -> None:
         self.ttl, self.max_entry_bytes, self.namespace = ttl, max_entry_bytes, namespace
-        self.client = aioredis.from_url(url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.client = aioredis.from_url(url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0,
+                                        **REDIS_CLIENT_INFO)
         self._ok = True
         self.corrupt = 0  # unreadable entries found (and deleted)
         self.log = log.get("CACHE")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections import defaultdict
@@ -119,6 +120,7 @@ class Metrics:
         self._process: dict[str, Any] = {}
         self._shown: dict[tuple[str, str], Any] = {}  # the state gauges' last written values (``states``)
         self._cpu_seen = 0.0
+        self._sampling = threading.Lock()  # the sampler's thread and a scrape's may overlap
         self._sampler: asyncio.Task[None] | None = None
         if self.worker is None:
             ProcessCollector(registry=r)
@@ -176,9 +178,14 @@ class Metrics:
         self.set(self._mine(self.redis_sharing_up), 1 if up else 0)
 
     def sample_process(self) -> None:
-        """Multiprocess mode: this worker's ProcessCollector values into its own metrics."""
+        """Multiprocess mode: this worker's ProcessCollector values into its own metrics.
+        It reads /proc: call it off the event loop (a thread may, one at a time)."""
         if not self._process:
             return
+        with self._sampling:
+            self._sample_process()
+
+    def _sample_process(self) -> None:
         for family in ProcessCollector(registry=None).collect():
             for sample in family.samples:
                 target = self._process.get(sample.name)
@@ -209,7 +216,7 @@ class Metrics:
         while True:
             await asyncio.sleep(PROCESS_SAMPLE_INTERVAL)
             try:
-                self.sample_process()
+                await asyncio.to_thread(self.sample_process)
             except Exception:  # noqa: BLE001 - e.g. /proc unreadable for a moment: the next sample comes
                 if not logged:
                     logged = True
@@ -307,6 +314,11 @@ class Metrics:
 
     def render(self) -> bytes:
         self.flush()
+        self.sample_process()
+        return self.generate()
+
+    def sample_and_generate(self) -> bytes:
+        """``sample_process`` then ``generate``: for a thread (``router.app.metrics``)."""
         self.sample_process()
         return self.generate()
 

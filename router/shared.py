@@ -44,6 +44,7 @@ from collections import Counter, defaultdict, deque
 from typing import Any, Callable, Iterable
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -58,6 +59,15 @@ MAX_BACKOFF = 10.0
 MAX_BAD_KEYS = 1000  # keys remembered as logged (bounded; beyond it they are logged again)
 MAX_COUNT = 1 << 40  # the largest shared count believed (requests, tokens per minute, picks, in flight)
 STOP_WAIT = 3.0  # seconds stop() waits for the sharing tasks
+
+# What a connection tells the server it is (CLIENT SETINFO). Given here, redis-py does not
+# look its own version up in the installed packages' metadata (file reads on the event
+# loop) for every new connection.
+try:
+    from redis.driver_info import DriverInfo  # redis-py 7.1 on; lib_name/lib_version are deprecated there
+    REDIS_CLIENT_INFO: dict[str, Any] = {"driver_info": DriverInfo(name="redis-py", lib_version=redis.__version__)}
+except ImportError:
+    REDIS_CLIENT_INFO = {"lib_name": "redis-py", "lib_version": redis.__version__}
 
 
 class RedisShare:
@@ -113,7 +123,7 @@ class RedisShare:
 
     async def start(self) -> None:
         self.client = aioredis.from_url(self.url, password=self.password, socket_timeout=1.0,
-                                        socket_connect_timeout=1.0, health_check_interval=0)
+                                        socket_connect_timeout=1.0, health_check_interval=0, **REDIS_CLIENT_INFO)
         self._stopping = False
         self._tasks = [asyncio.create_task(self._sync_loop()), asyncio.create_task(self._listen_loop())]
 

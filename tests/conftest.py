@@ -6,10 +6,11 @@ import io
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 from aiohttp import web
+from blockbuster import blockbuster_ctx
 
 from router import log
 from router.app import create_app
@@ -19,6 +20,17 @@ from router.simulate import SimulatedBackend
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[None]:
+    """Any blocking call (file or socket I/O, sleep, …) that router code makes on a running
+    event loop fails the test, as in aiohttp's own suite. Only router frames count: the
+    tests' own set-up and the simulators may block. Configuration loading called straight
+    from a test is allowed; the router itself loads it off the loop."""
+    with blockbuster_ctx("router", excluded_modules=["router.simulate", "router.config", "router.policy",
+                                                     "router.yamlsource", "router.checks", "router.regexcheck"]):
+        yield
 
 
 def shipped_copy(dest: Path, ports: dict[int, int]) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from router.errors import BadRequest
-from router.routing.engine import MAX_MODEL_NAME
+from router.routing.resolve import MAX_MODEL_NAME
 
 MAX_MESSAGES = 4096
 MAX_ITEMS = 4096

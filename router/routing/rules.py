@@ -1,7 +1,8 @@
 """Small parsers for the policy file's rule syntax: model sizes, size ranges, conditions.
 
 They run at configuration load, so a typo is reported with its file and line
-instead of surfacing on some later request.
+instead of surfacing on some later request. ``compare`` (a condition's operator)
+and ``size_from_name`` are what the engine and the fallback chains use per request.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ class Condition:
 
 
 ALWAYS = Condition("always")
+
+
+def compare(actual: float | bool, op: str, value: float | bool) -> bool:
+    """``actual op value`` for a condition's operator (request metadata rules, fallback chain steps)."""
+    return {
+        "==": actual == value, "!=": actual != value, ">": actual > value,
+        ">=": actual >= value, "<": actual < value, "<=": actual <= value,
+    }[op]
 
 
 def parse_condition(text: Any) -> Condition:

@@ -15,8 +15,8 @@ from router import __version__, openapi
 from router.access import OPEN_PATHS
 from router.app import create_app
 from router.config import load_config
+from router.routing.resolve import MAX_MODEL_NAME
 from router.validate import MAX_DIMENSIONS, MAX_ITEMS, MAX_MESSAGES, MAX_N, MAX_STOP, MAX_TOP_LOGPROBS
-from router.routing.engine import MAX_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router.regexcheck import backtracking_problem, searched_form
-from router.routing.engine import MAX_MODEL_NAME
 from router.routing.patterns import PatternIndex
+from router.routing.resolve import MAX_MODEL_NAME
 
 LIMIT = 0.050  # seconds per match; accepted patterns take well under 5 ms
 # Random exploration locally; the same examples every time under CI.

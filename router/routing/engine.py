@@ -19,7 +19,7 @@ from router.config import Config
 from router.domain import Deployment, RequestFacts, RouteDecision
 from router.errors import BadRequest, RateLimited
 from router.routing import strategies
-from router.routing.fallbacks import FallbackPlan, Fallbacks
+from router.routing.fallbacks import FallbackPlan, FallbackRules
 from router.routing.resolve import Resolution, Resolver
 from router.routing.rules import Condition, compare
 from router.state import StateTable
@@ -47,7 +47,7 @@ class Engine:
         m = config.mappings
         self.resolver = Resolver(config)
         self.patterns = self.resolver.patterns
-        self._fallbacks = Fallbacks(config, self.resolver)
+        self._fallbacks = FallbackRules(config, self.resolver)
         specs = {strategies.canonical(name): spec for name, spec in m.load_balancing.items()}
         weights = {model: dict(w) for model, w in m.redundant_models.items()}
         self._strategies = {name: make(specs.get(name), weights) for name, make in strategies.registry().items()}

@@ -30,7 +30,7 @@ class FallbackPlan:
     trace: list[str] = field(default_factory=list)
 
 
-class Fallbacks:
+class FallbackRules:
     """The fallback rules of one ``Config``, resolving names with its ``Resolver``."""
 
     __slots__ = ("config", "resolver")

@@ -312,11 +312,6 @@ class Metrics:
         distance = 0.5 * sum(abs(tally[i] / total - w / norm) for i, w in zip(ids, target))
         self.set(self.child(self.effectiveness, group), round(1 - distance, 4))
 
-    def render(self) -> bytes:
-        self.flush()
-        self.sample_process()
-        return self.generate()
-
     def sample_and_generate(self) -> bytes:
         """``sample_process`` then ``generate``: for a thread (``router.app.metrics``)."""
         self.sample_process()

@@ -172,7 +172,7 @@ class AttemptPlan:
                 self._full.append(dep)
                 continue
             first = self._i == 1 and not self.errors and bool(self.candidates)
-            if not self.view.ready(dep, first, bool(self.last_resort) and any(d is dep for d, _ in self.last_resort)):
+            if not self.view.ready(dep, first, bool(self.last_resort) and self._last_resort(dep)):
                 continue
             if now >= self.deadline:
                 return self._give_up()
@@ -229,6 +229,11 @@ class AttemptPlan:
             return self._give_up()
         return None
 
+    def _last_resort(self, dep: Deployment) -> bool:
+        """Is ``dep`` a last resort not yet tried by this request? (Tried once at most: a
+        retry round must not hammer a backend through the cooldown it asked for.)"""
+        return any(d is dep for d, _ in self.last_resort) and not any(d is dep for d, _ in self.errors)
+
     def _failed_providers(self) -> set[str]:
         return {d.provider for d, _ in self.errors}
 
@@ -237,9 +242,10 @@ class AttemptPlan:
             return GiveUp(all_attempts_failed(self.errors))
         left = [self.view.cooldown_left(d) for d, _ in self._order]
         retry = max(1.0, min(left)) if left and min(left) > 0 else 1.0
-        return GiveUp(CapacityExceeded(
-            f"No deployment for `{self.model}` can take the request now (busy at max_parallel_requests "
-            f"for {self.queue_timeout:g} s, cooling down or unreachable); retry shortly.", retry))
+        waited = self.queue_timeout - self._queue_left
+        busy = f"busy at max_parallel_requests for {round(waited, 1):g} s" if waited > 0 else "busy at max_parallel_requests"
+        return GiveUp(CapacityExceeded(f"No deployment for `{self.model}` can take the request now ({busy}, "
+                                       "cooling down or unreachable); retry shortly.", retry))
 
 
 def _extend(order: list[Entry], entries: list[Entry]) -> None:

@@ -12,6 +12,12 @@ from router.metrics import OVERHEAD_BUCKETS, Metrics
 VALUES = [0.0, 4e-5, 5e-5, 5.00001e-5, 1e-4, 3e-4, 0.0009, 0.002, 0.5, 7.0]  # on, under and over bucket bounds
 
 
+async def scrape(m: Metrics) -> bytes:
+    """As ``router.app.metrics`` does: apply what is noted on the loop, the text off it."""
+    m.flush()
+    return await asyncio.to_thread(m.sample_and_generate)
+
+
 def _lines(text: bytes, prefix: str) -> list[str]:
     return [line for line in text.decode().splitlines() if line.startswith(prefix) and "_created" not in line]
 
@@ -24,7 +30,7 @@ async def test_batched_histogram_equals_direct_observes() -> None:
     h = Histogram("llm_router_overhead_seconds", "x", buckets=OVERHEAD_BUCKETS, registry=reference)
     for v in VALUES:
         h.observe(v)
-    ours = _lines(m.render(), "llm_router_overhead_seconds")
+    ours = _lines(await scrape(m), "llm_router_overhead_seconds")
     assert ours == _lines(generate_latest(reference), "llm_router_overhead_seconds")
     assert 'llm_router_overhead_seconds_count 10.0' in ours
 
@@ -39,7 +45,7 @@ async def test_noted_changes_apply_at_the_end_of_the_loop_turn_and_before_a_scra
     m.add(in_flight, -1)
     m.set(m.child(m.effectiveness, "g"), 0.5)
     assert requests._value.get() == 0  # noted, not yet applied
-    assert b'llm_router_requests_total{deployment="d",model_group="g",provider="p",route="exact",status="200"} 1.0' in m.render()
+    assert b'llm_router_requests_total{deployment="d",model_group="g",provider="p",route="exact",status="200"} 1.0' in await scrape(m)
     m.add(requests)
     await asyncio.sleep(0)  # the loop turn ends
     assert requests._value.get() == 2

@@ -433,3 +433,23 @@ def test_a_deployment_named_twice_by_the_fallbacks_is_tried_once_a_round():
     plan.next(0.0)
     assert tried(plan.next(0.0, Failed(down()))) == "f1"
     assert type(plan.next(0.0, Failed(down()))) is GiveUp
+
+
+def test_a_last_resort_is_tried_once_per_request_not_in_every_retry_round():
+    """Every candidate cooling down after a 429: the least recently failed is tried
+    once; retry rounds do not hammer it through the cooldown it asked for."""
+    fleet = Fleet(down={"a", "b"})
+    plan, _, _ = make(candidates=(), last_resort=(A,), fleet=fleet, retries=2, delay=0.0)
+    assert tried(plan.next(0.0)) == "a"
+    step = plan.next(0.0, Failed(UpstreamRateLimited("slow down", 7)))
+    while type(step) is Backoff:
+        step = plan.next(0.0)
+    assert type(step) is GiveUp and step.error.headers() == {"Retry-After": "7"}
+    assert len(plan.errors) == 1
+
+
+def test_the_429_says_how_long_the_request_waited_when_the_deadline_cut_the_queue_short():
+    plan, _, _ = make(candidates=(A,), fleet=Fleet(full={"a"}), queue_timeout=2.0, deadline=1.0)
+    assert plan.next(0.0).timeout == 1.0
+    step = plan.next(1.0, Waited(False))
+    assert "busy at max_parallel_requests for 1 s" in step.error.message

@@ -156,6 +156,7 @@ class _Check:
         self.depth = 0  # repeats around the item being built
         self.looping_lookaround = False
         self.empty_rounds = False
+        self.optional_rounds = 0  # the minimum count of a repeat whose rounds may read or not (0: none)
 
     # building
 
@@ -238,6 +239,11 @@ class _Check:
         first, last, empty = self._seq(body)
         if empty > 1:  # rounds that can each match nothing in several ways: 2**16 for (?:(?:)*){16}
             self.empty_rounds = True
+        if empty and first and low > MAX_CHOICES:
+            # A repeat stops at an empty round only once its minimum is met: below it, each
+            # round may read or not, and a failing match tries every way to choose the empty
+            # ones: 2**16 for (?:a?){16} (up to MAX_CHOICES rounds, like as many choices, pass).
+            self.optional_rounds = max(self.optional_rounds, low)
         self._link(last, first)  # the loop
         return first, last, min(empty + 1, _CAP) if low == 0 else empty  # no round, or one empty round
 
@@ -280,6 +286,9 @@ class _Check:
         if self.empty_rounds:
             return ("a repeat whose rounds can match nothing in more than one way (like (?:(?:)*){16}): "
                     "exponential backtracking on some model names")
+        if self.optional_rounds:
+            return (f"a repeat of at least {self.optional_rounds} rounds that may each match nothing (like (?:a?){{16}}): "
+                    "a failing match tries every way to choose the empty rounds, exponential on some model names")
         if self.looping_lookaround:
             return "a lookaround with a repeat inside, itself inside a repeat: its cost multiplies; rewrite it"
         self.sets = self._sets()

@@ -100,6 +100,7 @@ def assert_fast(pattern: str, extra: list[str]) -> None:
 @example(pattern=r"(?:a|a){16}b", extra=[])
 @example(pattern=r"(?:(?:(?:))*){16}$", extra=[])  # 2**16 ways to match nothing: 1.3 s (found by this test)
 @example(pattern=r"^(\w+-)*\d+b$", extra=["a-" * 255 + "!"])
+@example(pattern=r"a(?:(?:a)?){16}$", extra=[])  # 16 rounds that may read or not: 2**16 ways (found by this test)
 def test_accepted_patterns_match_hostile_names_quickly(pattern, extra):
     try:
         re.compile(pattern)
@@ -141,12 +142,13 @@ def test_a_leading_dot_star_changes_no_search(lead, pattern, names):
     r".*a.*b",                # n**3
     r"(?:a*)*b",
     r"(?:(?:(?:))*){16}$",
+    r"a(?:(?:a)?){16}$",      # 16 rounds that may read or not: 2**16 ways to pick the empty ones, seconds at 512
 ])
 def test_patterns_the_old_check_let_through_are_refused(pattern):
     assert backtracking_problem(pattern)
 
 
-@pytest.mark.parametrize("pattern", [r"llama.*70b", r"\d{1,3}\d{1,3}x", r"(?!.*embed)llama", r"^llama-\d+b(-instruct)?$",
+@pytest.mark.parametrize("pattern", [r"llama.*70b", r"\d{1,3}\d{1,3}x", r"(?:a?){8}$", r"(?:-?\d){0,16}$", r"(?!.*embed)llama", r"^llama-\d+b(-instruct)?$",
                                      r"^[a-z0-9._-]+/[a-z0-9._-]+$", r"(?i)^qwen.*:\d+b$"])
 def test_more_ordinary_patterns_pass(pattern):
     assert backtracking_problem(pattern) is None

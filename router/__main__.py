@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     _config_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=int(os.environ.get("LLM_ROUTER_PORT", "4000")))
+    serve.add_argument("--ollama-port", type=int, default=int(os.environ.get("LLM_ROUTER_OLLAMA_PORT", "0")) or None,
+                       help="also serve on this port (e.g. 11434, for clients that hard-code Ollama's; env LLM_ROUTER_OLLAMA_PORT)")
     serve.add_argument("--workers", type=int, default=int(os.environ.get("LLM_ROUTER_WORKERS", "1")),
                        help="worker processes on the port (env LLM_ROUTER_WORKERS; default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
@@ -208,7 +210,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce() -> None:
         """Called once the port is bound: log it, and tell systemd (Type=notify)."""
         worker = os.environ.get("LLM_ROUTER_WORKER") if args.worker else None
-        log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}"
+        also = f" and :{args.ollama_port} (Ollama's API)" if args.ollama_port and args.ollama_port != args.port else ""
+        log.get("SERVER").info(f"llm-router {__version__} listening on http://{args.host}:{args.port}{also}"
                                + (f" (worker {worker})" if worker else ""),
                                config=config.file, mappings=config.mappings_file, summary=config.summary())
         if not args.worker:
@@ -255,7 +258,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.on_shutdown.append(farewell)
     try:
         server.run(app, config.limits, args.host, args.port, ready=announce, reuse_port=args.worker or None,
-                   shutdown_timeout=config.router.shutdown_grace_period)
+                   shutdown_timeout=config.router.shutdown_grace_period,
+                   extra_ports=(args.ollama_port,) if args.ollama_port and args.ollama_port != args.port else ())
     except OSError as exc:
         print(f"llm-router: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

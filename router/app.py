@@ -28,7 +28,8 @@ from router.exchange import CLIENT_KEY, CORS_ORIGIN, assign_request_id, cors_gra
 from router.proxy import Proxy, Routing
 from router.routing.engine import Engine
 from router.cache import Cache, LocalCache, RedisCache
-from router import openapi
+from router import doors, openapi
+from router.doors import ollama_api
 from router import ui
 from router.shared import RedisShare, redis_url
 from router.state import StateTable
@@ -47,9 +48,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(exc: RouterError, rid: str) -> web.Response:
-    return web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json",
-                        headers={"x-request-id": rid, **exc.headers()})
+def _error(exc: RouterError, rid: str, path: str = "") -> web.Response:
+    """``exc`` for the client, in the dialect of the door at ``path`` (OpenAI's elsewhere)."""
+    door = doors.for_path(path)
+    return web.Response(body=exc.to_bytes() if door is None else door.error_body(exc), status=exc.status,
+                        content_type="application/json", headers={"x-request-id": rid, **exc.headers()})
 
 
 # Bodies a web page can send to another origin without asking first (a "simple" request).
@@ -211,7 +214,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except RouterError as exc:
         log.get("ROUTER").warning("Rejected request: " + ("missing or wrong API key" if exc.status == 401 else exc.message),
                                   request_id=rid, path=request.path, status=exc.status)
-        response = _error(exc, rid)
+        response = _error(exc, rid, request.path)
         if "Origin" in request.headers and CORS_ORIGIN in request:
             response.headers.update(cors_grant(request[CORS_ORIGIN]))
         return response
@@ -229,12 +232,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = exc.reason.lower().replace(" ", "_")
         err = NotFound(message) if exc.status == 404 else BadRequest(message, status=exc.status, code=code)
         log.get("ROUTER").warning("Rejected request", request_id=rid, path=request.path, status=exc.status, detail=exc.reason)
-        response = _error(err, rid)
+        response = _error(err, rid, request.path)
     except RouterError as exc:
-        response = _error(exc, rid)
+        response = _error(exc, rid, request.path)
     except Exception:
         log.get("ROUTER").exception("Unhandled error", request_id=rid, path=request.path, status=500)
-        response = _error(RouterError("Internal error in llm-router; see its log for this request id."), rid)
+        response = _error(RouterError("Internal error in llm-router; see its log for this request id."), rid,
+                          request.path)
     if not response.prepared:
         if "x-request-id" not in response.headers:
             response.headers["x-request-id"] = rid
@@ -316,8 +320,9 @@ def facts_from_query(query: Any) -> RequestFacts:
     except ValueError:
         raise BadRequest("batch_size must be an integer.", param="batch_size") from None
     endpoint = query.get("endpoint", "chat")
-    if endpoint not in ("chat", "completions", "embeddings"):
-        raise BadRequest("endpoint must be chat, completions or embeddings.", param="endpoint")
+    if endpoint not in ("chat", "completions", "embeddings") and endpoint not in doors.DOORS:
+        raise BadRequest(f"endpoint must be chat, completions, embeddings or a front door's ({', '.join(doors.DOORS)}).",
+                         param="endpoint")
     return RequestFacts(model=query.get("model") or None, endpoint=endpoint,
                         stream=query.get("stream", "").lower() in ("1", "true", "yes"), batch_size=batch,
                         capability=query.get("capability") or headers.pop("x-capability", None), headers=headers)
@@ -563,6 +568,15 @@ def create_app(config: Config) -> web.Application:
         app.router.add_post(f"{prefix}/embeddings", _endpoint("embeddings"))
         app.router.add_get(f"{prefix}/models", list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", get_model)
+    # front doors (router.doors): Anthropic Messages, OpenAI Responses, rerank, Ollama's API
+    for path, name in (("/v1/messages", "messages"), ("/v1/messages/count_tokens", "count_tokens"),
+                       ("/anthropic/v1/messages", "messages"), ("/anthropic/v1/messages/count_tokens", "count_tokens"),
+                       ("/v1/responses", "responses"), ("/responses", "responses"),
+                       ("/v1/rerank", "rerank"), ("/rerank", "rerank"),
+                       ("/api/chat", "ollama_chat"), ("/api/generate", "ollama_generate"),
+                       ("/api/embed", "ollama_embed"), ("/api/embeddings", "ollama_embeddings")):
+        app.router.add_post(path, _endpoint(name))
+    ollama_api.add_routes(app, PROXY, STARTED)
     app.router.add_get("/health/liveliness", liveliness)
     app.router.add_get("/health/liveness", liveliness)
     app.router.add_get("/health/readiness", readiness)

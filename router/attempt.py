@@ -18,10 +18,12 @@ from aiohttp import web
 
 from router.accesslog import route_headers
 from router.domain import Deployment, RouteDecision
-from router.errors import RouterError, UpstreamRateLimited
+from router.errors import NoSuchEndpoint, RouterError, UpstreamRateLimited
 from router.exchange import granted, new_id
 from router.health import Transition
 from router.metrics import STATES
+from router import doors
+from router.doors import DOORS
 from router.providers import ADAPTERS
 from router.providers.base import Context
 from router.upstream import Attempt, Call, call
@@ -50,7 +52,15 @@ async def run(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str,
     started = time.monotonic()
     error: RouterError | None = None
     try:
-        response = await call(proxy.pool, c, attempt)
+        try:
+            response = await call(proxy.pool, c, attempt)
+        except NoSuchEndpoint:
+            if not doors.learn_not_native(c.adapter, dep, endpoint):
+                raise
+            proxy.log.warning(f"Deployment {dep.id} ({dep.provider}) answered 404 on {DOORS[endpoint].native_path}: "
+                              f"its {endpoint} requests are translated from now on", deployment=dep.id, endpoint=endpoint)
+            c = _call(proxy, request, endpoint, body, decision, attempt, upstream, loop, deadline, outcome)
+            response = await call(proxy.pool, c, attempt)
         outcome.status = attempt.status
         error = outcome.error = attempt.error  # a stream's error after its 200
         outcome.client_gone = attempt.client_gone
@@ -73,11 +83,16 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
           attempt: Attempt, upstream: str, loop: asyncio.AbstractEventLoop, deadline: float, outcome: Outcome) -> Call:
     """The upstream request for ``attempt`` in the deployment's dialect, and the client's headers."""
     dep = attempt.deployment
-    adapter = ADAPTERS[dep.wire]
+    door = DOORS.get(endpoint)
+    if door is None:  # OpenAI's own endpoints
+        adapter = ADAPTERS[dep.wire]
+        stream = endpoint != "embeddings" and body.get("stream") is True
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    else:
+        adapter = doors.adapter(door, dep)
+        stream, include_usage = door.stream(body), True  # a translation needs the usage for its last event
     url, payload = adapter.upstream_request(endpoint, body, dep, upstream)
-    stream = endpoint != "embeddings" and body.get("stream") is True
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     rid = outcome.rid
     headers = {"Content-Type": "application/json", "x-request-id": rid}
     if dep.api_key:
@@ -88,11 +103,12 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
     if outcome.capture and stream:
         attempt.capture, attempt.capture_limit = bytearray(), proxy.config.cache.max_entry_bytes
     if adapter.rewrites:  # a response id and timestamp only where the adapter writes the responses
-        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else "emb-"
+        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-" if endpoint == "completions" else \
+            "emb-" if door is None else door.id_prefix
         ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage)
     else:
         ctx = Context(decision.model, "", 0, include_usage)
-    return Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, deadline, loop,
+    return Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, adapter, deadline, loop,
                 lambda msg: proxy.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from router.checks import api_root, check_url, get, unknown_keys
 from router.backends import KINDS, PREFIX_KINDS, WIRE_FORMATS
+from router.backends.base import NATIVE_API_NAMES
 from router.domain import Deployment, Provider
 from router.health import Policy
 from router.policy import Mappings, load_policy
@@ -503,6 +504,10 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         if raw_base is None and api_base.startswith("unix:") and check_url(src, path + ("model_info", "provider"), api_base, WIRE_FORMATS[kind]) is None:
             continue  # an Ollama-format deployment on an OpenAI-compatible provider's socket
         api_base = api_root(api_base, WIRE_FORMATS[kind])
+        native = info.get("native_apis")
+        if native is not None and (not isinstance(native, list) or not all(n in NATIVE_API_NAMES for n in native)):
+            src.error(path + ("model_info", "native_apis"),
+                      f"must be a list of the APIs the server serves itself, of: {', '.join(NATIVE_API_NAMES)}")
         dep_id = info.get("id")
         if dep_id is not None and not isinstance(dep_id, str):
             src.error(path + ("model_info", "id"), "must be a string")

@@ -164,6 +164,11 @@ class UpstreamRateLimited(UpstreamError):
         return retry_after(self.retry_after) if self.retry_after is not None else {}
 
 
+class NoSuchEndpoint(UpstreamError):
+    """The server answered 404 for the path, not for the model: a wrong ``api_base``, or
+    a server too old for a front door's native path (``router.doors`` then translates)."""
+
+
 class UpstreamModelNotFound(ModelNotFound):
     """A backend does not have the model: another deployment may, but it says nothing
     about the backend's health (and a client's typo must not cool a backend down)."""
@@ -232,7 +237,7 @@ def upstream_error(status: int, body: bytes, provider: str, retry_after: str | N
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):
         return UpstreamModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
     if status == 404:
-        return UpstreamError(f"{provider} has no such endpoint (HTTP 404; check api_base): {message}")
+        return NoSuchEndpoint(f"{provider} has no such endpoint (HTTP 404; check api_base): {message}")
     if status in (401, 403):
         # Our credentials, not the client's: a client must not think its own key is wrong.
         return UpstreamError(f"{provider} rejected llm-router's credentials (HTTP {status}; check api_key): {message}")

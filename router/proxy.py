@@ -42,6 +42,7 @@ from router.metrics import Metrics
 from router.h1 import Pool, Target
 from router.upstream import SSE_HEADERS, Attempt
 from router.validate import parse_body
+from router.doors import DOORS, Door
 
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
@@ -136,11 +137,15 @@ class Proxy:
     def engine(self) -> Engine:
         return self.routing.engine
 
-    def facts(self, request: web.Request, endpoint: str, body: dict[str, Any], engine: Engine) -> RequestFacts:
+    def facts(self, request: web.Request, endpoint: str, body: dict[str, Any], engine: Engine,
+              door: Door | None = None) -> RequestFacts:
         """What the engine may look at: model, stream, batch size, the rule headers."""
+        headers = {h: request.headers[h] for h in engine.header_names if h in request.headers}
+        if door is not None:
+            return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=door.stream(body),
+                                capability=request.headers.get("x-capability"), headers=headers)
         prompt = body.get("prompt")
         batch = max(body.get("n") or 1, len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1)
-        headers = {h: request.headers[h] for h in engine.header_names if h in request.headers}
         return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=body.get("stream") is True,
                             batch_size=batch, capability=request.headers.get("x-capability"), headers=headers)
 
@@ -174,7 +179,9 @@ class Proxy:
             headers = {"x-request-id": rid, **exc.headers()}
             if decision is not None and outcome.tried:
                 headers.update(route_headers(decision, outcome.tried))
-            response = web.Response(body=exc.to_bytes(), status=exc.status, content_type="application/json", headers=headers)
+            door = DOORS.get(endpoint)
+            response = web.Response(body=exc.to_bytes() if door is None else door.error_body(exc), status=exc.status,
+                                    content_type="application/json", headers=headers)
             if exc.status == 408:
                 response.force_close()  # the rest of that body will never be read
             return response
@@ -185,7 +192,9 @@ class Proxy:
             self.log.exception("Internal error", request_id=rid, model=model)
             err = RouterError("Internal error in llm-router; see its log for this request id.")
             outcome.error, outcome.status = err, 500
-            return web.Response(body=err.to_bytes(), status=500, content_type="application/json", headers={"x-request-id": rid})
+            door = DOORS.get(endpoint)
+            return web.Response(body=err.to_bytes() if door is None else door.error_body(err), status=500,
+                                content_type="application/json", headers={"x-request-id": rid})
         finally:
             accesslog.record(self, routing.engine, rid, model, endpoint, decision, outcome, time.monotonic() - start)
 
@@ -195,13 +204,17 @@ class Proxy:
         limits = routing.config.limits
         self.limits.admit(key, limits.global_rpm_limit)
         raw = await _read_body(request, limits.client_read_timeout)
-        body = parse_body(endpoint, raw, model_optional="x-capability" in request.headers,
-                          max_messages=limits.max_messages, max_items=limits.max_input_items)
+        door = DOORS.get(endpoint)
+        if door is None:
+            body = parse_body(endpoint, raw, model_optional="x-capability" in request.headers,
+                              max_messages=limits.max_messages, max_items=limits.max_input_items)
+        else:
+            body = door.parse(raw, limits)
         if too_deep(raw, body, limits.max_json_depth):
             raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
         if self.log_bodies:
             outcome.body = body
-        return body, self.facts(request, endpoint, body, routing.engine)
+        return body, self.facts(request, endpoint, body, routing.engine, door)
 
     def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:
         """The engine's decision, narrowed to what ``key`` may use; its trace logged
@@ -232,7 +245,7 @@ class Proxy:
                 entry = None  # stored from a deployment this key may not use (a tenant-mate's fallback): a miss
             if entry is not None:
                 outcome.cache, outcome.status = "hit", 200
-                return await self._from_cache(request, entry, facts.stream, outcome.rid)
+                return await self._from_cache(request, entry, facts.stream, outcome.rid, endpoint)
             self.stats.cache_misses += 1
         outcome.cache = None if cache is None else "miss" if ckey is not None and read else "skip"
         outcome.capture = write and ckey is not None
@@ -370,12 +383,15 @@ class Proxy:
 
     # -- response cache ---------------------------------------------------------------------------------
 
-    async def _from_cache(self, request: web.Request, entry: Entry, stream: bool, rid: str) -> web.StreamResponse:
+    async def _from_cache(self, request: web.Request, entry: Entry, stream: bool, rid: str,
+                          endpoint: str = "chat") -> web.StreamResponse:
         self.stats.cache_hits += 1
         headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
         if not stream:
             return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
-        out = web.StreamResponse(status=200, headers=granted(request, {**SSE_HEADERS, **headers}))
+        door = DOORS.get(endpoint)
+        stream_headers = SSE_HEADERS if door is None else {**SSE_HEADERS, "Content-Type": door.stream_type}
+        out = web.StreamResponse(status=200, headers=granted(request, {**stream_headers, **headers}))
         await out.prepare(request)
         await out.write(entry.body)
         await out.write_eof()

@@ -160,8 +160,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_port: bool | None,
-        shutdown_timeout: float, ready: Callable[[], None], backlog: int = 1024) -> None:
-    """Serve until SIGINT/SIGTERM, then drain (``shutdown_timeout``) and clean up."""
+        shutdown_timeout: float, ready: Callable[[], None], backlog: int = 1024, extra_ports: tuple[int, ...] = ()) -> None:
+    """Serve until SIGINT/SIGTERM, then drain (``shutdown_timeout``) and clean up.
+    ``extra_ports`` serve the same app (``--ollama-port``: for clients that hard-code 11434)."""
 
     from router.app import BIND_HOST
 
@@ -171,7 +172,8 @@ def run(app: web.Application, limits: Limits, host: str, port: int, *, reuse_por
         runner = Runner(app, limits, handle_signals=True, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=backlog).start()
+            for p in (port, *extra_ports):
+                await web.TCPSite(runner, host, p, reuse_port=reuse_port, backlog=backlog).start()
             ready()
             while True:
                 await asyncio.sleep(3600)

@@ -22,8 +22,7 @@ from router.checks import shown
 from router.domain import Deployment
 from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
-from router.providers import ADAPTERS
-from router.providers.base import Context, StreamTranslator, error_event
+from router.providers.base import Adapter, Context, StreamTranslator, error_event
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
 POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
@@ -51,7 +50,11 @@ def usage_tokens(body: bytes) -> tuple[int, int]:
     """(total, prompt) tokens from a response body's ``usage``, found without decoding
     it (every server puts usage at the end)."""
     start = max(0, len(body) - 1024)
-    return _count_after(body, b'"total_tokens"', start), _count_after(body, b'"prompt_tokens"', start)
+    total, prompt = _count_after(body, b'"total_tokens"', start), _count_after(body, b'"prompt_tokens"', start)
+    if not prompt and b'"input_tokens"' in body:  # Anthropic's and Responses' usage (Anthropic's has no total)
+        prompt = _count_after(body, b'"input_tokens"', 0)
+        total = total or prompt + _count_after(body, b'"output_tokens"', 0)
+    return total, prompt
 
 
 def _count_after(body: bytes, key: bytes, start: int) -> int:
@@ -99,6 +102,7 @@ class Call:
     response_headers: dict[str, str]  # x-request-id and x-router-* for the client
     stream: bool
     ctx: Context
+    adapter: Adapter  # the deployment's wire adapter, or a front door's (router.doors.adapter)
     deadline: float  # loop time by which the answer (or, streaming, the first chunk) must be there
     loop: asyncio.AbstractEventLoop
     log_exception: Callable[[str], None]
@@ -133,7 +137,7 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
         attempt.upstream = time.perf_counter() - sent
         if resp is not None:
             resp.release()  # reused when read to the end, else closed
-    body = ADAPTERS[dep.wire].response_body(c.endpoint, raw, c.ctx, dep.provider)
+    body = c.adapter.response_body(c.endpoint, raw, c.ctx, dep.provider)
     attempt.status = 200
     attempt.tokens, attempt.prompt_tokens = usage_tokens(body)
     attempt.overhead = c.overhead(attempt.upstream)
@@ -147,7 +151,7 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
     # No total limit: a stream may run long. ``idle`` bounds the silence between
     # chunks (and before the first), the pool wait and the connect have their own
     # bounds, and the request's deadline bounds the time to the first chunk.
-    adapter = ADAPTERS[dep.wire]
+    adapter = c.adapter
     translator = adapter.translator(c.endpoint, c.ctx)
     guard = UpstreamErrors(dep, min(idle or remaining, remaining))
     sent = time.perf_counter()
@@ -163,7 +167,7 @@ async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> we
         resp.deadline = None  # the first output is in: from here on only the idle bound applies
         attempt.ttft = attempt.upstream = time.perf_counter() - sent
         attempt.overhead = c.overhead(attempt.upstream)
-        out = EventStream(status=200, headers={**SSE_HEADERS, **c.response_headers,
+        out = EventStream(status=200, headers={**SSE_HEADERS, "Content-Type": adapter.stream_type, **c.response_headers,
                                                OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
         await out.prepare(c.request)
         attempt.status = 200
@@ -203,14 +207,14 @@ async def _deliver(out: web.StreamResponse, resp: Response, chunk: bytes, transl
         end = await _relay(out, resp, chunk, translator, guard, attempt)
         complete = attempt.error is None
     except RouterError as exc:
-        end, attempt.error = error_event(exc.message, exc.type, exc.code), exc
+        end, attempt.error = c.adapter.stream_error(exc), exc
     except ConnectionResetError:
         attempt.client_gone = True
         return False
     except Exception:
         c.log_exception("Internal error while relaying a stream")
         attempt.error = RouterError("internal error while relaying the stream")
-        end = error_event(attempt.error.message)
+        end = c.adapter.stream_error(attempt.error)
     try:
         attempt.captured(end)
         await out.write_eof(end)  # the last bytes and the chunked terminator in one write
@@ -289,7 +293,7 @@ async def _relay(out: web.StreamResponse, resp: Response, first: bytes, translat
     if translator.usage:
         attempt.tokens, attempt.prompt_tokens = translator.usage["total_tokens"], translator.usage["prompt_tokens"]
     if translator.failed:
-        attempt.error = UpstreamError("Ollama stream failed")
+        attempt.error = UpstreamError(translator.error or f"{attempt.deployment.provider}: the stream failed")
     return end
 
 

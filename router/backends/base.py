@@ -17,6 +17,11 @@ raise ``aiohttp.ClientError``, ``TimeoutError``, ``orjson.JSONDecodeError`` or
 ``AttributeError``: the monitor then leaves load and warmth unknown."""
 
 
+# The front doors' dialects a server may serve itself (router.doors): ``native_apis``
+# of a kind, or of one deployment (``model_info.native_apis``).
+NATIVE_API_NAMES = ("messages", "count_tokens", "responses", "rerank", "ollama")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendKind:
     """One kind of backend server."""
@@ -31,6 +36,7 @@ class BackendKind:
     always_warm: bool = False  # holds its model loaded while it runs
     load_probe: LoadProbe | None = None  # what it says of its load or loaded models (see LoadProbe)
     warm_up_path: str | None = None  # POST {"model": …} here loads a model without generating anything
+    native_apis: tuple[str, ...] = ()  # the front doors' dialects it serves itself (router.doors): passed through, not translated
 
     def names(self, model: str) -> tuple[str, str]:
         """The names a listing may show ``model`` under: Ollama lists an untagged pull as

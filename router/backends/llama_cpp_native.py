@@ -29,4 +29,5 @@ def parse_slots(data: Any) -> tuple[int, int] | None:
     return len(data), busy
 
 
-KIND = BackendKind("llama_cpp_native", "openai", any_name=True, always_warm=True, load_probe=busy_slots)
+KIND = BackendKind("llama_cpp_native", "openai", any_name=True, always_warm=True, load_probe=busy_slots,
+                   native_apis=("messages", "count_tokens", "responses", "rerank"))

@@ -24,4 +24,5 @@ async def loaded_models(session: aiohttp.ClientSession, base: str, headers: dict
 
 
 KIND = BackendKind("ollama", "ollama", prefixes=("ollama", "ollama_chat"), listing="/api/tags",
-                   load_probe=loaded_models, warm_up_path="/api/generate")
+                   load_probe=loaded_models, warm_up_path="/api/generate",
+                   native_apis=("ollama", "messages", "responses"))  # /v1/messages since v0.14, /v1/responses since v0.13.3

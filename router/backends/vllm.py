@@ -59,4 +59,5 @@ def _sum_samples(families: Iterable[Any], metric: str) -> float | None:
     return total if seen else None
 
 
-KIND = BackendKind("vllm", "openai", prefixes=("hosted_vllm",), always_warm=True, load_probe=queue_depth)
+KIND = BackendKind("vllm", "openai", prefixes=("hosted_vllm",), always_warm=True, load_probe=queue_depth,
+                   native_apis=("messages", "count_tokens", "responses", "rerank"))

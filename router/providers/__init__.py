@@ -13,18 +13,27 @@ from typing import Any
 import orjson
 
 from router.domain import Deployment
-from router.errors import UpstreamError
+from router.errors import RouterError, UpstreamError
 from router.providers import ollama
-from router.providers.base import Adapter, Context, StreamTranslator
+from router.providers.base import Adapter, Context, StreamTranslator, error_event
 
 _ERROR_OBJECT = re.compile(rb'\s*\{\s*"error"\s*:')  # a JSON object whose first key is "error"
 OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}  # under api_base, which ends in /v1
+
+
+SSE_TYPE = "text/event-stream; charset=utf-8"
+
+
+def openai_error_event(exc: RouterError) -> bytes:
+    return error_event(exc.message, exc.type, exc.code)
 
 
 class OpenAICompatible:
     """Pass-through: only the model name (and a default ``max_tokens``) change."""
 
     rewrites = False
+    stream_type = SSE_TYPE
+    stream_error = staticmethod(openai_error_event)
 
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         body = dict(body)
@@ -51,6 +60,8 @@ class OpenAICompatible:
 
 class Ollama:
     rewrites = True
+    stream_type = SSE_TYPE
+    stream_error = staticmethod(openai_error_event)
 
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         payload = ollama.BUILDERS[endpoint](body, model, deployment.max_tokens)

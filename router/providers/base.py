@@ -49,6 +49,11 @@ class StreamTranslator(Protocol):
 
 class Adapter(Protocol):
     rewrites: bool  # builds its own response objects (needs a Context with a fresh id); False: bytes pass through
+    stream_type: str  # the Content-Type of a stream to the client
+
+    def stream_error(self, exc: Any) -> bytes:
+        """What ends the client's stream when ``exc`` (a ``RouterError``) broke it after its start."""
+        ...
 
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
         """Return the upstream URL and JSON payload for ``body`` (already validated),

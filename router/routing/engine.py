@@ -102,7 +102,7 @@ class Engine:
         route = res.route
         if ordered and self._apply_metadata(facts, res, ordered, view, trace):
             route = "metadata"
-        warm_up = self._apply_warmth(res, ordered, view, trace) if ordered else []
+        warm_up = self._apply_warmth(res, ordered, view, trace, facts.endpoint) if ordered else []
         if warm_up:
             route = "warm"
         ordered += [d for d in res.tail if d not in ordered]
@@ -223,10 +223,16 @@ class Engine:
             return False
         return compare(actual, cond.op, cond.value)
 
-    def _apply_warmth(self, res: Resolution, ordered: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:
+    def _apply_warmth(self, res: Resolution, ordered: list[Deployment], view: StateTable, trace: list[str],
+                      endpoint: str = "chat") -> list[Deployment]:
         """prefer_warm_providers: if the pick is known cold and another candidate is
-        known warm, serve from the warm one and warm the cold one up in the background."""
-        if self.config.mappings.first_request_strategy != "prefer_warm_providers" or len(ordered) < 2:
+        known warm, serve from the warm one and warm the cold one up in the background.
+        Ollama's own API (``/api/*``) gets it unless ``first_request_routing`` says ``none``:
+        its clients expect the server that has the model loaded."""
+        strategy = self.config.mappings.first_request_strategy
+        if strategy is None and endpoint.startswith("ollama_"):
+            strategy = "prefer_warm_providers"
+        if strategy != "prefer_warm_providers" or len(ordered) < 2:
             return []
         first = ordered[0]
         name = lambda d: res.upstream if d.is_dynamic and res.upstream else d.upstream_model  # noqa: E731

@@ -108,6 +108,8 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
         ctx = Context(decision.model, prefix + new_id(), int(time.time()), include_usage)
     else:
         ctx = Context(decision.model, "", 0, include_usage)
+    if door is not None and hasattr(door, "context"):  # a door whose answers echo the request (Responses)
+        ctx = door.context(ctx, body)
     return Call(request, endpoint, url, payload, headers, response_headers, stream, ctx, adapter, deadline, loop,
                 lambda msg: proxy.log.exception(msg, request_id=rid), outcome.started, outcome.waited)
 

@@ -30,6 +30,7 @@ from router.errors import CapacityExceeded, ContextWindowExceeded, RouterError, 
 
 Entry = tuple[Deployment, str]  # a deployment and the model name it is asked for upstream
 
+MIN_WAIT = 0.001  # seconds: a queue wait shorter than this is not worth starting; the plan gives up
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass pays a __setattr__ per field
 class Try:
@@ -185,7 +186,7 @@ class AttemptPlan:
         if self._full and not self.errors:
             # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
             timeout = min(self.deadline - now, self._queue_left)
-            if timeout <= 0:
+            if timeout < MIN_WAIT:  # (a float remainder such as 5e-17 s would never end: now + it == now)
                 return self._give_up()
             self._waiting_since = now
             return WaitForSlot(tuple(self._full), timeout)

@@ -207,14 +207,14 @@ async def _deliver(out: web.StreamResponse, resp: Response, chunk: bytes, transl
         end = await _relay(out, resp, chunk, translator, guard, attempt)
         complete = attempt.error is None
     except RouterError as exc:
-        end, attempt.error = c.adapter.stream_error(exc), exc
+        end, attempt.error = c.adapter.stream_error(exc, translator), exc
     except ConnectionResetError:
         attempt.client_gone = True
         return False
     except Exception:
         c.log_exception("Internal error while relaying a stream")
         attempt.error = RouterError("internal error while relaying the stream")
-        end = c.adapter.stream_error(attempt.error)
+        end = c.adapter.stream_error(attempt.error, translator)
     try:
         attempt.captured(end)
         await out.write_eof(end)  # the last bytes and the chunked terminator in one write

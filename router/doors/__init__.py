@@ -24,36 +24,29 @@ proxy's own path, untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import orjson
 
 from router.backends.base import NATIVE_API_NAMES, root
-import importlib
-
-from router.doors import rerank
+from router.doors import anthropic, ollama, rerank, responses
 from router.doors.base import Door
 from router.domain import Deployment
 from router.errors import RouterError, UpstreamError
 from router.providers import ADAPTERS
-from router.providers.base import Adapter, Context, StreamTranslator, error_event
+from router.providers.base import Adapter, Context, StreamTranslator
 
 # Each door and the native API name a deployment declares to serve it natively
 # (``model_info.native_apis``; the backend kind's ``native_apis`` by default).
-def _load(module: str, names: tuple[tuple[str, str], ...]) -> tuple[tuple[Door, str], ...]:  # TEMPORARY while the modules are written
-    try:
-        m = importlib.import_module(f"router.doors.{module}")
-        return tuple((getattr(m, n), api) for n, api in names)
-    except Exception:  # noqa: BLE001
-        return ()
-
-
 _DOORS: tuple[tuple[Door, str], ...] = (
-    *_load("anthropic", (("MESSAGES", "messages"), ("COUNT_TOKENS", "count_tokens"))),
-    *_load("responses", (("RESPONSES", "responses"),)),
-    *_load("ollama", (("CHAT", "ollama"), ("GENERATE", "ollama"), ("EMBED", "ollama"), ("EMBEDDINGS", "ollama"))),
+    (anthropic.MESSAGES, "messages"),
+    (anthropic.COUNT_TOKENS, "count_tokens"),
+    (responses.RESPONSES, "responses"),
+    (ollama.CHAT, "ollama"),
+    (ollama.GENERATE, "ollama"),
+    (ollama.EMBED, "ollama"),
+    (ollama.EMBEDDINGS, "ollama"),
     (rerank.RERANK, "rerank"),
 )
 DOORS: Mapping[str, Door] = MappingProxyType({door.name: door for door, _ in _DOORS})
@@ -84,6 +77,12 @@ def learn_not_native(used: Adapter, dep: Deployment, endpoint: str) -> bool:
         return False
     _LEARNT.add((dep.id, NATIVE_API[door.name]))
     return True
+
+
+def _aborted(translator: StreamTranslator | None, exc: RouterError) -> bytes | None:
+    """The translator's own end for a stream given up on, where it has one (``abort``)."""
+    abort = getattr(translator, "abort", None)
+    return abort(exc) if abort is not None else None
 
 
 class NotServed(RouterError):
@@ -118,8 +117,8 @@ class Native:
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
         return self.door.watch(ctx)
 
-    def stream_error(self, exc: RouterError) -> bytes:
-        return self.door.error_event(exc)
+    def stream_error(self, exc: RouterError, translator: StreamTranslator | None = None) -> bytes:
+        return _aborted(translator, exc) or self.door.error_event(exc)
 
 
 class Translated:
@@ -158,8 +157,8 @@ class Translated:
         inner = self.wire.translator(self.door.pivot, ctx)
         return outer if inner is None else Chain(inner, outer)
 
-    def stream_error(self, exc: RouterError) -> bytes:
-        return self.door.error_event(exc)
+    def stream_error(self, exc: RouterError, translator: StreamTranslator | None = None) -> bytes:
+        return _aborted(translator, exc) or self.door.error_event(exc)
 
 
 class Unserved:
@@ -184,8 +183,8 @@ class Unserved:
     def translator(self, endpoint: str, ctx: Context) -> StreamTranslator | None:
         return None
 
-    def stream_error(self, exc: RouterError) -> bytes:
-        return self.door.error_event(exc)
+    def stream_error(self, exc: RouterError, translator: StreamTranslator | None = None) -> bytes:
+        return _aborted(translator, exc) or self.door.error_event(exc)
 
 
 class Chain:
@@ -215,6 +214,9 @@ class Chain:
     def feed(self, chunk: bytes) -> bytes:
         data = self.inner.feed(chunk)
         return self.outer.feed(data) if data else b""
+
+    def abort(self, exc: RouterError) -> bytes | None:
+        return _aborted(self.outer, exc)
 
     def close(self) -> bytes:
         data = self.inner.close()
@@ -250,9 +252,7 @@ def for_path(path: str) -> Door | None:
     return None
 
 
-_ERROR_PATHS: tuple[tuple[str, Door], ...] = tuple((p, DOORS[n]) for p, n in (
-    ("/v1/messages", "messages"), ("/anthropic/", "messages"), ("/api/", "ollama_chat")) if n in DOORS)
-
-OPENAI_ERROR_EVENT: Callable[[RouterError], bytes] = lambda exc: error_event(exc.message, exc.type, exc.code)  # noqa: E731
+_ERROR_PATHS: tuple[tuple[str, Door], ...] = (
+    ("/v1/messages", anthropic.MESSAGES), ("/anthropic/", anthropic.MESSAGES), ("/api/", ollama.CHAT))
 
 __all__ = ["DOORS", "learn_not_native", "Door", "NotServed", "adapter", "for_path", "serves_natively"]

@@ -24,7 +24,7 @@ OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "emb
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
 
-def openai_error_event(exc: RouterError) -> bytes:
+def openai_error_event(exc: RouterError, translator: StreamTranslator | None = None) -> bytes:
     return error_event(exc.message, exc.type, exc.code)
 
 

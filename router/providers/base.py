@@ -46,13 +46,17 @@ class StreamTranslator(Protocol):
         """The upstream ended: whatever is still owed to the client (a final event, [DONE])."""
         ...
 
+    # Optional: ``abort(exc) -> bytes``, the end of a stream the proxy gives up on (a
+    # timeout, a broken connection), in step with what was sent (event sequence numbers).
+
 
 class Adapter(Protocol):
     rewrites: bool  # builds its own response objects (needs a Context with a fresh id); False: bytes pass through
     stream_type: str  # the Content-Type of a stream to the client
 
-    def stream_error(self, exc: Any) -> bytes:
-        """What ends the client's stream when ``exc`` (a ``RouterError``) broke it after its start."""
+    def stream_error(self, exc: Any, translator: StreamTranslator | None = None) -> bytes:
+        """What ends the client's stream when ``exc`` (a ``RouterError``) broke it after its
+        start; ``translator``, the stream's, may know how (its ``abort``, where it has one)."""
         ...
 
     def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:

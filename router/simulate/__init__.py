@@ -20,6 +20,13 @@ HTML page or a broken stream line), and inside streams ``drop_after_chunks`` /
 limits them all. ``await b.pause_listening()`` / ``await b.resume_listening()``
 play a killed and restarted server on the same port.
 
+Beside chat, each kind serves the native dialects its real server serves, in
+that server's bytes (:mod:`router.simulate.doors`): Anthropic Messages on
+vLLM, llama-server and Ollama (``count_tokens`` not on Ollama), OpenAI
+Responses on the same three, rerank on vLLM and llama-server. A chat that
+offers tools makes the simulated model call one (:mod:`router.simulate.tools`),
+streamed in each server's shape; after a tool's result it answers with text.
+
 Load and model metadata are exposed as the real servers do: vLLM ``GET /metrics``
 (``max_num_seqs``), llama-server ``GET /slots``, ``/metrics`` and ``/props``
 (``slots``), Ollama ``/api/ps``, ``/api/tags`` and ``/api/show``; sizes come

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from .core import ClientGone, Faults, ModelMeta, Stats, model_meta
+from .doors import make_doors
 from .load import Scheduler
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class SimulatedBackend:
         self.host = "127.0.0.1"
         self.port = 0
         self._api = self._make_api()
+        self._doors = make_doors(self, self._api)
         for name in loaded:
             self._api.preload(name)
 
@@ -156,6 +158,8 @@ class SimulatedBackend:
         app.router.add_get("/__sim/stats", self._get_stats)
         app.router.add_post("/__sim/stats/reset", self._reset_stats)
         self._api.add_routes(app.router)
+        for door in self._doors:
+            door.add_routes(app.router)
         app.router.add_route("*", "/{tail:.*}", self._api.not_found)
         return app
 
@@ -304,7 +308,7 @@ class SimulatedBackend:
     async def stream(
         self,
         request: web.Request,
-        events: Iterable[tuple[bool, bytes]],
+        events: Iterable[tuple[bool | int, bytes]],
         *,
         content_type: str,
         extra_delay: float = 0.0,
@@ -315,8 +319,11 @@ class SimulatedBackend:
 
         Each event is ``(is_token, data)``: nothing is sent before the TTFT (plus
         ``extra_delay``) has passed, and every token after the first waits one
-        token interval. With ``headers_early`` the headers go out at once (as
-        Starlette does); otherwise with the first event (as Go and llama-server do).
+        token interval. ``is_token`` may be a count instead of a bool, for an
+        event a server sends only after generating several tokens (Ollama's whole
+        tool call): it waits for all of them. With ``headers_early`` the headers
+        go out at once (as Starlette does); otherwise with the first event (as Go
+        and llama-server do).
         """
         resp = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
         faulty = self.faults.applies_to(request.path)
@@ -329,10 +336,10 @@ class SimulatedBackend:
                 await resp.prepare(request)
             await self.pause(request, self.first_token_delay(extra_delay))
             for is_token, data in events:
-                if is_token:
-                    if tokens:
-                        await self.pause(request, self.token_interval())
-                    tokens += 1
+                weight = int(is_token)
+                if weight:
+                    await self.pause(request, self.token_interval() * (weight if tokens else weight - 1))
+                    tokens += weight
                 if drop_at is not None and sent >= drop_at:
                     raise _Drop
                 if hang_at is not None and sent >= hang_at:
@@ -417,7 +424,7 @@ class SimulatedBackend:
                         await self.pause(request, 0.02)
                 status = faults.take_status()
                 if status is not None:
-                    resp = self._api.error_response(request, status, f"simulated failure (HTTP {status})")
+                    resp = self._error_response(request, status, f"simulated failure (HTTP {status})")
                     resp.headers.update(faults.retry_after_header())
                     return resp
                 if faults.take_garbage():
@@ -437,6 +444,11 @@ class SimulatedBackend:
             if request.get(_REQ_GONE) and not request.get(_REQ_DROPPED) and not self._stopping:
                 stats.disconnects += 1
                 stats.disconnected.set()
+
+    def _error_response(self, request: web.Request, status: int, message: str) -> web.Response:
+        """An injected error in the shape the server writes on that path (a native door's, or its API's)."""
+        door = next((d for d in self._doors if d.owns(request.path)), None)
+        return door.error(status, message) if door is not None else self._api.error_response(request, status, message)
 
     # ------------------------------------------------------------------ /__sim control API
 

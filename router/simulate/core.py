@@ -12,9 +12,13 @@ import random
 import re
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tools import ToolCall
 
 # A fixed vocabulary: one word is one simulated token.
 WORDS: tuple[str, ...] = (
@@ -242,17 +246,27 @@ class Generation:
     """A finished simulated completion: the streamed pieces and why it stopped."""
 
     pieces: list[str]
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     prompt_tokens: int
     stop_reason: str | None = None  # the stop string that ended it, if any
+    #: The tool the model calls instead of writing text (see :mod:`router.simulate.tools`).
+    call: ToolCall | None = None
+    #: The call's argument JSON in the server's own spelling, cut into streamed fragments.
+    call_pieces: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
     @property
+    def arguments(self) -> str:
+        """The call's argument JSON as the server spells it ("" without a call)."""
+        return "".join(self.call_pieces)
+
+    @property
     def completion_tokens(self) -> int:
-        return len(self.pieces)
+        """Generated tokens: a word each, and a fragment each of a call's arguments."""
+        return len(self.pieces) + len(self.call_pieces)
 
 
 def _rng(*parts: object) -> random.Random:
@@ -272,8 +286,8 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in content]
-        return "\n".join(p for p in parts if p)
+        parts = [p.get("text", "") if isinstance(p, dict) else p for p in content]
+        return "\n".join(p if isinstance(p, str) else str(p) for p in parts if p)
     return str(content)
 
 
@@ -295,15 +309,17 @@ def generate(
     seed: Any = None,
     max_tokens: int | None = None,
     stop: Any = None,
+    lead: Sequence[str] = (),
 ) -> Generation:
     """Deterministic completion of ``prompt``: same (model, prompt, seed) → same answer.
 
-    The answer has a natural length of 8–24 words (finish "stop"), cut at
-    ``max_tokens`` (finish "length") or just before a ``stop`` string (finish "stop").
+    The answer has a natural length of 8–24 words (finish "stop"), after the
+    ``lead`` words if any, cut at ``max_tokens`` (finish "length") or just before
+    a ``stop`` string (finish "stop").
     """
     rng = _rng(model, prompt, seed)
     natural = rng.randint(NATURAL_MIN, NATURAL_MAX)
-    words = [rng.choice(WORDS) for _ in range(natural)]
+    words = [*lead, *(rng.choice(WORDS) for _ in range(natural))]
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
     finish = "stop"
     if max_tokens is not None and 0 <= max_tokens < len(pieces):

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from . import tools as toolkit
 from .backend import body_is_invalid, read_json
 from .core import Generation, as_int, count_tokens, embed, generate, go_time, messages_text, token_ids
+from .encoding import go_json
 from .openai_compat import Chunk, Ctx, Dialect, OpenAICompatAPI
+from .tools import ToolCall
 
 if TYPE_CHECKING:
     from .backend import SimulatedBackend
@@ -72,6 +75,23 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+def tool_call_id() -> str:
+    """``toolCallId()`` in ``server/routes.go``: ``call_`` and 8 of [a-z0-9]."""
+    return "call_" + "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=8))
+
+
+def go_spell(call: ToolCall) -> str:
+    """Arguments as Go marshals Ollama's ordered ``ToolCallFunctionArguments``."""
+    return go_json(call.arguments).decode()
+
+
+def api_tool_calls(gen: Generation, call_id: str) -> list[dict[str, Any]]:
+    """``message.tool_calls`` of ``/api/chat``: whole calls, arguments as an object."""
+    call = gen.call
+    assert call is not None
+    return [{"id": call_id, "function": {"index": 0, "name": call.name, "arguments": call.arguments}}]
+
+
 class OllamaDialect(Dialect):
     """Ollama's ``/v1`` OpenAI layer (``openai/openai.go``)."""
 
@@ -106,6 +126,21 @@ class OllamaDialect(Dialect):
     def chat_id(self) -> str:
         return f"chatcmpl-{random.randint(0, 999)}"
 
+    def tool_choice(self, body: dict[str, Any]) -> str:
+        return toolkit.AUTO  # FromChatRequest drops tool_choice: the model decides (here: it calls)
+
+    def spell(self, call: ToolCall) -> str:
+        return go_spell(call)
+
+    def tool_id(self, c: Ctx) -> str:
+        return tool_call_id()
+
+    def _tool_calls(self, c: Ctx) -> list[dict[str, Any]]:
+        call = c.gen.call
+        assert call is not None  # openai.ToToolCalls: id, index, type, function
+        return [{"id": c.tool_id, "index": 0, "type": "function",
+                 "function": {"name": call.name, "arguments": c.gen.arguments}}]
+
     def cmpl_id(self) -> str:
         return f"cmpl-{random.randint(0, 999)}"
 
@@ -117,6 +152,10 @@ class OllamaDialect(Dialect):
             choice = {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}
             return {**self._head(c, "chat.completion.chunk"), "choices": [choice]}
 
+        if c.gen.call is not None:  # the whole call in one chunk, once the model has written it
+            first = chunk("", None)
+            first["choices"][0]["delta"]["tool_calls"] = self._tool_calls(c)
+            yield len(c.gen.call_pieces), first
         for piece in c.gen.pieces:
             yield True, chunk(piece, None)
         yield False, chunk("", c.gen.finish_reason)
@@ -124,7 +163,10 @@ class OllamaDialect(Dialect):
             yield False, {**self._head(c, "chat.completion.chunk"), "choices": [], "usage": c.usage()}
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "content": c.gen.text}, "finish_reason": c.gen.finish_reason}
+        message: dict[str, Any] = {"role": "assistant", "content": c.gen.text}
+        if c.gen.call is not None:
+            message["tool_calls"] = self._tool_calls(c)
+        choice = {"index": 0, "message": message, "finish_reason": c.gen.finish_reason}
         return {**self._head(c, "chat.completion"), "choices": [choice], "usage": c.usage()}
 
     def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
@@ -342,27 +384,40 @@ class OllamaAPI:
             return self.b.json(self._load_only(requested, body, key), content_type=JSON_TYPE)
         options = body.get("options") or {}
         num_predict = as_int(options.get("num_predict"))
-        gen = generate(name, prompt, seed=options.get("seed"),
-                       max_tokens=num_predict if num_predict is not None and num_predict >= 0 else None,
-                       stop=options.get("stop"))
+        max_tokens = num_predict if num_predict is not None and num_predict >= 0 else None
+        if key == "message":
+            messages = body.get("messages")
+            gen = toolkit.chat_generation(
+                name, prompt, tools=toolkit.openai_tools(body.get("tools")), choice=toolkit.AUTO,
+                after_result=toolkit.last_is_tool_result(messages), result_text=toolkit.last_text(messages or []),
+                spell=go_spell, seed=options.get("seed"), max_tokens=max_tokens, stop=options.get("stop"))
+        else:
+            gen = generate(name, prompt, seed=options.get("seed"), max_tokens=max_tokens, stop=options.get("stop"))
         with_context = key == "response" and not body.get("raw")
+        calls = api_tool_calls(gen, tool_call_id()) if gen.call is not None else None
+        done_reason = "stop" if calls else gen.finish_reason  # a tool call ends the turn normally
 
-        def piece(text: str) -> dict[str, Any]:
-            part = {"message": {"role": "assistant", "content": text}} if key == "message" else {"response": text}
+        def piece(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            part = {"message": message} if key == "message" else {"response": text}
             return {"model": requested, "created_at": go_time(), **part, "done": False}
 
-        def final(text: str) -> dict[str, Any]:
-            out = piece(text)
+        def final(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            out = piece(text, tool_calls)
             del out["done"]
             if key == "message":
-                out.update(done_reason=gen.finish_reason, done=True)
+                out.update(done_reason=done_reason, done=True)
             else:
                 out.update(done=True, done_reason=gen.finish_reason)
                 if with_context:
                     out["context"] = token_ids(prompt + " " + gen.text)
             return {**out, **self._metrics(gen, extra, started)}
 
-        def events() -> Iterator[tuple[bool, bytes]]:
+        def events() -> Iterator[tuple[bool | int, bytes]]:
+            if calls:  # the tool parser holds the call back until it is whole, then sends it at once
+                yield len(gen.call_pieces), orjson.dumps(piece("", calls)) + b"\n"
             for p in gen.pieces:
                 yield True, orjson.dumps(piece(p)) + b"\n"
             yield False, orjson.dumps(final("")) + b"\n"
@@ -371,7 +426,7 @@ class OllamaAPI:
             if body.get("stream", True) is False:
                 tokens_after_first = self.b.token_interval() * max(gen.completion_tokens - 1, 0)
                 await self.b.pause(request, self.b.first_token_delay(extra) + tokens_after_first)
-                return self.b.json(final(gen.text), content_type=JSON_TYPE)
+                return self.b.json(final(gen.text, calls), content_type=JSON_TYPE)
             return await self.b.stream(request, events(), content_type="application/x-ndjson", extra_delay=extra,
                                        headers_early=False)
 

@@ -26,8 +26,10 @@ import orjson
 from aiohttp import web
 
 from . import load
+from . import tools as toolkit
 from .backend import read_json
 from .core import Generation, as_int, content_text, count_tokens, embed, generate, messages_text
+from .tools import ToolCall
 
 if TYPE_CHECKING:
     from .backend import SimulatedBackend
@@ -46,6 +48,8 @@ class Ctx:
     include_usage: bool
     ttft: float
     interval: float
+    tool_id: str = ""  # the id of the model's tool call, when it makes one
+    named: bool = False  # tool_choice named the tool (vLLM: guided decoding, finish "stop")
 
     @property
     def prompt(self) -> int:
@@ -120,6 +124,46 @@ class Dialect:
         data = [{"id": m, "object": "model", "created": self.b.created, "owned_by": "system"} for m in self.b.models]
         return {"object": "list", "data": data}
 
+    # -- tool use
+    def tool_choice(self, body: dict[str, Any]) -> str:
+        """``tool_choice`` reduced for :mod:`router.simulate.tools` (what makes this
+        server's model call a tool)."""
+        return toolkit.openai_choice(body.get("tool_choice"))
+
+    def spell(self, call: ToolCall) -> str:
+        """The call's arguments as this server writes them."""
+        return call.compact_json()
+
+    def tool_id(self, c: Ctx) -> str:
+        return "call_" + _alnum(24)
+
+    def finish(self, c: Ctx) -> str:
+        """``finish_reason`` of the answer (``tool_calls`` after a call)."""
+        return c.gen.finish_reason
+
+    def tool_call_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        """api.openai.com: the call (name, empty arguments) with the role, then argument fragments."""
+        call = c.gen.call
+        assert call is not None
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        head = {"index": 0, "id": c.tool_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        yield False, self._chunk(c, choice({"role": "assistant", "content": None, "tool_calls": [head],
+                                            "refusal": None}))
+        for piece in c.gen.call_pieces:
+            yield True, self._chunk(c, choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        yield False, self._chunk(c, choice({}, self.finish(c)))
+        if c.include_usage:
+            yield False, {**self._chunk(c, []), "usage": c.usage()}
+
+    def tool_calls(self, c: Ctx) -> list[dict[str, Any]]:
+        """The ``tool_calls`` of a whole (non-streamed) answer."""
+        call = c.gen.call
+        assert call is not None
+        return [{"id": c.tool_id, "type": "function", "function": {"name": call.name, "arguments": c.gen.arguments}}]
+
     # -- ids
     def chat_id(self) -> str:
         return "chatcmpl-" + _alnum(29)
@@ -138,6 +182,10 @@ class Dialect:
         return out
 
     def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        if c.gen.call is not None:
+            yield from self.tool_call_chunks(c)
+            return
+
         def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
@@ -149,12 +197,16 @@ class Dialect:
             yield False, {**self._chunk(c, []), "usage": c.usage()}
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": c.gen.text, "refusal": None, "annotations": []}
+        if c.gen.call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": self.tool_calls(c), "refusal": None,
+                       "annotations": []}
         return {
             "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": c.gen.text, "refusal": None, "annotations": []},
-                "logprobs": None, "finish_reason": c.gen.finish_reason,
+                "message": message,
+                "logprobs": None, "finish_reason": self.finish(c),
             }],
             "usage": c.usage(), "system_fingerprint": None,
         }
@@ -244,10 +296,51 @@ class VLLMDialect(Dialect):
     def cmpl_id(self) -> str:
         return f"cmpl-{uuid.uuid4().hex}"
 
+    def spell(self, call: ToolCall) -> str:
+        return call.python_json()  # the tool parser relays the model's own text
+
+    def tool_id(self, c: Ctx) -> str:
+        return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+    def finish(self, c: Ctx) -> str:
+        """A named ``tool_choice`` is guided decoding, not an auto tool call: vLLM
+        reports it as ``stop`` (``auto_tools_called`` stays false)."""
+        if c.gen.call is not None and c.named:
+            return "stop"
+        return c.gen.finish_reason
+
     def _usage(self, c: Ctx) -> dict[str, int]:
         return {"prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion, "completion_tokens": c.completion}
 
+    def tool_call_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        """vLLM's tool parsers: the name first (no arguments), then argument fragments;
+        the finish_reason rides on the last fragment."""
+        call = c.gen.call
+        assert call is not None
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, last: bool = False) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if last:
+                choice["stop_reason"] = None
+            return {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model, "choices": [choice]}
+
+        yield False, chunk({"role": "assistant", "content": ""})
+        yield False, chunk({"tool_calls": [{"id": c.tool_id, "type": "function", "index": 0,
+                                            "function": {"name": call.name}}]})
+        pieces = c.gen.call_pieces
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            yield True, chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                              self.finish(c) if last else None, last)
+        if c.include_usage:
+            yield False, {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
+                          "choices": [], "usage": self._usage(c)}
+
     def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        if c.gen.call is not None:
+            yield from self.tool_call_chunks(c)
+            return
+
         def chunk(delta: dict[str, Any], finish: str | None = None, last: bool = False) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             if last:
@@ -264,11 +357,13 @@ class VLLMDialect(Dialect):
                           "choices": [], "usage": self._usage(c)}
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
-        message = {"role": "assistant", "content": c.gen.text, "refusal": None, "annotations": None, "audio": None,
-                   "function_call": None, "tool_calls": [], "reasoning_content": None}
+        calls = self.tool_calls(c) if c.gen.call is not None else []
+        message = {"role": "assistant", "content": None if calls else c.gen.text, "refusal": None,
+                   "annotations": None, "audio": None, "function_call": None, "tool_calls": calls,
+                   "reasoning_content": None}
         return {
             "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": c.gen.finish_reason,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish(c),
                          "stop_reason": c.gen.stop_reason}],
             "service_tier": None, "system_fingerprint": None,
             "usage": {**self._usage(c), "prompt_tokens_details": None},
@@ -357,6 +452,14 @@ class LlamaServerDialect(Dialect):
 
     cmpl_id = chat_id
 
+    def tool_id(self, c: Ctx) -> str:
+        return _alnum(32)  # gen_tool_call_id(): random_string(), no prefix
+
+    def tool_calls(self, c: Ctx) -> list[dict[str, Any]]:
+        call = c.gen.call
+        assert call is not None
+        return [{"type": "function", "function": {"name": call.name, "arguments": c.gen.arguments}, "id": c.tool_id}]
+
     def _usage(self, c: Ctx) -> dict[str, int]:
         return {"completion_tokens": c.completion, "prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion}
 
@@ -382,6 +485,11 @@ class LlamaServerDialect(Dialect):
         yield False, chunk({"role": "assistant", "content": None})
         for piece in c.gen.pieces:
             yield True, chunk({"content": piece})
+        call = c.gen.call
+        for i, piece in enumerate(c.gen.call_pieces):  # common_chat_msg_diff_to_json_oaicompat
+            head = {"index": 0, "id": c.tool_id, "type": "function"} if i == 0 else {"index": 0}
+            function = {"name": call.name, "arguments": piece} if i == 0 and call else {"arguments": piece}
+            yield True, chunk({"tool_calls": [{**head, "function": function}]})
         tail = [chunk({}, c.gen.finish_reason)]
         if c.include_usage:
             tail.append({**self._head(c, "chat.completion.chunk", []), "usage": self._usage(c)})
@@ -390,7 +498,10 @@ class LlamaServerDialect(Dialect):
             yield False, obj
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
-        choice = {"finish_reason": c.gen.finish_reason, "index": 0, "message": {"role": "assistant", "content": c.gen.text}}
+        message: dict[str, Any] = {"role": "assistant", "content": c.gen.text}
+        if c.gen.call is not None:  # common_chat_msg::to_json_oaicompat
+            message = {"role": "assistant", "content": None, "tool_calls": self.tool_calls(c)}
+        choice = {"finish_reason": c.gen.finish_reason, "index": 0, "message": message}
         head = self._head(c, "chat.completion", [choice])
         del head["id"]
         return {**head, "usage": self._usage(c), "id": c.id, "timings": self._timings(c)}
@@ -425,6 +536,35 @@ class LlamaCppPythonDialect(Dialect):
 
     honours_include_usage = False
 
+    def tool_choice(self, body: dict[str, Any]) -> str:
+        """The default chat handlers call a tool only when ``tool_choice`` names one
+        (grammar-constrained to its schema); ``auto`` needs a function-calling
+        ``chat_format``, so the simulated model answers with text."""
+        choice = toolkit.openai_choice(body.get("tool_choice"))
+        return toolkit.NONE if choice == toolkit.AUTO else choice
+
+    def spell(self, call: ToolCall) -> str:
+        return call.python_json()
+
+    def tool_id(self, c: Ctx) -> str:
+        call = c.gen.call
+        return f"call__0_{call.name if call else ''}_{c.id[len('chat'):]}"  # "call_" + "_0_" + name + "_" + completion id
+
+    def tool_call_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        call = c.gen.call
+        assert call is not None
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": c.id, "model": c.model, "created": c.created, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        for i, piece in enumerate(c.gen.call_pieces):
+            head = {"index": 0, "id": c.tool_id, "type": "function", "function": {"name": call.name, "arguments": piece}}
+            delta = {"role": "assistant", "content": None, "tool_calls": [head]} if i == 0 else \
+                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            yield True, chunk(delta)
+        yield False, chunk({}, "tool_calls")
+
     def dumps(self, obj: Any) -> bytes:
         return json.dumps(obj).encode()  # the SSE data is json.dumps(chunk): ", " and ": " separators
 
@@ -452,6 +592,10 @@ class LlamaCppPythonDialect(Dialect):
         return "chat" + self.cmpl_id()
 
     def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
+        if c.gen.call is not None:
+            yield from self.tool_call_chunks(c)
+            return
+
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {"id": c.id, "model": c.model, "created": c.created, "object": "chat.completion.chunk",
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -462,8 +606,13 @@ class LlamaCppPythonDialect(Dialect):
         yield False, chunk({}, c.gen.finish_reason)
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": c.gen.text}
+        if c.gen.call is not None:  # _convert_completion_to_chat_function
+            call = {"name": c.gen.call.name, "arguments": c.gen.arguments}
+            message = {"role": "assistant", "content": None, "function_call": call,
+                       "tool_calls": [{"id": c.tool_id, "type": "function", "function": call}]}
         return {"id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.gen.text}, "logprobs": None,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": c.gen.finish_reason}],
                 "usage": c.usage()}
 
@@ -544,10 +693,24 @@ class OpenAICompatAPI:
             return self.d.error(400, "request body must be a JSON object")
         return body
 
+    def chat_generation(self, model: str, messages: list[Any], body: dict[str, Any]) -> Generation:
+        """The model's answer to an OpenAI-shaped chat (the Messages and Responses
+        doors of the same server convert to this first): text, or a tool call."""
+        choice = self.d.tool_choice(body)
+        after = toolkit.last_is_tool_result(messages)
+        return toolkit.chat_generation(
+            model, messages_text(messages), tools=toolkit.openai_tools(body.get("tools")), choice=choice,
+            after_result=after, result_text=toolkit.last_text(messages), spell=self.d.spell, seed=body.get("seed"),
+            max_tokens=_max_tokens(body), stop=body.get("stop"))
+
     def _ctx(self, id_: str, model: str, gen: Generation, body: dict[str, Any]) -> Ctx:
         options = body.get("stream_options") or {}
         include_usage = bool(self.d.honours_include_usage and body.get("stream") and options.get("include_usage"))
-        return Ctx(id_, int(time.time()), model, gen, include_usage, self.b.ttft, self.b.token_interval())
+        c = Ctx(id_, int(time.time()), model, gen, include_usage, self.b.ttft, self.b.token_interval())
+        if gen.call is not None:
+            c.tool_id = self.d.tool_id(c)
+            c.named = self.d.tool_choice(body) not in (toolkit.AUTO, toolkit.NONE)
+        return c
 
     async def _answer(self, request: web.Request, c: Ctx, body: dict[str, Any], chunks: Iterator[Chunk],
                       full: dict[str, Any] | None) -> web.StreamResponse:
@@ -571,8 +734,7 @@ class OpenAICompatAPI:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self.d.error(400, "'messages' must be a non-empty list")
-        gen = generate(model, messages_text(messages), seed=body.get("seed"), max_tokens=_max_tokens(body),
-                       stop=body.get("stop"))
+        gen = self.chat_generation(model, messages, body)
         c = self._ctx(self.d.chat_id(), model, gen, body)
         stream = bool(body.get("stream"))
         return await self._answer(request, c, body, self.d.chat_chunks(c), None if stream else self.d.chat_response(c))

@@ -307,6 +307,18 @@ def test_when_every_candidate_is_cooling_down_the_429_says_when_the_first_comes_
     assert plan2.next(0.0).error.headers() == {"Retry-After": "8"}
 
 
+def test_a_queue_budget_worn_down_to_a_float_remainder_ends_the_plan():
+    """Found by the property: 100 waits of 0.01 s left 5.6e-17 s of a 1 s budget, and
+    0.9999999999999998 + 5.6e-17 is 0.9999999999999998: waits that never advanced time."""
+    fleet = Fleet(full={"a"})
+    plan, _, _ = make(candidates=(A,), fleet=fleet, deadline=1.0, queue_timeout=1.0)
+    now, step, waits = 0.0, plan.next(0.0), 0
+    while type(step) is WaitForSlot and waits < 1000:
+        now, waits = now + min(step.timeout, 0.01), waits + 1
+        step = plan.next(now, Waited(True))
+    assert type(step) is GiveUp and waits == 100
+
+
 def test_a_request_past_its_deadline_is_not_sent():
     plan, _, _ = make(candidates=(A,), deadline=1.0)
     step = plan.next(1.0)

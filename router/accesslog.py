@@ -79,6 +79,10 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
     fields["deployment"] = dep.id
     group = model_group(decision, dep)
     proxy.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
+    if last.via is not None:  # a front door's request: passed through or translated
+        fields["via"] = last.via
+        proxy.metrics.add(proxy.metrics.child(proxy.metrics.door_requests, fields["endpoint"], last.via,
+                                              str(fields["status"])))
     if fields["status"] == 200 and len(decision.candidates) > 1:
         proxy.metrics.split(group, dep, decision.candidates, engine.target_split(decision))
     if fallback is not None:

@@ -92,6 +92,7 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
     else:
         adapter = doors.adapter(door, dep)
         stream, include_usage = door.stream(body), True  # a translation needs the usage for its last event
+        attempt.via = "native" if type(adapter) is doors.Native else "translated"
     url, payload = adapter.upstream_request(endpoint, body, dep, upstream)
     rid = outcome.rid
     headers = {"Content-Type": "application/json", "x-request-id": rid}

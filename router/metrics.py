@@ -71,6 +71,10 @@ class Metrics:
         r = self.registry
         self.requests = Counter("llm_router_requests", "Requests answered, by model group, deployment, route and status.",
                                 ["model_group", "deployment", "provider", "route", "status"], registry=r)
+        self.door_requests = Counter("llm_router_door_requests", "Requests at a front door (Anthropic Messages, "
+                                     "Responses, Ollama's API, rerank) that reached a deployment, by door, whether "
+                                     "the deployment got the body passed through (native) or a translation, and status.",
+                                     ["door", "via", "status"], registry=r)
         self.duration = Histogram("llm_router_request_duration_seconds", "Time from request to the last byte.",
                                   ["model_group", "deployment", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llm_router_ttft_seconds", "Time to the first streamed byte, per deployment.",

@@ -81,6 +81,7 @@ class Attempt:
     capture_limit: int = 0
     upstream: float = 0.0  # seconds spent waiting for the backend (to its whole answer, or a stream's first chunk)
     overhead: float | None = None  # seconds in the proxy before the response went out, waits excluded
+    via: str | None = None  # a front door's request: "native" (passed through) or "translated"
 
     def captured(self, data: bytes) -> None:
         if self.capture is not None:

@@ -115,3 +115,34 @@ def test_the_tours_scripts_start_the_right_commands():
     for script, command in (("simulate", "llm-router simulate"), ("serve", "llm-router serve")):
         r = subprocess.run([str(ROOT / "scripts" / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and r.stdout.startswith(f"usage: {command}"), (script, r.stdout[:200], r.stderr[-500:])
+
+
+async def test_ollama_port_serves_the_same_api_for_clients_that_hard_code_11434(tmp_path, processes):
+    """`serve --ollama-port P`: an Ollama client pointed at P (as at 11434) lists and chats."""
+    ollama_sim, proxy, second = free_ports(3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model_list:\n  - model_name: llama3.1:8b\n    litellm_params: "
+                   f"{{model: ollama_chat/llama3.1:8b, api_base: 'http://127.0.0.1:{ollama_sim}'}}\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("JOURNAL_STREAM", None)
+    sim = subprocess.Popen([sys.executable, "-m", "router", "simulate", "--config", str(cfg), "--ttft", "0", "--tokens-per-s", "0"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(sim)
+    serve = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(proxy),
+                              "--ollama-port", str(second)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(serve)
+    async with aiohttp.ClientSession() as s:
+        await wait_until_up(s, f"http://127.0.0.1:{ollama_sim}/", sim)
+        await wait_until_up(s, f"http://127.0.0.1:{second}/health/readiness", serve)
+        async with s.get(f"http://127.0.0.1:{second}/api/tags") as r:
+            assert "llama3.1:8b" in [m["name"] for m in (await r.json())["models"]]
+        async with s.post(f"http://127.0.0.1:{second}/api/chat", json={
+                "model": "llama3.1:8b", "messages": [{"role": "user", "content": "Hi"}], "stream": False}) as r:
+            assert r.status == 200 and (await r.json())["done"] is True
+        async with s.get(f"http://127.0.0.1:{proxy}/api/version") as r:
+            assert r.status == 200
+    serve.send_signal(signal.SIGTERM)
+    out, err = serve.communicate(timeout=15)
+    assert serve.returncode == 0, err
+    assert f"and :{second} (Ollama's API)" in out and "Traceback" not in out + err

@@ -312,3 +312,16 @@ async def test_rerank_on_a_server_without_it_is_a_clear_400(fleet):
             assert r.status == 400
             err = (await r.json())["error"]
     assert "does not serve" in err["message"] and "native_apis" in err["message"]
+
+
+async def test_each_door_counts_its_requests_passed_through_or_translated(fleet):
+    """/metrics and the [ROUTER] line say which door a request came in by and how it reached its backend."""
+    url, _ = fleet
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as client:
+        for kind in ("vllm", "vllm", "openai"):
+            await client.messages.create(model=f"on-{kind}", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/metrics") as r:
+            text = await r.text()
+    assert 'llm_router_door_requests_total{door="messages",status="200",via="native"} 2.0' in text
+    assert 'llm_router_door_requests_total{door="messages",status="200",via="translated"} 1.0' in text

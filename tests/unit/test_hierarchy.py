@@ -158,6 +158,26 @@ def test_cold_pick_gives_way_to_a_warm_candidate_and_is_warmed_up(engine):
     assert {decide(engine, "llama3.1:8b", view).candidates[0].id for _ in range(50)} == {"llama3.1-ollama", "llama3.1-llamacpp"}
 
 
+def test_ollamas_own_api_prefers_the_warm_server_unless_told_none(tmp_path):
+    """Warm-first is the default for /api/* (its clients expect the server that has the model
+    loaded), off for the other endpoints unless first_request_routing asks for it."""
+    (tmp_path / "c.yaml").write_text(textwrap.dedent("""
+        model_list:
+          - {model_name: m, litellm_params: {model: ollama_chat/m, api_base: "http://h:1"}, model_info: {id: cold}}
+          - {model_name: m, litellm_params: {model: ollama_chat/m, api_base: "http://h:2"}, model_info: {id: warm}}
+        router_settings: {routing_strategy: simple-shuffle}
+        """))
+    eng = Engine(load_config(str(tmp_path / "c.yaml")), random.Random(1))
+    view = StateTable()
+    view.servers["http://h:1"] = ServerState(reachable=True, loaded=frozenset())
+    view.servers["http://h:2"] = ServerState(reachable=True, loaded=frozenset({"m"}))
+    assert {decide(eng, "m", view, endpoint="ollama_chat").candidates[0].id for _ in range(30)} == {"warm"}
+    assert {decide(eng, "m", view, endpoint="chat").candidates[0].id for _ in range(30)} == {"cold", "warm"}
+    (tmp_path / "m.yaml").write_text("first_request_routing: {strategy: none}\n")
+    off = Engine(load_config(str(tmp_path / "c.yaml"), str(tmp_path / "m.yaml")), random.Random(1))
+    assert {decide(off, "m", view, endpoint="ollama_chat").candidates[0].id for _ in range(30)} == {"cold", "warm"}
+
+
 # -- limits ----------------------------------------------------------------------------------------
 
 def test_deployment_over_its_rpm_is_skipped_and_all_over_is_a_429(tmp_path):

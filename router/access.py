@@ -84,7 +84,7 @@ class Access:
             return None
         key = self.identify(presented_key(headers))
         if key is None:
-            raise AuthenticationError("Missing or invalid API key: send Authorization: Bearer <key>.")
+            raise AuthenticationError("Missing or invalid API key: send Authorization: Bearer <key> (or x-api-key: <key>).")
         if not key.admin and (path == "/health" or path == "/metrics" or path.startswith(ADMIN_PREFIXES)):
             raise PermissionDenied(f"The key `{key.name}` may not use {path}: it needs the master key.")
         return key

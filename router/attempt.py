@@ -58,7 +58,7 @@ async def run(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str,
             if not doors.learn_not_native(c.adapter, dep, endpoint):
                 raise
             proxy.log.warning(f"Deployment {dep.id} ({dep.provider}) answered 404 on {DOORS[endpoint].native_path}: "
-                              f"its {endpoint} requests are translated from now on", deployment=dep.id, endpoint=endpoint)
+                              f"its {endpoint} requests are translated for the next {doors.RELEARN_AFTER:.0f} s", deployment=dep.id, endpoint=endpoint)
             c = _call(proxy, request, endpoint, body, decision, attempt, upstream, loop, deadline, outcome)
             response = await call(proxy.pool, c, attempt)
         outcome.status = attempt.status

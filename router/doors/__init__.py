@@ -24,6 +24,7 @@ proxy's own path, untouched.
 
 from __future__ import annotations
 
+import time
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -54,7 +55,8 @@ NATIVE_API: Mapping[str, str] = MappingProxyType({door.name: api for door, api i
 assert set(NATIVE_API.values()) <= set(NATIVE_API_NAMES)  # what model_info.native_apis may list
 
 
-_LEARNT: set[tuple[str, str]] = set()  # (deployment id, api): answered 404 on the native path (an older server)
+RELEARN_AFTER = 300.0  # seconds a 404 on a native path is believed (the server may be upgraded, or the 404 a proxy's blip)
+_LEARNT: dict[tuple[str, str], float] = {}  # (deployment id, api) -> when it answered 404 on the native path
 
 
 def serves_natively(dep: Deployment, door: Door) -> bool:
@@ -64,18 +66,24 @@ def serves_natively(dep: Deployment, door: Door) -> bool:
     api = NATIVE_API[door.name]
     if isinstance(declared, (list, tuple)):
         return api in declared
-    return api in dep.backend.native_apis and (dep.id, api) not in _LEARNT
+    if api not in dep.backend.native_apis:
+        return False
+    learnt = _LEARNT.get((dep.id, api)) if _LEARNT else None
+    if learnt is not None and time.monotonic() - learnt > RELEARN_AFTER:
+        del _LEARNT[(dep.id, api)]  # try the native path again
+        return True
+    return learnt is None
 
 
 def learn_not_native(used: Adapter, dep: Deployment, endpoint: str) -> bool:
-    """``dep`` answered 404 on a door's native path through ``used``: true (and from now
-    on this process translates that door's requests to it) when a translation exists and
+    """``dep`` answered 404 on a door's native path through ``used``: true (and for the next
+    ``RELEARN_AFTER`` seconds this process translates that door's requests to it) when a translation exists and
     the dialect was assumed from its kind (an Ollama older than 0.14 has no /v1/messages),
     not declared."""
     door = DOORS.get(endpoint)
     if door is None or type(used) is not Native or door.pivot is None or "native_apis" in dep.model_info:
         return False
-    _LEARNT.add((dep.id, NATIVE_API[door.name]))
+    _LEARNT[(dep.id, NATIVE_API[door.name])] = time.monotonic()
     return True
 
 

@@ -65,6 +65,7 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 _NUMBER = (int, float)
 _NOT_AN_ANSWER = re.compile(rb'\s*\{\s*"(?:type"\s*:\s*"error"|error"\s*:)')
+_BARE_ERROR = re.compile(rb'\s*\{\s*"error"\s*:')  # a data line's value: {"error": ...}, no event name
 _DATA_TYPE = re.compile(rb'data: ?\{\s*"type"\s*:\s*"([a-z_]+)"')
 
 
@@ -320,7 +321,9 @@ def chat_request(body: dict[str, Any]) -> dict[str, Any]:
         out.update(_tool_choice(body.get("tool_choice")))
     thinking = body.get("thinking")
     if thinking is not None and thinking["type"] != "adaptive":
-        out["think"] = thinking["type"] == "enabled"  # only the Ollama adapter forwards it
+        # the chat-template switch vLLM and llama.cpp honour (Qwen3, DeepSeek-R1, ...); the
+        # Ollama adapter turns it into Ollama's ``think``
+        out["chat_template_kwargs"] = {"enable_thinking": thinking["type"] == "enabled"}
     user = (body.get("metadata") or {}).get("user_id")
     if user is not None:
         out["user"] = user
@@ -837,6 +840,8 @@ class Watch:
         """Note what a data line says; True if it ends the stream."""
         m = _DATA_TYPE.match(line)
         kind = m.group(1) if m is not None else self._event
+        if not kind and _BARE_ERROR.match(line, 5):
+            kind = b"error"  # an OpenAI-shaped error object, as a server's middleware may write it
         if kind not in (b"message_start", b"message_delta", b"message_stop", b"error"):
             return False
         if kind == b"message_stop":
@@ -848,7 +853,7 @@ class Watch:
             data = None
         if kind == b"error":
             err = data.get("error") if isinstance(data, dict) else None
-            message = err.get("message") if isinstance(err, dict) else None
+            message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
             self.finished = self.failed = True
             self.error = f"the backend sent an error event: {message or line[5:205].decode('utf-8', 'replace')}"
             return True

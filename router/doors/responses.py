@@ -138,9 +138,11 @@ def _input(value: Any, cap: int) -> None:
             _function_call(item, where)
         elif kind == "function_call_output":
             _call_output(item, where)
-        elif kind != "reasoning":  # reasoning items are the model's own, passed back: not translated
-            raise BadRequest(f"{where}.type {kind!r} is not supported by llm-router: input items are messages, "
-                             "function_call, function_call_output and reasoning.", param=f"{where}.type")
+        elif type(kind) is not str:
+            raise BadRequest(f"{where}.type must be a string.", param=f"{where}.type")
+        # Other kinds (Codex's custom_tool_call, local_shell_call, item_reference, web_search_call,
+        # ...; reasoning) pass through to a server that speaks Responses; a translation to chat
+        # drops reasoning and refuses the rest (``messages``).
 
 
 def _message(item: dict[str, Any], where: str) -> int:
@@ -177,9 +179,7 @@ def _part(part: Any, where: str) -> None:
         detail = part.get("detail")
         if detail is not None and type(detail) is not str:
             raise BadRequest(f"{where}.detail must be a string.", param=f"{where}.detail")
-    else:
-        raise BadRequest(f"{where}.type {kind!r} is not supported by llm-router: content parts are input_text, "
-                         "output_text, refusal and input_image.", param=f"{where}.type")
+    # other part kinds (input_file, input_audio, ...) pass through natively; a translation refuses them
 
 
 def _function_call(item: dict[str, Any], where: str) -> None:
@@ -338,11 +338,11 @@ def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     if type(value) is str:
         out.append({"role": "user", "content": value})
         return out
-    for item in value:
+    for i, item in enumerate(value):
         kind = item.get("type") or "message"
         if kind == "message":
             role = "system" if item["role"] == "developer" else item["role"]
-            out.append({"role": role, "content": _content(item["content"])})
+            out.append({"role": role, "content": _content(item["content"], f"input[{i}].content")})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
                     "function": {"name": item["name"], "arguments": item["arguments"]}}
@@ -354,13 +354,22 @@ def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             output = item["output"]
             text = output if type(output) is str else "".join(p["text"] for p in output)
             out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+        elif kind != "reasoning":  # the model's own reasoning, passed back: chat has no way to send it
+            raise BadRequest(f"input[{i}].type {kind!r} cannot be translated to chat for this deployment (its server "
+                             "does not speak Responses): send messages, function_call and function_call_output "
+                             "items, or route to a server that serves /v1/responses.", param=f"input[{i}].type")
     return out
 
 
-def _content(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+def _content(content: str | list[dict[str, Any]], where: str) -> str | list[dict[str, Any]]:
     """Text parts as one string (what every chat template takes); with images, chat parts."""
     if type(content) is str:
         return content
+    for j, p in enumerate(content):
+        if p["type"] not in _TEXT_PARTS and p["type"] not in ("refusal", "input_image"):
+            raise BadRequest(f"{where}[{j}].type {p['type']!r} cannot be translated to chat for this deployment (its "
+                             "server does not speak Responses): content parts are input_text, output_text, refusal "
+                             "and input_image.", param=f"{where}[{j}].type")
     if all(p["type"] != "input_image" for p in content):
         return "".join(_part_text(p) for p in content)
     parts: list[dict[str, Any]] = []

@@ -76,6 +76,9 @@ def _common(body: dict[str, Any], model: str, stream: bool, default_max_tokens: 
     for key in ("keep_alive", "think"):
         if key in body:
             out[key] = body[key]
+    kwargs = body.get("chat_template_kwargs")
+    if "think" not in out and isinstance(kwargs, dict) and isinstance(kwargs.get("enable_thinking"), bool):
+        out["think"] = kwargs["enable_thinking"]  # the chat-template switch of vLLM and llama.cpp: Ollama's think
     return out
 
 

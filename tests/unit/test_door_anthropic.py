@@ -592,8 +592,10 @@ def test_sampling_options_stop_sequences_user_and_stream_are_translated():
     ({"type": "disabled"}, False),
     ({"type": "adaptive"}, None),
 ])
-def test_thinking_reaches_ollama_as_think(thinking, think):
+def test_thinking_reaches_ollama_as_think_and_openai_servers_as_the_template_switch(thinking, think):
     pivot = MESSAGES.to_pivot(parse(request(thinking=thinking, top_k=7)))
+    assert "think" not in pivot  # not an OpenAI parameter: vLLM and llama.cpp would ignore it
+    assert pivot.get("chat_template_kwargs") == (None if think is None else {"enable_thinking": think})
     sent = ollama.chat_request(pivot, "qwen3:8b")
     assert sent.get("think") is think
     assert sent["options"]["top_k"] == 7 and sent["options"]["num_predict"] == 256
@@ -1181,3 +1183,16 @@ def test_whatever_a_native_backend_streams_watch_relays_a_prefix_of_it_and_ends_
     # what came from upstream, plus at most the line ending that closes its last event
     assert any(raw.startswith(relayed[:len(relayed) - k]) for k in (0, 1, 2))
     assert t.failed or b"message_stop" in relayed
+
+
+@pytest.mark.parametrize("first", [
+    b'data: {"error": {"message": "CUDA out of memory", "type": "InternalServerError"}}\n\n',
+    b'data: {"error": "model runner has unexpectedly stopped"}\n\n',
+])
+def test_watch_fails_on_an_openai_shaped_error_a_native_server_writes_first(first):
+    """A server's middleware may write an OpenAI error object into an Anthropic stream: the
+    stream failed before any output, so the router may still fall back (found by the tester)."""
+    watch = MESSAGES.watch(Context("m", "msg_1", 0))
+    watch.feed(first)
+    assert watch.failed and watch.finished
+    assert "out of memory" in watch.error or "unexpectedly stopped" in watch.error

@@ -192,16 +192,13 @@ REFUSED = [
     ({"model": "m", "input": []}, "input", "non-empty"),
     ({"model": "m", "input": 5}, "input", "input"),
     ({"model": "m", "input": [5]}, "input[0]", "object"),
-    ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "not supported by llm-router"),
-    ({"model": "m", "input": [{"content": "x"}]}, "input[0].type", "not supported"),
+    ({"model": "m", "input": [{"content": "x"}]}, "input[0].type", "must be a string"),
     ({"model": "m", "input": [{"role": "tool", "content": "x"}]}, "input[0].role", "user, assistant, system, developer"),
     ({"model": "m", "input": [{"role": "user", "content": 5}]}, "input[0].content", "string or an array"),
     ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text", "string"),
     ({"model": "m", "input": [_MSG, {"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
      "input[1].content[0].file_id", "keeps no files"),
     ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content[0].image_url", "URL"),
-    ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-     "input[0].content[0].type", "not supported by llm-router"),
     ({"model": "m", "input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id", "non-empty"),
     ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]}, "input[0].name", "non-empty"),
     ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]},
@@ -847,3 +844,21 @@ def test_hosted_and_client_tool_kinds_pass_natively_and_are_left_out_of_a_chat_t
     assert [t["function"]["name"] for t in RESPONSES.to_pivot(body)["tools"]] == ["f"]
     only_hosted = RESPONSES.parse(orjson.dumps({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}), Limits())
     assert "tools" not in RESPONSES.to_pivot(only_hosted)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"model": "m", "input": [_MSG, {"type": "custom_tool_call", "call_id": "ct", "name": "apply_patch", "input": "x"}]},
+     "input[1].type"),
+    ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input[0].content[0].type"),
+])
+def test_codex_item_kinds_pass_the_checks_for_a_native_server_and_are_refused_only_in_a_translation(body, param):
+    """Codex sends back custom_tool_call, item_reference, ... items a Responses server wrote:
+    a server that speaks Responses takes them; chat cannot say them (found by the tester)."""
+    from router.config import Limits
+    parsed = RESPONSES.parse(orjson.dumps(body), Limits())
+    assert RESPONSES.native_request(parsed, None, "real")  # passed through as it is
+    with pytest.raises(BadRequest) as info:
+        RESPONSES.to_pivot(parsed)
+    assert info.value.param == param and "cannot be translated to chat" in info.value.message

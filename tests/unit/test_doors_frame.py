@@ -82,7 +82,8 @@ def test_a_404_on_a_native_path_switches_that_deployment_to_translation_unless_d
     assert not learn_not_native(adapter(door, declared), declared, "messages")  # the operator said so: an error
     assert not learn_not_native(adapter(door, d), d, "messages")  # already translated: a real 404
     assert not learn_not_native(adapter(DOORS["rerank"], dep("vllm")), dep("vllm"), "rerank")  # nothing to translate to
-    doors._LEARNT.discard(("old-ollama", "messages"))
+    doors._LEARNT[("old-ollama", "messages")] -= doors.RELEARN_AFTER + 1  # later: the native path is tried again
+    assert type(adapter(door, d)) is Native and ("old-ollama", "messages") not in doors._LEARNT
 
 
 def test_config_refuses_an_unknown_native_api(tmp_path):

@@ -37,7 +37,7 @@ import orjson
 
 from router.config import Limits
 from router.domain import Deployment
-from router.doors.base import MAX_LINE, OpenAIEvents, sse_event
+from router.doors.base import MAX_LINE, FromOpenAI, OpenAIEvents, sse_event
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context, StreamTranslator
 from router.routing.resolve import MAX_MODEL_NAME
@@ -574,7 +574,7 @@ def error_event(exc: RouterError) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-class MessageStream:
+class MessageStream(FromOpenAI):
     """Turns an OpenAI chat stream (vLLM, llama-server, our Ollama translator), cut
     anywhere, into Anthropic's event sequence: ``message_start`` and one ``ping`` at the
     first chunk, then per block ``content_block_start`` / ``_delta`` / ``_stop`` with
@@ -604,20 +604,8 @@ class MessageStream:
         self._matched: str | None = None  # the stop string vLLM says ended the answer
         self._upstream_usage: dict[str, Any] | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        if self.finished:
-            return b""
-        out = bytearray()
-        try:
-            for obj in self._events.feed(chunk):
-                out += self._object(obj)
-                if self.finished:
-                    return bytes(out)
-        except ValueError as exc:  # a line that is not JSON, or one too long
-            return bytes(out) + self._fail(str(exc))
-        if self._events.done:
-            out += self._done()
-        return bytes(out)
+    def _malformed(self, exc: ValueError) -> bytes:  # a line that is not JSON, or one too long
+        return self._fail(str(exc))
 
     def close(self) -> bytes:
         if self.finished:

@@ -156,6 +156,42 @@ class OpenAIEvents:
             yield obj
 
 
+class FromOpenAI:
+    """The frame of a door's ``pivot_stream``: ``feed`` reads the OpenAI SSE stream
+    (``OpenAIEvents``) and hands each JSON object to ``_object``, the stream's ``[DONE]``
+    to ``_done`` and a line that is not JSON (or too long) to ``_malformed``; each returns
+    the bytes the client gets. A subclass sets ``finished`` when its dialect's stream is
+    over, and writes its own ``close`` (streams differ in what an end without ``[DONE]``
+    means)."""
+
+    finished: bool
+    _events: OpenAIEvents
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.finished:
+            return b""
+        out = bytearray()
+        try:
+            for obj in self._events.feed(chunk):
+                out += self._object(obj)
+                if self.finished:
+                    return bytes(out)
+            if self._events.done:
+                out += self._done()
+        except ValueError as exc:
+            out += self._malformed(exc)
+        return bytes(out)
+
+    def _object(self, obj: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _done(self) -> bytes:
+        raise NotImplementedError
+
+    def _malformed(self, exc: ValueError) -> bytes:
+        raise NotImplementedError
+
+
 def sse_event(event: str, obj: dict[str, Any]) -> bytes:
     """A named SSE event (``event: X`` then ``data: {...}``), as Anthropic and the
     Responses API write them."""

@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 
 from router.config import Limits
-from router.doors.base import MAX_LINE, Lines, OpenAIEvents
+from router.doors.base import MAX_LINE, FromOpenAI, Lines, OpenAIEvents
 from router.domain import Deployment
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context, StreamTranslator
@@ -685,7 +685,7 @@ class NativeStream:
         return error_line(message)
 
 
-class PivotStream:
+class PivotStream(FromOpenAI):
     """An OpenAI SSE stream (chat or completions chunks), cut anywhere, as the NDJSON
     lines Ollama streams: one line per content or thinking delta, a tool call whole in
     one line once its fragments are complete (at the finish), and the done line with
@@ -710,20 +710,11 @@ class PivotStream:
         self._usage: Any = None
         self._timings: Any = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        if self.finished:
-            return b""
-        out = bytearray()
-        try:
-            for obj in self._events.feed(chunk):
-                out += self._chunk(obj)
-                if self.finished:
-                    return bytes(out)
-            if self._events.done:
-                out += self._done()
-        except ValueError as exc:
-            out += self._fail(str(exc))
-        return bytes(out)
+    def _object(self, obj: dict[str, Any]) -> bytes:
+        return self._chunk(obj)
+
+    def _malformed(self, exc: ValueError) -> bytes:
+        return self._fail(str(exc))
 
     def close(self) -> bytes:
         if self.finished:

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from router.config import Limits
-from router.doors.base import Door, Lines, OpenAIEvents, sse_event
+from router.doors.base import Door, FromOpenAI, Lines, OpenAIEvents, sse_event
 from router.domain import Deployment
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context
@@ -575,7 +575,7 @@ class _Item:
         self.call_id, self.name, self.chat_index = call_id, name, chat_index
 
 
-class PivotStream:
+class PivotStream(FromOpenAI):
     """Turns a chat completion's SSE (vLLM, llama-server, ...), cut anywhere, into the
     Responses event stream: ``response.created`` and ``response.in_progress`` with the
     first output, then each output item (reasoning, message, function call) opened,
@@ -601,20 +601,14 @@ class PivotStream:
         self._finish: Any = None
         self._chat_usage: Any = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        if self.finished:
-            return b""
-        out = bytearray()
-        try:
-            for obj in self._events.feed(chunk):
-                out += self._chunk(obj)
-                if self.finished:
-                    return bytes(out)
-        except ValueError as exc:  # a line that is not JSON, or one past MAX_LINE
-            return bytes(out + self._fail(f"the backend sent a malformed stream: {exc}"))
-        if self._events.done:
-            out += self._complete()
-        return bytes(out)
+    def _object(self, obj: dict[str, Any]) -> bytes:
+        return self._chunk(obj)
+
+    def _done(self) -> bytes:
+        return self._complete()
+
+    def _malformed(self, exc: ValueError) -> bytes:  # a line that is not JSON, or one past MAX_LINE
+        return self._fail(f"the backend sent a malformed stream: {exc}")
 
     def close(self) -> bytes:
         if self.finished:

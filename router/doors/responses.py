@@ -795,7 +795,10 @@ def _text_of(value: Any) -> str:
 
 _WATCHED = frozenset((b"response.created", b"response.completed", b"response.incomplete", b"response.failed",
                       b"error"))
-_SEQUENCE = re.compile(rb'[{,]\s*"sequence_number"\s*:\s*(\d+)')  # a key: inside a JSON string its quotes are escaped
+_SEQUENCE = re.compile(rb'[{,]\s*"sequence_number"\s*:\s*(\d+)')
+# A chunk that may hold one of the watched events (or an error): it is read line by line.
+# Any other chunk of whole lines (the deltas: nearly all of a stream) is relayed as it came.
+_MAY_MATTER = re.compile(rb"response\.(?:created|completed|incomplete|failed)|error")  # a key: inside a JSON string its quotes are escaped
 
 
 class Watch:
@@ -827,6 +830,8 @@ class Watch:
     def feed(self, chunk: bytes) -> bytes:
         if self.finished:
             return b""
+        if not self._held and chunk[-1:] == b"\n" and _MAY_MATTER.search(chunk) is None:
+            return self._pass(chunk)
         self._held += chunk
         try:
             lines = self._lines.feed(chunk)
@@ -847,6 +852,23 @@ class Watch:
                 return bytes(out + raw[len(line):])
         del self._held[:start]
         return bytes(out)
+
+    def _pass(self, chunk: bytes) -> bytes:
+        """Relay whole lines none of which is watched, noting only what ``_line`` would:
+        the last sequence number, the event a last ``event:`` line opens, an event left open."""
+        numbers = _SEQUENCE.findall(chunk, max(0, chunk.rfind(b'"sequence_number"') - 16))
+        if numbers:
+            self._seq = max(self._seq, *map(int, numbers))
+        lines = chunk.split(b"\n")[:-1]
+        last = lines[-1].rstrip(b"\r")
+        blank = max((i for i, line in enumerate(lines) if not line.rstrip(b"\r")), default=-1)
+        named = max((i for i, line in enumerate(lines) if line.startswith(b"event:")), default=-1)
+        if named > blank:
+            self._event = lines[named][6:].strip()
+        elif blank >= 0:
+            self._event = b""
+        self._open = bool(last)
+        return chunk
 
     def close(self) -> bytes:
         if self.finished:

@@ -671,6 +671,17 @@ def test_watch_abort_after_the_backends_events():
     assert types(events)[-2:] == ["error", "response.failed"] and events[-2]["code"] == "upstream_timeout"
 
 
+def test_watch_numbers_its_own_events_after_deltas_it_relayed_without_reading_them():
+    """Deltas arrive a chunk each and go out as they came (the fast path reads no line of
+    them); an abort is still numbered after the last of them."""
+    translator = RESPONSES.watch(CTX)
+    head = native(*HEAD)
+    out = b"".join(translator.feed(event + b"\n\n") for event in head.split(b"\n\n") if event)
+    assert out == head
+    events = checked(out + translator.abort(UpstreamTimeout("ollama timed out")))
+    assert types(events)[-2:] == ["error", "response.failed"]
+
+
 # ---------------------------------------------------------------------------
 # Properties
 # ---------------------------------------------------------------------------

@@ -153,6 +153,8 @@ def _check_messages(messages: Any, cap: int) -> None:
         if type(content) is str:
             continue
         if role == "system":
+            if content is None:  # (vLLM takes it; a translation would have nothing to send)
+                _fail(f"{where}.content is required: a string or an array of text blocks.", f"{where}.content")
             _check_system(content, f"{where}.content")
             continue
         if type(content) is not list:

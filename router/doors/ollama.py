@@ -452,8 +452,10 @@ def thinking(think: Any) -> dict[str, Any]:
             "reasoning_effort": "high" if think == "max" else think}
 
 
-def _streaming(out: dict[str, Any], body: dict[str, Any]) -> None:
-    if body.get("stream") is not False:
+def _streaming(out: dict[str, Any], body: dict[str, Any], loads_only: bool = False) -> None:
+    """Stream as the client asked (Ollama's default: yes), except a request that only loads
+    the model: Ollama answers that with one JSON object, and so does the door."""
+    if body.get("stream") is not False and not loads_only:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     else:
@@ -493,7 +495,7 @@ def generate_request(body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"model": body["model"], "prompt": prompt}
     if body.get("suffix"):
         out["suffix"] = body["suffix"]
-    _streaming(out, body)
+    _streaming(out, body, loads_only=not prompt)
     params = sampling(body.get("options"))
     out["max_tokens"] = params.pop("max_tokens", None if prompt else 1)
     out.update(params)
@@ -850,8 +852,12 @@ class _OllamaDoor:
         raise NotImplementedError
 
     def stream(self, body: dict[str, Any]) -> bool:
-        """Ollama streams unless told ``"stream": false``."""
-        return body.get("stream") is not False
+        """Ollama streams unless told ``"stream": false``, except a request that only loads
+        the model (a chat without messages, a generate without a prompt): Ollama answers it
+        with one JSON object (``done_reason: "load"``) whatever it asked (server/routes.go)."""
+        if body.get("stream") is False:
+            return False
+        return bool(body.get("messages") if self.name == "ollama_chat" else body.get("prompt"))
 
     def native_request(self, body: dict[str, Any], deployment: Deployment, model: str) -> bytes:
         return orjson.dumps({**body, "model": model})  # the model keeps its place; nothing else changes

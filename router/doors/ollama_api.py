@@ -143,7 +143,8 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Any], started_key: we
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        # Ollama's field is model (name is the older one): one that is there must be a name
+        name = (body.get("model") if "model" in body else body.get("name")) if isinstance(body, dict) else None
         if not isinstance(name, str) or not name:
             raise BadRequest("model is required", param="model")
         f = fleet(request)

@@ -138,8 +138,8 @@ def _input(value: Any, cap: int) -> None:
             _function_call(item, where)
         elif kind == "function_call_output":
             _call_output(item, where)
-        elif type(kind) is not str:
-            raise BadRequest(f"{where}.type must be a string.", param=f"{where}.type")
+        elif type(kind) is not str or not kind:
+            raise BadRequest(f"{where}.type must be a non-empty string.", param=f"{where}.type")
         # Other kinds (Codex's custom_tool_call, local_shell_call, item_reference, web_search_call,
         # ...; reasoning) pass through to a server that speaks Responses; a translation to chat
         # drops reasoning and refuses the rest (``messages``).

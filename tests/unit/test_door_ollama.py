@@ -882,3 +882,13 @@ def test_a_tool_call_survives_ollama_to_openai_and_back(name, arguments, streame
             "role": "assistant", "content": None, "tool_calls": [{"id": call["id"], "type": "function", "function": call["function"]}]}}]}
         message = ollama.ChatResponse.model_validate(CHAT.from_pivot(answer, CTX)).message
     assert [(c.function.name, json.loads(json.dumps(c.function.arguments))) for c in message.tool_calls] == [(name, arguments)]
+
+
+@pytest.mark.parametrize("body", [{"model": "m"}, {"model": "m", "prompt": ""}, {"model": "m", "stream": True},
+                                  {"model": "m", "prompt": None}])
+def test_a_generate_that_only_loads_the_model_is_answered_whole_not_streamed(body):
+    """Ollama answers a generate without a prompt with one JSON object, even when it streams
+    (server/routes.go); the door asks a translated backend the same way (found by the fuzzer)."""
+    from router.doors.ollama import GENERATE
+    assert GENERATE.stream(body) is False
+    assert GENERATE.to_pivot(body)["stream"] is False

@@ -325,3 +325,39 @@ async def test_each_door_counts_its_requests_passed_through_or_translated(fleet)
             text = await r.text()
     assert 'llm_router_door_requests_total{door="messages",status="200",via="native"} 2.0' in text
     assert 'llm_router_door_requests_total{door="messages",status="200",via="translated"} 1.0' in text
+
+
+async def test_responses_and_ollama_fall_back_in_their_own_dialect(fleet):
+    url, sims = fleet
+    faults = sims["ollama"].faults
+    faults.status, faults.status_count, faults.paths = 503, 2, ("/v1/responses", "/api/chat")
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        raw = await client.responses.with_raw_response.create(model="pair", input="Hi", max_output_tokens=10,
+                                                              stream=True)
+        events = [e async for e in raw.parse()]
+    assert raw.headers["x-router-deployment"] == "pair-backup" and events[-1].type in ("response.completed",
+                                                                                          "response.incomplete")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/api/chat", json={"model": "pair", "messages": [{"role": "user", "content": "Hi"}],
+                                                      "options": {"num_predict": 8}}) as r:
+            assert r.status == 200 and r.headers["x-router-deployment"] == "pair-backup"
+            lines = [json.loads(x) for x in (await r.read()).splitlines() if x.strip()]
+    assert lines[-1]["done"] is True  # the vLLM backup's answer, translated into Ollama's stream
+
+
+@pytest.mark.parametrize("kind", ["ollama", "vllm", "llama_cpp_python"])
+async def test_responses_and_ollama_streams_broken_midway_end_with_their_dialects_error(fleet, kind):
+    url, sims = fleet
+    sims[kind].faults.drop_after_chunks = 3
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/responses", json={"model": f"on-{kind}", "input": "Tell me a long story",
+                                                          "max_output_tokens": 40, "stream": True}) as r:
+            assert r.status == 200
+            body = (await r.read()).decode()
+        async with http.post(url + "/api/chat", json={"model": f"on-{kind}", "messages": [
+                {"role": "user", "content": "Tell me a long story"}], "options": {"num_predict": 40}}) as r:
+            assert r.status == 200
+            lines = [json.loads(x) for x in (await r.read()).splitlines() if x.strip()]
+    events = [json.loads(e.split("data: ", 1)[1]) for e in body.strip().split("\n\n") if "data: " in e]
+    assert events[-1]["type"] == "response.failed" and any(e["type"] == "error" for e in events[-2:])
+    assert "error" in lines[-1] and not any(x.get("done") for x in lines)

@@ -48,13 +48,20 @@ def parse_body(endpoint: str, raw: bytes, model_optional: bool = False, *,
                max_messages: int = MAX_MESSAGES, max_items: int = MAX_ITEMS) -> dict[str, Any]:
     """Decode and check the OpenAI request shapes we accept; unknown fields stay.
     ``model_optional``: the request names a capability instead (``X-Capability``)."""
+    body = decode_object(raw)
+    validate(endpoint, body, model_optional, max_messages=max_messages, max_items=max_items)
+    return body
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (every endpoint's and front door's but
+    Ollama's, which words it as Ollama does)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise BadRequest("The request body must be a JSON object.")
-    validate(endpoint, body, model_optional, max_messages=max_messages, max_items=max_items)
     return body
 
 

@@ -38,6 +38,7 @@ import orjson
 from router.config import Limits
 from router.domain import Deployment
 from router.doors.base import MAX_LINE, FromOpenAI, OpenAIEvents, sse_event
+from router.validate import decode_object
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context, StreamTranslator
 from router.routing.resolve import MAX_MODEL_NAME
@@ -78,14 +79,7 @@ def _fail(message: str, param: str) -> NoReturn:
     raise BadRequest(message, param=param)
 
 
-def _decode(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return body
+_decode = decode_object
 
 
 def check_request(body: dict[str, Any], limits: Limits, *, count: bool) -> None:

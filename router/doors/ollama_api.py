@@ -32,6 +32,7 @@ import orjson
 from aiohttp import web
 
 from router.backends.base import root
+from router.validate import decode_object
 from router.errors import BadRequest, ModelNotFound, PermissionDenied, UpstreamError
 from router.exchange import CLIENT_KEY
 from router.domain import Deployment
@@ -139,12 +140,9 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Any], started_key: we
         return _json({"models": models})
 
     async def show(request: web.Request) -> web.Response:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+        body = decode_object(await request.read())
         # Ollama's field is model (name is the older one): one that is there must be a name
-        name = (body.get("model") if "model" in body else body.get("name")) if isinstance(body, dict) else None
+        name = body.get("model") if "model" in body else body.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest("model is required", param="model")
         f = fleet(request)

@@ -17,6 +17,7 @@ import orjson
 
 from router.config import Limits
 from router.domain import Deployment
+from router.validate import decode_object
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context, StreamTranslator, error_event
 
@@ -31,12 +32,7 @@ class Rerank:
     id_prefix = "rerank-"
 
     def parse(self, raw: bytes, limits: Limits) -> dict[str, Any]:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("The request body must be a JSON object.")
+        body = decode_object(raw)
         if not isinstance(body.get("model"), str) or not body["model"]:
             raise BadRequest("`model` is required: the name of a reranking model.", param="model")
         if not isinstance(body.get("query"), str):

@@ -36,6 +36,7 @@ import orjson
 from router.config import Limits
 from router.doors.base import Door, FromOpenAI, Lines, OpenAIEvents, sse_event
 from router.domain import Deployment
+from router.validate import decode_object
 from router.errors import BadRequest, RouterError, UpstreamError
 from router.providers.base import Context
 from router.routing.resolve import MAX_MODEL_NAME
@@ -990,12 +991,7 @@ class Responses:
         return ResponsesContext(ctx.model, ctx.id, ctx.created, ctx.include_usage, body)
 
     def parse(self, raw: bytes, limits: Limits) -> dict[str, Any]:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        if type(body) is not dict:
-            raise BadRequest("The request body must be a JSON object.")
+        body = decode_object(raw)
         check(body, limits.max_messages)
         return body
 

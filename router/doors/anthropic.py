@@ -950,7 +950,7 @@ class CountTokens(Messages):
         return False
 
     def watch(self, ctx: Context) -> StreamTranslator:
-        raise NotImplementedError("count_tokens never streams")
+        raise TypeError("count_tokens never streams: its stream() is False, so no attempt asks for this")
 
     def to_pivot(self, body: dict[str, Any]) -> dict[str, Any]:
         """The chat request of the same prompt, generating one token. A forced tool
@@ -970,7 +970,7 @@ class CountTokens(Messages):
         return {"input_tokens": prompt}
 
     def pivot_stream(self, ctx: Context) -> StreamTranslator:
-        raise NotImplementedError("count_tokens never streams")
+        raise TypeError("count_tokens never streams: its stream() is False, so no attempt asks for this")
 
 
 MESSAGES = Messages()

@@ -21,6 +21,7 @@ what ``Context`` carries.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -156,7 +157,7 @@ class OpenAIEvents:
             yield obj
 
 
-class FromOpenAI:
+class FromOpenAI(ABC):
     """The frame of a door's ``pivot_stream``: ``feed`` reads the OpenAI SSE stream
     (``OpenAIEvents``) and hands each JSON object to ``_object``, the stream's ``[DONE]``
     to ``_done`` and a line that is not JSON (or too long) to ``_malformed``; each returns
@@ -182,14 +183,17 @@ class FromOpenAI:
             out += self._malformed(exc)
         return bytes(out)
 
+    @abstractmethod
     def _object(self, obj: dict[str, Any]) -> bytes:
-        raise NotImplementedError
+        """The client's bytes for one OpenAI chunk (or error object)."""
 
+    @abstractmethod
     def _done(self) -> bytes:
-        raise NotImplementedError
+        """The client's bytes at the stream's ``[DONE]``."""
 
+    @abstractmethod
     def _malformed(self, exc: ValueError) -> bytes:
-        raise NotImplementedError
+        """The client's bytes for a line that is not JSON, or one too long."""
 
 
 def sse_event(event: str, obj: dict[str, Any]) -> bytes:

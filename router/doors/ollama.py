@@ -46,6 +46,7 @@ Choices made where no server decides:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import binascii
 import math
 import re
@@ -833,7 +834,7 @@ class PivotStream(FromOpenAI):
 # ---------------------------------------------------------------------------
 
 
-class _OllamaDoor:
+class _OllamaDoor(ABC):
     """What the four Ollama doors share: native pass-through, NDJSON relay, errors."""
 
     name: str
@@ -848,8 +849,9 @@ class _OllamaDoor:
         self._check(body, limits)
         return body
 
+    @abstractmethod
     def _check(self, body: dict[str, Any], limits: Limits) -> None:
-        raise NotImplementedError
+        """Check the fields of this path's request (raise ``BadRequest``)."""
 
     def stream(self, body: dict[str, Any]) -> bool:
         """Ollama streams unless told ``"stream": false``, except a request that only loads

@@ -68,16 +68,16 @@ class Rerank:
         return raw
 
     def watch(self, ctx: Context) -> StreamTranslator:
-        raise NotImplementedError("rerank never streams")
+        raise TypeError("rerank never streams: its stream() is False, so no attempt asks for this")
 
     def to_pivot(self, body: dict[str, Any]) -> NoReturn:
-        raise NotImplementedError("rerank is never translated")
+        raise TypeError("rerank is never translated: its pivot is None, so router.doors.adapter never asks for this")
 
     def from_pivot(self, data: dict[str, Any], ctx: Context) -> NoReturn:
-        raise NotImplementedError("rerank is never translated")
+        raise TypeError("rerank is never translated: its pivot is None, so router.doors.adapter never asks for this")
 
     def pivot_stream(self, ctx: Context) -> StreamTranslator:
-        raise NotImplementedError("rerank never streams")
+        raise TypeError("rerank never streams: its stream() is False, so no attempt asks for this")
 
     def error_body(self, exc: RouterError) -> bytes:
         return exc.to_bytes()

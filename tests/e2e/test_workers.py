@@ -44,6 +44,15 @@ async def test_two_workers_serve_one_port_a_dead_one_is_restarted_and_sigterm_st
             for _ in range(20):
                 async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY) as r:
                     assert r.status == 200
+            # Counts land at the end of the loop turn that answered: wait until all 20 are in, or
+            # the kill could take the last one with it (a race that failed CI once: 39 == 40).
+            deadline, total = time.monotonic() + 10, 0.0
+            while total != 20 and time.monotonic() < deadline:
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    text = await r.text()
+                total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("llm_router_requests_total{"))
+            assert total == 20
             os.kill(pids[0], signal.SIGKILL)  # a worker dies
             restarted = await read_log_until(serve, "worker 1 started")
             new_pid = int(re.findall(r"worker 1 started pid=(\d+)", restarted)[-1])

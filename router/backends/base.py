@@ -37,6 +37,7 @@ class BackendKind:
     load_probe: LoadProbe | None = None  # what it says of its load or loaded models (see LoadProbe)
     warm_up_path: str | None = None  # POST {"model": …} here loads a model without generating anything
     native_apis: tuple[str, ...] = ()  # the front doors' dialects it serves itself (router.doors): passed through, not translated
+    hosted: bool = False  # a cloud API (router.backends.hosted): never probed, billed per token, no local cost default
 
     def names(self, model: str) -> tuple[str, str]:
         """The names a listing may show ``model`` under: Ollama lists an untagged pull as

@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
     _config_args(check)
+    check.add_argument("--strict", action="store_true",
+                       help="deployments of providers llm-router does not speak (disabled, a warning) are errors")
 
     ex = sub.add_parser("explain", help="print the routing decision for a hypothetical request (sends nothing)")
     _config_args(ex)
@@ -108,6 +110,11 @@ def _warn(config: Config) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_or_exit(args)
+    if args.strict and config.unserved:
+        for issue in config.unserved:
+            print(issue, file=sys.stderr)
+        print(f"llm-router: configuration is invalid under --strict ({len(config.unserved)} problem(s))", file=sys.stderr)
+        return EXIT_CONFIG
     _warn(config)
     files = config.file + (f" + {config.mappings_file}" if config.mappings_file else "")
     print(f"OK {files}: {config.summary()}, {len(config.warnings)} warning(s)")
@@ -290,7 +297,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"error {exc.status}: {exc.message}", file=sys.stderr)
         return 1
     if decision is None:
-        print(f"no route for {facts.model!r}: 404 model_not_found", file=sys.stderr)
+        disabled = config.disabled_reason(facts.model)
+        print(f"no route for {facts.model!r}: 404 model_not_found" + (f" (disabled: {disabled})" if disabled else ""),
+              file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps(decision.explain(), option=orjson.OPT_INDENT_2).decode())

@@ -22,7 +22,7 @@ from router.config import Config, ConfigError, WebAccess, load_config
 from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
 from router.domain import RequestFacts
-from router.probes import Monitor, UnixSessions, health_rows
+from router.probes import Monitor, UnixSessions, disabled_rows, health_rows
 from router.attempt import transition
 from router.exchange import CLIENT_KEY, CORS_ORIGIN, assign_request_id, cors_grant
 from router.proxy import Proxy, Routing
@@ -304,8 +304,11 @@ async def health(request: web.Request) -> web.Response:
     rows = health_rows(config.all_deployments(), proxy.state)
     healthy = [r for r in rows if r["healthy"]]
     unhealthy = [r for r in rows if not r["healthy"]]
-    return _json({"healthy_count": len(healthy), "unhealthy_count": len(unhealthy),
-                  "healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy})
+    out = {"healthy_count": len(healthy), "unhealthy_count": len(unhealthy),
+           "healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy}
+    if config.disabled:  # configured, never served (a provider we do not speak): listed apart, with the reason
+        out.update(disabled_count=len(config.disabled), disabled_endpoints=disabled_rows(config.disabled))
+    return _json(out)
 
 
 def facts_from_query(query: Any) -> RequestFacts:
@@ -336,7 +339,8 @@ async def explain(request: web.Request) -> web.Response:
         raise BadRequest("Give model= (and/or capability=).", param="model")
     decision = proxy.engine.decide(facts, proxy.state)
     if decision is None:
-        raise NotFound(f"No route for model `{facts.model}`.")
+        disabled = proxy.config.disabled_reason(facts.model)
+        raise NotFound(f"No route for model `{facts.model}`" + (f": disabled, {disabled}." if disabled else "."))
     return _json(decision.explain())
 
 

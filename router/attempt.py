@@ -95,9 +95,7 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
         attempt.via = "native" if type(adapter) is doors.Native else "translated"
     url, payload = adapter.upstream_request(endpoint, body, dep, upstream)
     rid = outcome.rid
-    headers = {"Content-Type": "application/json", "x-request-id": rid}
-    if dep.api_key:
-        headers["Authorization"] = f"Bearer {dep.api_key}"
+    headers = {"Content-Type": "application/json", "x-request-id": rid, **dep.headers}  # its key, in its wire's way
     response_headers = granted(request, {"x-request-id": rid, **route_headers(decision, outcome.tried)})
     if outcome.cache is not None:
         response_headers["x-router-cache"] = outcome.cache

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from router.checks import api_root, check_url, get, unknown_keys
-from router.backends import KINDS, PREFIX_KINDS, WIRE_FORMATS
-from router.backends.base import NATIVE_API_NAMES
-from router.domain import Deployment, Provider
+from router.backends import KINDS, PREFIX_KINDS, UNSUPPORTED_PREFIXES, WIRE_FORMATS
+from router.backends.base import NATIVE_API_NAMES, BackendKind, auth_headers
+from router.domain import Deployment, Disabled, Provider
 from router.health import Policy
 from router.policy import Mappings, load_policy
 from router.routing import strategies
@@ -146,6 +146,8 @@ class Config:
     web: WebAccess = field(default_factory=WebAccess)
     request_timeout: float = DEFAULT_TIMEOUT
     warnings: tuple[Issue, ...] = ()
+    disabled: tuple[Disabled, ...] = ()  # model_list entries of providers we do not speak: never routed to
+    unserved: tuple[Issue, ...] = ()  # the warnings about them (and fallbacks only to them): errors under check-config --strict
 
     def health_policy(self) -> Policy:
         r, m = self.router, self.mappings
@@ -163,10 +165,18 @@ class Config:
         shown on /health and /ui, shared through Redis and counted in metrics."""
         return [*self.deployments, *self.catchalls.values()]
 
+    def disabled_reason(self, model: str | None) -> str | None:
+        """Why ``model`` (a model_list name whose every entry is disabled) is not served, or None."""
+        if model is None or model in self.groups:
+            return None
+        found = [x for x in self.disabled if x.model_name == model]
+        return f"{found[0].reason} ({found[0].model})" if found else None
+
     def summary(self) -> str:
         m = self.mappings
         return (
-            f"{len(self.deployments)} deployments in {len(self.groups)} model groups, "
+            f"{len(self.deployments)} deployments in {len(self.groups)} model groups"
+            f"{f' ({len(self.disabled)} disabled)' if self.disabled else ''}, "
             f"{len(self.aliases)} aliases, {len(m.providers)} providers, {len(m.exact_matches)} exact matches, "
             f"{len(m.patterns)} patterns, {len(m.capabilities)} capabilities, {len(m.fallback_chains)} fallback chains, "
             f"fallbacks for {len(set(self.router.fallbacks) | set(self.router.context_window_fallbacks))} model groups"
@@ -181,11 +191,11 @@ _TOP_KEYS = {"model_list", "router_settings", "litellm_settings", "general_setti
 _TOP_IGNORED = {"credential_list", "include", "files_settings", "assistant_settings", "guardrails", "mcp_servers"}
 _PARAM_KEYS = {
     "model", "api_base", "api_key", "rpm", "tpm", "weight", "order", "timeout", "stream_timeout",
-    "max_tokens", "max_parallel_requests",
+    "max_tokens", "max_parallel_requests", "api_version", "organization", "extra_headers",
+    "input_cost_per_token", "output_cost_per_token",
 }
 _PARAM_IGNORED = {
-    "api_version", "organization", "tags", "input_cost_per_token", "output_cost_per_token", "drop_params",
-    "extra_headers", "keep_alive", "region_name", "custom_llm_provider", "cooldown_time", "mock_response",
+    "tags", "drop_params", "keep_alive", "region_name", "custom_llm_provider", "cooldown_time", "mock_response",
     "use_in_pass_through", "merge_reasoning_content_in_choices", "temperature", "top_p", "num_ctx",
 }
 _ROUTER_KEYS = {
@@ -463,7 +473,70 @@ def _same_server(a: str, b: str) -> bool:
     return (pa.scheme, host(pa), port(pa)) == (pb.scheme, host(pb), port(pb))
 
 
-def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Provider], default_timeout: float) -> list[Deployment]:
+COSTS = ("input_cost_per_token", "output_cost_per_token")  # USD per token, in model_info (router.costs)
+
+
+def _env(names: tuple[str, ...]) -> str | None:
+    """The first of the environment variables ``names`` that is set (and not empty)."""
+    for name in names:
+        try:
+            value = os.environ.get(name)
+        except ValueError:
+            value = None
+        if value:
+            return value
+    return None
+
+
+def _cloud_base(src: Source, pp: Path, backend: BackendKind, model: str) -> str | None:
+    """A hosted API's api_base when the config gives none: LiteLLM's variable, else its default."""
+    cloud = backend.cloud
+    assert cloud is not None
+    from_env = _env(cloud.base_env)
+    if from_env is not None:
+        return check_url(src, pp + ("api_base",), from_env, backend.wire)
+    if not cloud.base:
+        src.error(pp, f"api_base is required for {model!r} (or set {' or '.join(cloud.base_env)})")
+        return None
+    return cloud.base
+
+
+def _model_info(src: Source, path: Path, info: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """model_info, with the per-token costs checked; LiteLLM's older place for them,
+    litellm_params, fills in what model_info does not say."""
+    out = dict(info)
+    for key in COSTS:
+        where, source = (path + ("model_info",), info) if key in info else (path + ("litellm_params",), params)
+        if key in source:
+            value = get(src, source, key, where, "num")
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = float(value)
+    return out
+
+
+def _headers(src: Source, pp: Path, params: Mapping[str, Any], wire: str, api_key: str | None) -> dict[str, str]:
+    """What every request to the deployment carries: its key, LiteLLM's ``organization``
+    and ``extra_headers``."""
+    headers = auth_headers(wire, api_key, get(src, params, "organization", pp, "str"))
+    extra = get(src, params, "extra_headers", pp, "map", default={})
+    for name, value in extra.items():
+        if not (isinstance(name, str) and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name)):
+            src.error(pp + ("extra_headers",), f"{name!r} is not an HTTP header name")
+        elif name.lower() in ("content-type", "content-length", "host", "transfer-encoding", "connection"):
+            src.error(pp + ("extra_headers", name), "is set by the router itself")
+        else:
+            text = get(src, extra, name, pp + ("extra_headers",), "secret")
+            if text is not None:
+                headers[name] = text
+    return headers
+
+
+def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Provider], default_timeout: float,
+                 disabled: list[Disabled]) -> list[Deployment]:
+    """The model_list's deployments; those of a LiteLLM provider we do not speak go in
+    ``disabled`` (with a warning) instead."""
     out: list[Deployment] = []
     model_list = get(src, top, "model_list", (), "list", default=[])
     seen_ids: dict[str, Path] = {}
@@ -485,11 +558,24 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             continue
         prefix, sep, upstream = model.partition("/")
         kind = PREFIX_KINDS.get(prefix) if sep else None
-        if kind is None:
-            src.error(pp + ("model",), f"unknown provider prefix in {model!r} (supported: {', '.join(p + '/' for p in PREFIX_KINDS)})")
+        if kind is None and sep and prefix in UNSUPPORTED_PREFIXES:
+            reason = f"llm-router does not speak LiteLLM's {prefix}/ provider"
+            src.warn(pp + ("model",), f"{reason}: {name!r} ({model}) is disabled, never routed to")
+            disabled.append(Disabled(name, model, reason, f"{src.file}:{src.line(pp + ('model',))}"))
             continue
+        if kind is None:
+            src.error(pp + ("model",), f"unknown provider prefix in {model!r} (supported: {', '.join(p + '/' for p in PREFIX_KINDS)}; "
+                                       "LiteLLM's other providers load disabled)")
+            continue
+        backend = KINDS[kind]
         raw_base = get(src, params, "api_base", pp, "str")
         api_base = check_url(src, pp + ("api_base",), raw_base, WIRE_FORMATS[kind])
+        hosted = backend.hosted
+        if raw_base is None and "api_base" not in params and backend.cloud is not None and "provider" not in info:
+            api_base = _cloud_base(src, pp, backend, model)
+            if api_base is None:
+                continue
+            hosted = True  # openai/ without an api_base is OpenAI's own API
         provider = _provider_for(src, path, kind, api_base, info, providers)
         if provider in providers:
             kind = providers[provider].kind if WIRE_FORMATS[providers[provider].kind] == WIRE_FORMATS[kind] else kind
@@ -504,6 +590,23 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         if raw_base is None and api_base.startswith("unix:") and check_url(src, path + ("model_info", "provider"), api_base, WIRE_FORMATS[kind]) is None:
             continue  # an Ollama-format deployment on an OpenAI-compatible provider's socket
         api_base = api_root(api_base, WIRE_FORMATS[kind])
+        cloud = KINDS[kind].cloud
+        hosted = hosted or KINDS[kind].hosted
+        api_key = get(src, params, "api_key", pp, "secret")
+        if api_key is None and "api_key" not in params and hosted and cloud is not None:
+            api_key = _env(cloud.key_env)
+            if api_key is None:
+                src.warn(pp, f"no api_key for {model!r} and none of {', '.join(cloud.key_env)} is set: "
+                             "its requests go without a key")
+        if cloud is not None and cloud.model_prefix and not upstream.startswith(cloud.model_prefix.split("/")[0] + "/"):
+            upstream = cloud.model_prefix + upstream
+        api_version = None
+        if WIRE_FORMATS[kind] == "azure":
+            api_version = get(src, params, "api_version", pp, "str") or _env((cloud.version_env,)) or cloud.default_version
+        elif "api_version" in params:
+            src.warn(pp + ("api_version",), f"only Azure OpenAI deployments use api_version; ignored for {model!r}")
+        headers = _headers(src, pp, params, WIRE_FORMATS[kind], api_key)
+        info = _model_info(src, path, info, params)
         native = info.get("native_apis")
         if native is not None and (not isinstance(native, list) or not all(n in NATIVE_API_NAMES for n in native)):
             src.error(path + ("model_info", "native_apis"),
@@ -531,7 +634,7 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 kind=kind,
                 upstream_model=upstream,
                 api_base=api_base,
-                api_key=get(src, params, "api_key", pp, "secret"),
+                api_key=api_key,
                 rpm=get(src, params, "rpm", pp, "int"),
                 tpm=get(src, params, "tpm", pp, "int"),
                 weight=get(src, params, "weight", pp, "num"),
@@ -544,6 +647,9 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
                 model_info=MappingProxyType(dict(info)),
                 is_dynamic=wildcard is not None and "*" in upstream,
                 wildcard=wildcard,
+                hosted=hosted,
+                api_version=api_version,
+                headers=MappingProxyType(headers),
             )
         )
     return out
@@ -703,7 +809,8 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     router = _router_settings(src, top)
     cache = _cache_settings(src, ls, router)
     request_timeout = router.timeout or get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
-    deployments = _deployments(src, top, mappings.providers, request_timeout)
+    disabled: list[Disabled] = []
+    deployments = _deployments(src, top, mappings.providers, request_timeout, disabled)
 
     by_id = {d.id: d for d in deployments}
     groups: dict[str, list[Deployment]] = {}
@@ -722,6 +829,16 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         for p in mappings.providers.values()
     }
     aliases = _aliases(src, top, frozen_groups, by_id)
+    unserved = [w for w in src.warnings if any(w.line == int(x.where.rsplit(":", 1)[1]) and w.file == src.file for x in disabled)]
+    disabled_names = {x.model_name for x in disabled} - set(frozen_groups) - set(aliases)
+    for section in ("router_settings", "litellm_settings"):
+        table = top.get(section, {}).get("fallbacks") if isinstance(top.get(section), dict) else None
+        for i, entry in enumerate(table if isinstance(table, list) else []):
+            for group, names in (entry.items() if isinstance(entry, dict) else ()):
+                if isinstance(names, list) and names and all(n in disabled_names for n in names):
+                    src.warn((section, "fallbacks", i, group), f"the fallbacks of {group!r} ({', '.join(map(str, names))}) "
+                                                               "are all disabled deployments: it has no fallback")
+                    unserved.append(src.warnings[-1])
     for model, spec in mappings.exact_matches.items():
         if model in frozen_groups and not any(d.provider == spec.provider for d in frozen_groups[model]):
             msrc.warn(("exact_matches", model), f"model_list group {model!r} has no deployment on provider {spec.provider!r}; the model_list group is used")
@@ -754,4 +871,6 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         web=web,
         request_timeout=request_timeout,
         warnings=warnings,
+        disabled=tuple(disabled),
+        unserved=tuple(unserved),
     )

@@ -11,9 +11,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from router.backends import KINDS, PREFIX_KINDS, WIRE_FORMATS, BackendKind
+from router.backends.base import auth_headers
 from router.checks import shown
 
-__all__ = ["PREFIX_KINDS", "WIRE_FORMATS", "Deployment", "Provider", "RequestFacts", "RouteDecision"]
+__all__ = ["PREFIX_KINDS", "WIRE_FORMATS", "Deployment", "Disabled", "Provider", "RequestFacts", "RouteDecision"]
 
 @dataclass(frozen=True, slots=True)
 class Provider:
@@ -56,6 +57,13 @@ class Deployment:
     model_info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     is_dynamic: bool = False
     wildcard: str | None = None  # model_list wildcard, e.g. "ollama/*"
+    hosted: bool = False  # a cloud API (router.backends.hosted, or openai/ without api_base): never probed
+    api_version: str | None = None  # Azure OpenAI's api-version
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)  # sent upstream: its key (secret), extra_headers
+
+    def __post_init__(self) -> None:
+        if self.api_key and not self.headers:  # built in code (tests, catch-alls): the key goes in its wire's way
+            object.__setattr__(self, "headers", MappingProxyType(auth_headers(WIRE_FORMATS[self.kind], self.api_key)))
 
     @property
     def wire(self) -> str:
@@ -65,6 +73,17 @@ class Deployment:
     def backend(self) -> BackendKind:
         """What this kind of server does and how it is probed (``router.backends``)."""
         return KINDS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """A ``model_list`` entry the router cannot serve (a LiteLLM provider it does not
+    speak): loaded with a warning, never chosen, shown with its reason."""
+
+    model_name: str
+    model: str  # litellm_params.model, as written
+    reason: str
+    where: str  # file:line
 
 
 @dataclass(frozen=True, slots=True)

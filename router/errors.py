@@ -241,8 +241,9 @@ def upstream_error(status: int, body: bytes, provider: str, retry_after: str | N
     if status in (401, 403):
         # Our credentials, not the client's: a client must not think its own key is wrong.
         return UpstreamError(f"{provider} rejected llm-router's credentials (HTTP {status}; check api_key): {message}")
-    if status == 429:
-        return UpstreamRateLimited(f"{provider} is rate limiting: {message}", _retry_after(retry_after))
+    if status in (429, 529):  # 529: Anthropic's "overloaded", which it asks clients to treat as a rate limit
+        return UpstreamRateLimited(f"{provider} is {'overloaded' if status == 529 else 'rate limiting'}: {message}",
+                                   _retry_after(retry_after))
     if status == 408:
         return UpstreamTimeout(f"{provider} timed out: {message}")
     if 400 <= status < 500 and any(w in message.lower() for w in _CONTEXT_WORDS):

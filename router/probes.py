@@ -48,8 +48,11 @@ def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[di
     rows = []
     for d in deployments:
         server = state.servers.get(d.api_base) or ServerState()
-        healthy = server.reachable and serves(server, d) and state.available(d)
-        error = server.error if not server.reachable else None if serves(server, d) else f"server does not list model {d.upstream_model!r}"
+        if d.hosted:  # never probed: healthy unless its answers cooled it down
+            healthy, error = state.available(d), None
+        else:
+            healthy = server.reachable and serves(server, d) and state.available(d)
+            error = server.error if not server.reachable else None if serves(server, d) else f"server does not list model {d.upstream_model!r}"
         rows.append({
             "id": d.id,
             "model_name": d.model_name,
@@ -59,9 +62,17 @@ def health_rows(deployments: Iterable[Deployment], state: StateTable) -> list[di
             "healthy": healthy,
             "error": error,
             "probe_latency_ms": server.latency_ms,
+            **({"hosted": True} if d.hosted else {}),
             **state[d.id].snapshot(),
         })
     return rows
+
+
+def disabled_rows(disabled: Iterable[Any]) -> list[dict[str, Any]]:
+    """``/health``'s entries for the model_list entries the router cannot serve
+    (``router.domain.Disabled``): never healthy, with the reason."""
+    return [{"model_name": x.model_name, "model": x.model, "state": "disabled", "healthy": False,
+             "error": x.reason, "where": x.where} for x in disabled]
 
 
 def parse_listing(data: Any, wire: str) -> tuple[set[str], dict[str, float], dict[str, int]]:
@@ -108,7 +119,7 @@ async def probe_state(session: aiohttp.ClientSession, d: Deployment, warm_timeou
     ``session`` must be one connected to that socket."""
     base = http_url(d.api_base)
     backend = d.backend
-    headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
+    headers = dict(d.headers)
     state = ServerState(updated_at=time.time())
     start = time.monotonic()
     if backend.liveness_only:
@@ -157,6 +168,8 @@ class Monitor:
         self._members: dict[str, list[Deployment]] = {}
         self._round: asyncio.Future[None] | None = None
         for d in deployments:
+            if d.hosted:
+                continue  # a cloud API: its answers tell its health (failures cool it down), not probes
             self._targets.setdefault(d.api_base, d)
             self._members.setdefault(d.api_base, []).append(d)
 

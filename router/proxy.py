@@ -223,6 +223,9 @@ class Proxy:
         if key is not None and key.models is not None:
             decision = self._permitted(routing, key, facts, decision, model)
         if decision is None:
+            disabled = routing.config.disabled_reason(facts.model)
+            if disabled is not None:
+                raise ModelNotFound(f"The model `{model}` is configured but disabled: {disabled}.", param="model")
             raise ModelNotFound(f"The model `{model}` does not exist: no model_list entry, alias, exact match, pattern, capability, size rule or default provider routes it.", param="model")
         if routing.config.router.debug_router:
             for step in decision.trace:

@@ -279,6 +279,8 @@ class StateTable:
         last = self[d.id].last_success_at
         if last is not None and time.time() - last < WARM_AFTER_SERVING_S:
             return True
+        if d.hosted:
+            return True  # a cloud API: no model to load
         if server is not None and server.reachable and d.backend.always_warm:
             return True  # llama.cpp and vLLM servers hold their model loaded while they run
         return None

@@ -14,11 +14,12 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from router.backends import llama_cpp_native, llama_cpp_python, ollama, openai, vllm
+from router.backends import hosted, llama_cpp_native, llama_cpp_python, ollama, openai, vllm
 from router.backends.base import BackendKind
 
 KINDS: Mapping[str, BackendKind] = MappingProxyType(
-    {k.name: k for k in (ollama.KIND, openai.KIND, vllm.KIND, llama_cpp_python.KIND, llama_cpp_native.KIND)})
+    {k.name: k for k in (ollama.KIND, openai.KIND, vllm.KIND, llama_cpp_python.KIND, llama_cpp_native.KIND,
+                         *hosted.KINDS)})
 
 # Provider kinds we know how to talk to, and the wire format each one speaks.
 WIRE_FORMATS: Mapping[str, str] = MappingProxyType({k.name: k.wire for k in KINDS.values()})
@@ -26,4 +27,7 @@ WIRE_FORMATS: Mapping[str, str] = MappingProxyType({k.name: k.wire for k in KIND
 # LiteLLM model prefixes we accept, and the provider kind each implies.
 PREFIX_KINDS: Mapping[str, str] = MappingProxyType({p: k.name for k in KINDS.values() for p in k.prefixes})
 
-__all__ = ["KINDS", "PREFIX_KINDS", "WIRE_FORMATS", "BackendKind"]
+# LiteLLM model prefixes of providers we do not speak: disabled with a warning, not refused.
+UNSUPPORTED_PREFIXES = hosted.UNSUPPORTED
+
+__all__ = ["KINDS", "PREFIX_KINDS", "UNSUPPORTED_PREFIXES", "WIRE_FORMATS", "BackendKind"]

@@ -176,7 +176,7 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Any], started_key: we
 
 
 async def _ask_ollama(session: aiohttp.ClientSession, d: Deployment, body: dict[str, Any]) -> Any:
-    headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
+    headers = dict(d.headers)
     try:
         async with session.post(root(d.api_base) + "/api/show", json=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=SHOW_TIMEOUT)) as resp:

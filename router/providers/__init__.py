@@ -1,14 +1,16 @@
 """Wire-format adapters, one per format, found by ``Deployment.wire``.
 
 An adapter builds the upstream request and turns the upstream response into the
-bytes the client receives. vLLM, llama.cpp's server, llama-cpp-python and any
-``openai/`` backend share the OpenAI-compatible adapter; Ollama has its own.
+bytes the client receives. vLLM, llama.cpp's server, llama-cpp-python, any
+``openai/`` backend and the OpenAI-compatible clouds share the OpenAI-compatible
+adapter; Ollama, Azure OpenAI (its URLs) and Anthropic (its Messages API) have their own.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -83,4 +85,16 @@ class Ollama:
         return ollama.StreamTranslator(endpoint, ctx)
 
 
-ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama()}
+class Azure(OpenAICompatible):
+    """Azure OpenAI: OpenAI's wire format at ``{api_base}/openai/deployments/{deployment}/…
+    ?api-version=…``, the key in an ``api-key`` header (``router.backends.base.auth_headers``).
+    The deployment is the model name after ``azure/``; the api-version is
+    ``litellm_params.api_version``, else ``AZURE_API_VERSION``, else LiteLLM's default."""
+
+    def upstream_request(self, endpoint: str, body: dict[str, Any], deployment: Deployment, model: str) -> tuple[str, bytes]:
+        _, payload = super().upstream_request(endpoint, body, deployment, model)
+        return (f"{deployment.api_base}/openai/deployments/{quote(model, safe='')}{OPENAI_PATHS[endpoint]}"
+                f"?api-version={quote(deployment.api_version or '', safe='')}"), payload
+
+
+ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama(), "azure": Azure()}

@@ -52,8 +52,8 @@ def test_check_config_cli_accepts_shipped_config_with_summary():
 @pytest.mark.parametrize(
     "params, line, path, problem",
     [
-        ("model: anthropic/claude-3\n      api_base: http://x", 4, "model_list[0].litellm_params.model", "unknown provider prefix"),
-        ("model: openai/foo", 3, "model_list[0].litellm_params", "api_base is required"),
+        ("model: antropic/claude-3\n      api_base: http://x", 4, "model_list[0].litellm_params.model", "unknown provider prefix"),
+        ("model: azure/gpt-4o", 3, "model_list[0].litellm_params", "api_base is required"),
         ("model: openai/foo\n      api_base: http://x\n      rpm: lots", 6, "model_list[0].litellm_params.rpm", "must be a non-negative integer"),
         ("model: openai/foo\n      api_base: ftp://x", 5, "model_list[0].litellm_params.api_base", "must be an http(s) URL"),
         ("model: openai/foo\n      api_base: http://x\n      timeout: [1]", 6, "model_list[0].litellm_params.timeout", "must be a number greater than 0"),
@@ -141,6 +141,7 @@ def test_real_litellm_config_with_unsupported_keys_loads_with_one_warning_each(t
               api_base: http://127.0.0.1:8001/v1
               api_key: os.environ/VLLM_KEY
               input_cost_per_token: 0.0
+              tags: ["free"]
         litellm_settings:
           drop_params: true
           success_callback: ["langfuse"]
@@ -155,9 +156,10 @@ def test_real_litellm_config_with_unsupported_keys_loads_with_one_warning_each(t
     loaded = load_config(cfg)
     warnings = [str(w) for w in loaded.warnings]
     assert len(warnings) == 6, warnings
-    assert f"{cfg}:7: model_list[0].litellm_params.input_cost_per_token: LiteLLM setting not supported by llm-router; ignored" in warnings
-    assert f"{cfg}:17: some_future_key: unknown key; ignored" in warnings
+    assert f"{cfg}:8: model_list[0].litellm_params.tags: LiteLLM setting not supported by llm-router; ignored" in warnings
+    assert f"{cfg}:18: some_future_key: unknown key; ignored" in warnings
     dep = loaded.deployments[0]
+    assert dep.model_info["input_cost_per_token"] == 0.0  # LiteLLM's older place for the price, folded into model_info
     assert (dep.api_key, dep.api_base, dep.upstream_model, dep.provider) == ("sk-upstream-secret", "http://127.0.0.1:8001/v1", "Qwen/Qwen2.5-7B-Instruct", "vllm")
     assert "sk-upstream-secret" not in repr(dep) and "sk-1234" not in repr(loaded)
     assert loaded.master_key == "sk-1234"

@@ -501,6 +501,13 @@ def _cloud_base(src: Source, pp: Path, backend: BackendKind, model: str) -> str 
     return cloud.base
 
 
+def _azure_version(configured: str | None) -> str:
+    """An Azure deployment's api-version: configured, else ``AZURE_API_VERSION``, else LiteLLM's default."""
+    cloud = KINDS["azure"].cloud
+    assert cloud is not None
+    return configured or _env((cloud.version_env,)) or cloud.default_version
+
+
 def _model_info(src: Source, path: Path, info: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """model_info, with the per-token costs checked; LiteLLM's older place for them,
     litellm_params, fills in what model_info does not say."""
@@ -602,7 +609,7 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             upstream = cloud.model_prefix + upstream
         api_version = None
         if WIRE_FORMATS[kind] == "azure":
-            api_version = get(src, params, "api_version", pp, "str") or _env((cloud.version_env,)) or cloud.default_version
+            api_version = _azure_version(get(src, params, "api_version", pp, "str"))
         elif "api_version" in params:
             src.warn(pp + ("api_version",), f"only Azure OpenAI deployments use api_version; ignored for {model!r}")
         headers = _headers(src, pp, params, WIRE_FORMATS[kind], api_key)
@@ -825,7 +832,9 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     catchalls = {
         p.name: Deployment(id=f"{p.name}/*", model_name="*", provider=p.name, kind=p.kind, upstream_model="",
                            api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True,
-                           max_parallel_requests=KINDS[p.kind].serial)
+                           max_parallel_requests=KINDS[p.kind].serial, hosted=p.hosted,
+                           api_key=_env(KINDS[p.kind].cloud.key_env) if p.hosted and KINDS[p.kind].cloud else None,
+                           api_version=_azure_version(None) if p.wire == "azure" else None)
         for p in mappings.providers.values()
     }
     aliases = _aliases(src, top, frozen_groups, by_id)

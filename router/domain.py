@@ -24,6 +24,7 @@ class Provider:
     kind: str
     api_base: str
     description: str = ""
+    hosted: bool = False  # a cloud API (router.backends.hosted): its deployments are not probed
 
     @property
     def wire(self) -> str:

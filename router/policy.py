@@ -6,6 +6,7 @@ names, size ranges and rule conditions, each error at its file and line.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -13,10 +14,11 @@ from typing import Any, Callable, Mapping
 
 from router.regexcheck import backtracking_problem, searched_form
 from router.checks import check_url, get, unknown_keys
-from router.backends import WIRE_FORMATS
+from router.backends import KINDS, WIRE_FORMATS
 from router.domain import Provider
 from router.routing import strategies
 from router.routing.rules import Condition, SizeRange, parse_condition, parse_size, parse_size_range
+from router.routing.spill import parse_spill
 from router.yamlsource import Path, Source
 
 
@@ -72,6 +74,7 @@ class ChainStep:
     rank: str
     condition: Condition
     preferred_model: str | None = None
+    spill_when: Condition | None = None  # also tried first when the local candidates are this busy (router.routing.spill)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +164,16 @@ def _providers(src: Source, data: Mapping[str, Any]) -> dict[str, Provider]:
         if not isinstance(kind, str) or kind not in WIRE_FORMATS:
             src.error(p + ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(WIRE_FORMATS))})")
             continue
-        base = check_url(src, p + ("api_base",), get(src, spec, "api_base", p, "str", required=True), WIRE_FORMATS[kind])
+        cloud = KINDS[kind].cloud
+        if "api_base" not in spec and cloud is not None and cloud.base:  # a hosted API: where LiteLLM would send it
+            base = next((os.environ[v] for v in cloud.base_env if os.environ.get(v)), cloud.base)
+            base = check_url(src, p + ("type",), base, WIRE_FORMATS[kind])
+            hosted = True
+        else:
+            base = check_url(src, p + ("api_base",), get(src, spec, "api_base", p, "str", required=True), WIRE_FORMATS[kind])
+            hosted = KINDS[kind].hosted
         if base:
-            out[name] = Provider(name, kind, base, get(src, spec, "description", p, "str", default=""))
+            out[name] = Provider(name, kind, base, get(src, spec, "description", p, "str", default=""), hosted)
     return out
 
 
@@ -296,13 +306,18 @@ def load_policy(src: Source) -> Mappings:
             if rank is None:
                 src.error(q, f"needs one of {', '.join(_RANKS)} or provider naming a provider")
                 continue
-            unknown_keys(src, step, q, {rank, "condition", "preferred_model"})
+            unknown_keys(src, step, q, {rank, "condition", "preferred_model", "spill_when"})
             prov = _provider_ref(src, step, rank, q, providers, required=True)
             cond = _parse_with(src, q + ("condition",), step.get("condition"), parse_condition)
             if cond is not None and cond.subject == "unavailable" and cond.value not in providers:
                 src.error(q + ("condition",), f"unknown provider {cond.value!r} in {step.get('condition')!r}")
+            spill = None
+            if "spill_when" in step:
+                spill = _parse_with(src, q + ("spill_when",), get(src, step, "spill_when", q, "str", required=True), parse_spill)
+                if spill is None:
+                    continue
             if prov and cond is not None:
-                steps.append(ChainStep(prov, rank, cond, get(src, step, "preferred_model", q, "str")))
+                steps.append(ChainStep(prov, rank, cond, get(src, step, "preferred_model", q, "str"), spill))
         chains[name] = FallbackChain(name, tuple(steps), get(src, spec, "description", p, "str", default=""),
                                      get(src, spec, "retry_attempts", p, "int"), get(src, spec, "retry_delay_ms", p, "int"))
 

@@ -105,6 +105,7 @@ class Outcome:
     started: float = 0.0  # perf_counter() at arrival
     rid: str = ""  # the request id
     waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
+    spilled: str | None = None  # the spill-over condition that sent it past its busy candidates (router.routing.spill)
 
     @property
     def last(self) -> Attempt | None:
@@ -302,7 +303,15 @@ class Proxy:
             return Fallbacks(self._permitted_fallbacks(routing, key, facts, fb.entries, request),
                              fb.retry_attempts, fb.retry_delay_ms)
 
-        plan = AttemptPlan(decision.model, [(d, decision.upstream_name(d)) for d in decision.candidates],
+        candidates = [(d, decision.upstream_name(d)) for d in decision.candidates]
+        spilled = routing.engine.spill(decision, facts, self.state)  # None unless the request's chain can spill
+        if spilled is not None and spilled.entries:
+            self._trace(routing, spilled.trace, request)
+            entries = self._permitted_fallbacks(routing, key, facts, spilled.entries, request)
+            if entries:  # every candidate is too busy: the spill-over targets first, the candidates after
+                outcome.spilled = spilled.trace[0].split(" (", 1)[0].removeprefix("spill-over: ")
+                candidates = entries + [c for c in candidates if c not in entries]
+        plan = AttemptPlan(decision.model, candidates,
                            [(d, decision.upstream_name(d)) for d in decision.last_resort] if decision.last_resort else [],
                            fallbacks, self, deadline,
                            config.router.queue_timeout, DEFAULT_NUM_RETRIES if retries is None else retries,
@@ -364,11 +373,16 @@ class Proxy:
         """Wait until one of ``deployments`` finishes a request; False on timeout."""
         if timeout <= 0:
             return False
-        waits = [asyncio.ensure_future(self.state[d.id].slot_freed().wait()) for d in deployments]
+        states = [self.state[d.id] for d in deployments]  # the same objects at the end, whatever a reload did
+        waits = [asyncio.ensure_future(s.slot_freed().wait()) for s in states]
+        for s in states:
+            s.waiters += 1  # the queue spill-over conditions read
         try:
             done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             return bool(done)
         finally:
+            for s in states:
+                s.waiters -= 1
             for w in waits:
                 w.cancel()
 

@@ -50,6 +50,8 @@ class DeploymentState:
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
     health: Health = field(default_factory=Health)
     freed: asyncio.Event | None = None  # set when a request ends, for requests waiting for a slot
+    waiters: int = 0  # requests of ours waiting for a slot on it (router.routing.spill)
+    held: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # seconds each answer held its slot, streams too
     # what other router instances report, when state is shared (router.shared)
     remote_in_flight: int = 0
     remote_fails: int = 0
@@ -80,6 +82,8 @@ class DeploymentState:
         self.outcomes.append(error is None)
         if error is None:
             self.last_success_at = now
+            if latency is not None:
+                self.held.append(latency)
             if stream and ttft is not None:
                 self.ttft.append(ttft)
             elif not stream and latency is not None:
@@ -257,6 +261,11 @@ class StateTable:
     def mean_latency(self, d: Deployment) -> float | None:
         samples = self._window(d, "latency") or self._window(d, "ttft")
         return sum(samples) / len(samples) if samples else None
+
+    def mean_hold(self, d: Deployment) -> float | None:
+        """Seconds a request of ``d`` holds its slot, on average (whole streams included)."""
+        held = self[d.id].held
+        return sum(held) / len(held) if held else None
 
     def samples(self, d: Deployment) -> int:
         return len(self._window(d, "ttft")) + len(self._window(d, "latency"))

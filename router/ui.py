@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from router.probes import health_rows
+from router.probes import disabled_rows, health_rows
 
 if TYPE_CHECKING:
     from router.proxy import Proxy
@@ -56,6 +56,7 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Proxy]) -> None:
         proxy = request.app[proxy_key]
         recent = getattr(proxy, "recent", None)
         body = {"now": round(time.time(), 3), "deployments": deployment_rows(proxy),
+                "disabled": disabled_rows(proxy.config.disabled),
                 "recent": recent.snapshot() if recent is not None else []}
         return web.Response(body=orjson.dumps(body), content_type="application/json",
                             headers={"Cache-Control": "no-store"})
@@ -74,7 +75,7 @@ th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #8884;
 th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .sub { color: var(--mute); font-size: .85em; }
 .state { font-weight: 600; } .state.healthy { color: var(--ok); } .state.degraded { color: var(--warn); }
-.state.cooldown { color: var(--bad); } .state.half_open { color: var(--info); }
+.state.cooldown { color: var(--bad); } .state.half_open { color: var(--info); } .state.disabled { color: var(--mute); }
 .bad { color: var(--bad); } .ok { color: var(--ok); }
 #login { margin: 1rem 0; padding: 1rem; border: 1px solid #8886; max-width: 28rem; }
 #login input { width: 100%; box-sizing: border-box; margin: .4rem 0; }
@@ -142,6 +143,19 @@ function render(data) {
       deadlines.set(d.id, received + 1000 * d.cooldown_left_s);
       cd.dataset.cooldown = d.id;
     }
+    rows.push(tr);
+  }
+  for (const d of data.disabled || []) {  // configured, never served: a provider llm-router does not speak
+    const tr = document.createElement("tr");
+    const name = cell(tr, d.model_name, "id");
+    const sub = document.createElement("div");
+    sub.className = "sub";
+    sub.textContent = d.model + ": " + d.error;
+    name.appendChild(sub);
+    cell(tr, "–", "provider");
+    cell(tr, "disabled", "state disabled").title = d.error;
+    cell(tr, "no", "healthy bad");
+    for (let i = 0; i < 5; i++) cell(tr, "", "num");
     rows.push(tr);
   }
   $("deployments").replaceChildren(...rows);

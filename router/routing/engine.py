@@ -135,6 +135,13 @@ class Engine:
         ``fallback_chains``. Computed only after a failure."""
         return self._fallbacks.plan(decision, facts, view, failed_providers, context_overflow)
 
+    def spill(self, decision: RouteDecision, facts: RequestFacts, view: StateTable) -> FallbackPlan | None:
+        """Spill-over targets to try before the decision's own candidates, which are all
+        too busy (``spill.py``); None when this request's chain has no spill-over step."""
+        if not self._fallbacks.spills(decision, facts):
+            return None
+        return self._fallbacks.spill(decision, facts, view)
+
     # -- filters and adjustments -------------------------------------------------------------
 
     def _within_limits(self, candidates: list[Deployment], view: StateTable, trace: list[str]) -> list[Deployment]:

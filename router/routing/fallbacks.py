@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from router.config import Config
 from router.domain import Deployment, RequestFacts, RouteDecision
+from router.policy import FallbackChain
+from router.routing import spill
 from router.routing.resolve import Resolver
 from router.routing.rules import Condition, compare, size_from_name
 from router.state import StateTable
@@ -33,11 +35,12 @@ class FallbackPlan:
 class FallbackRules:
     """The fallback rules of one ``Config``, resolving names with its ``Resolver``."""
 
-    __slots__ = ("config", "resolver")
+    __slots__ = ("config", "resolver", "spilling")
 
     def __init__(self, config: Config, resolver: Resolver) -> None:
         self.config = config
         self.resolver = resolver
+        self.spilling = any(s.spill_when is not None for c in config.mappings.fallback_chains.values() for s in c.steps)
 
     def plan(self, decision: RouteDecision, facts: RequestFacts, view: StateTable,
              failed_providers: set[str], context_overflow: bool = False) -> FallbackPlan:
@@ -63,8 +66,7 @@ class FallbackRules:
             trace.append(f"fallback: {group!r} -> {name!r} ({', '.join(d.id for d in res.candidates)})")
         if context_overflow:
             return FallbackPlan(entries, trace=trace)
-        chains = self.config.mappings.fallback_chains
-        chain = next((chains[n] for n in (decision.matched, group) if n and n in chains), None) or chains.get("default")
+        chain = self._chain(decision, group)
         if chain is None:
             return FallbackPlan(entries, trace=trace)
         size = self._request_size(decision, view)
@@ -78,6 +80,39 @@ class FallbackRules:
             entries += found
         trace.append(f"chain {chain.name}: " + (", ".join(d.id for d, _ in entries) or "nothing to try"))
         return FallbackPlan(entries, chain.retry_attempts, chain.retry_delay_ms, trace)
+
+    def _chain(self, decision: RouteDecision, group: str | None) -> FallbackChain | None:
+        """The policy's chain for this request: named like the capability / group / alias, else ``default``."""
+        chains = self.config.mappings.fallback_chains
+        return next((chains[n] for n in (decision.matched, group) if n and n in chains), None) or chains.get("default")
+
+    def spills(self, decision: RouteDecision, facts: RequestFacts) -> bool:
+        """Does this request's chain have a spill-over step? (The cheap check made per request.)"""
+        if not self.spilling:
+            return False
+        chain = self._chain(decision, facts.model or decision.matched)
+        return chain is not None and any(s.spill_when is not None for s in chain.steps)
+
+    def spill(self, decision: RouteDecision, facts: RequestFacts, view: StateTable) -> FallbackPlan:
+        """Spill-over (``router.routing.spill``): the chain steps whose ``spill_when`` holds
+        for the decision's own candidates now, to be tried before them. Empty when no step's
+        does (or every candidate is a spill target itself)."""
+        chain = self._chain(decision, facts.model or decision.matched)
+        entries: list[tuple[Deployment, str]] = []
+        trace: list[str] = []
+        if chain is None or not decision.candidates:
+            return FallbackPlan(entries, trace=trace)
+        loads = [spill.load_of(view, d) for d in decision.candidates]
+        for step in chain.steps:
+            if step.spill_when is None or not spill.holds(step.spill_when, loads):
+                continue
+            found = [(d, u) for d, u in self._on_step(step.provider, step.preferred_model, decision)
+                     if d not in decision.candidates and view.available(d) and not view.server_down(d)]
+            if found:
+                entries += found
+                trace.append(f"spill-over: {step.spill_when} ({spill.describe(step.spill_when, loads)}) -> "
+                             f"chain {chain.name} {step.rank} {step.provider}: {', '.join(d.id for d, _ in found)}")
+        return FallbackPlan(entries, trace=trace)
 
     def _request_size(self, decision: RouteDecision, view: StateTable) -> float | None:
         """The size ``model_size`` chain conditions test: the routed name's, else the first candidate's."""

@@ -85,6 +85,8 @@ class Condition:
             return "always"
         if self.subject == "unavailable":
             return f"{self.value}_unavailable"
+        if not self.op:  # a bare word (spill-over's "saturated")
+            return self.subject
         value = str(self.value).lower() if isinstance(self.value, bool) else \
             f'"{self.value}"' if isinstance(self.value, str) else f'"{self.value:g}B"' if self.subject == "model_size" else f"{self.value:g}"
         return f"{self.subject} {self.op} {value}"

@@ -1,0 +1,307 @@
+"""Hosted providers by LiteLLM prefix (issue 18), each against a loopback server that
+speaks its wire format (``api_base`` pointed at it): the OpenAI-compatible clouds,
+Azure OpenAI, OpenAI's own API through ``OPENAI_BASE_URL``; a local deployment failing
+over to a cloud one; spill-over past a saturated local backend; a config with
+providers we do not speak; and no secret anywhere a user or operator can look."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import textwrap
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from router import log
+from router.config import load_config
+from router.simulate import SimulatedBackend
+from tests.conftest import start_proxy
+
+SECRETS = ("sk-groq-secret-1", "sk-openai-secret-2", "azure-secret-3", "sk-fw-secret-4", "sk-ant-secret-5")
+
+
+class Azure:
+    """Azure OpenAI's wire format: deployment URLs, ``api-version``, ``api-key``; the
+    answers are OpenAI's (a chat completion, or its SSE stream)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, str], dict]] = []  # path, query, headers, body
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append((request.path, request.query_string, dict(request.headers), body))
+        if request.headers.get("api-key") != "azure-secret-3":
+            return web.json_response({"error": {"code": "401", "message": "Access denied due to invalid subscription key."}}, status=401)
+        chunk = {"id": "chatcmpl-az", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "from azure"}, "finish_reason": None}]}
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            end = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        return web.json_response({"id": "chatcmpl-az", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "from azure"},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+
+@pytest.fixture
+async def clouds(tmp_path, monkeypatch):
+    """A local vLLM, three "clouds" (simulated OpenAI-compatible servers behind groq/,
+    fireworks_ai/ and OpenAI's own openai/) and an Azure server; keys from the config
+    and from LiteLLM's environment variables."""
+    local = SimulatedBackend("vllm", ["local-m"])
+    groq = SimulatedBackend("vllm", ["llama-3.3-70b-versatile"])
+    fireworks = SimulatedBackend("vllm", ["accounts/fireworks/models/llama-v3p1-8b"])
+    oai = SimulatedBackend("vllm", ["gpt-4o"])
+    azure = Azure()
+    for s in (local, groq, fireworks, oai):
+        await s.start()
+    await azure.start()
+    monkeypatch.setenv("GROQ_API_KEY", "sk-groq-secret-1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret-2")
+    monkeypatch.setenv("OPENAI_BASE_URL", oai.base_url + "/v1")
+    monkeypatch.setenv("AZURE_API_VERSION", "2024-10-21")
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        model_list:
+          - model_name: local
+            litellm_params: {{model: hosted_vllm/local-m, api_base: "{local.base_url}/v1", timeout: 5}}
+            model_info: {{id: local-1}}
+          - model_name: fast
+            litellm_params: {{model: groq/llama-3.3-70b-versatile, api_base: "{groq.base_url}/v1"}}
+            model_info: {{id: groq-1}}
+          - model_name: fw
+            litellm_params: {{model: fireworks_ai/llama-v3p1-8b, api_base: "{fireworks.base_url}/v1", api_key: sk-fw-secret-4}}
+          - model_name: gpt-4o
+            litellm_params: {{model: openai/gpt-4o}}
+          - model_name: az
+            litellm_params: {{model: azure/prod-gpt4o, api_base: "{azure.url}", api_key: azure-secret-3}}
+          - model_name: titan
+            litellm_params: {{model: bedrock/amazon.titan-text-express-v1, aws_region_name: us-east-1}}
+          - model_name: gemini
+            litellm_params: {{model: vertex_ai/gemini-1.5-pro, vertex_project: p}}
+        router_settings:
+          num_retries: 0
+          fallbacks: [{{local: [fast]}}, {{fast: [titan]}}]
+        general_settings: {{master_key: sk-master-xyz}}
+        """))
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    config = load_config(str(tmp_path / "c.yaml"))
+    runner, url = await start_proxy(config)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-master-xyz", max_retries=0)
+    yield {"local": local, "groq": groq, "fireworks": fireworks, "oai": oai, "azure": azure, "url": url,
+           "client": client, "log": buf, "config": config}
+    await client.close()
+    await runner.cleanup()
+    log.configure()
+    for s in (local, groq, fireworks, oai):
+        await s.stop()
+    await azure.runner.cleanup()
+
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+async def _both(client: openai.AsyncOpenAI, model: str) -> tuple[str, str, str]:
+    """The answer's text non-streamed and streamed, and the deployment that served the stream."""
+    whole = await client.chat.completions.create(model=model, messages=HI, max_tokens=5)
+    raw = await client.chat.completions.with_raw_response.create(model=model, messages=HI, max_tokens=5, stream=True)
+    streamed = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    return whole.choices[0].message.content, streamed, raw.headers["x-router-deployment"]
+
+
+async def test_openai_compatible_clouds_get_their_key_as_a_bearer_token_and_their_model_name(clouds):
+    client = clouds["client"]
+    whole, streamed, _ = await _both(client, "fast")
+    assert whole and streamed
+    sent = clouds["groq"].stats.last_headers
+    assert sent["Authorization"] == "Bearer sk-groq-secret-1"  # GROQ_API_KEY, as LiteLLM reads it
+    assert clouds["groq"].stats.requests["/v1/chat/completions"] == 2
+    await _both(client, "fw")  # the simulator serves only the prefixed name: the router added it
+    assert clouds["fireworks"].stats.last_headers["Authorization"] == "Bearer sk-fw-secret-4"  # api_key wins
+
+
+async def test_openai_without_api_base_goes_where_openai_base_url_says_with_openai_api_key(clouds):
+    whole, streamed, _ = await _both(clouds["client"], "gpt-4o")
+    assert whole and streamed
+    assert clouds["oai"].stats.last_headers["Authorization"] == "Bearer sk-openai-secret-2"
+
+
+async def test_azure_gets_its_deployment_url_api_version_and_api_key_header(clouds):
+    whole, streamed, dep = await _both(clouds["client"], "az")
+    assert (whole, streamed, dep) == ("from azure", "from azure", "az@azure")
+    path, query, headers, body = clouds["azure"].seen[-1]
+    assert path == "/openai/deployments/prod-gpt4o/chat/completions" and query == "api-version=2024-10-21"
+    assert headers["api-key"] == "azure-secret-3" and "Authorization" not in headers
+    assert body["stream"] is True and body["messages"] == HI
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_local_deployment_fails_over_to_the_cloud(clouds, stream):
+    clouds["local"].faults.status, clouds["local"].faults.status_count = 503, 1
+    clouds["local"].faults.paths = ("/v1/chat",)  # not the background probe's listing
+    raw = await clouds["client"].chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=5, stream=stream)
+    if stream:
+        text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    else:
+        text = raw.parse().choices[0].message.content
+    assert text and raw.headers["x-router-deployment"] == "groq-1" and raw.headers["x-router-attempts"] == "2"
+    assert clouds["groq"].stats.last_headers["Authorization"] == "Bearer sk-groq-secret-1"
+
+
+async def test_unsupported_providers_load_disabled_and_the_rest_serves(clouds):
+    client, url = clouds["client"], clouds["url"]
+    warnings = [str(w) for w in clouds["config"].warnings]
+    assert any("model_list[5].litellm_params.model: llm-router does not speak LiteLLM's bedrock/ provider" in w for w in warnings)
+    assert any("vertex_ai/" in w for w in warnings)
+    assert any("fallbacks of 'fast' (titan) are all disabled" in w for w in warnings)
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="titan", messages=HI)
+    assert "configured but disabled" in err.value.message and "bedrock/" in err.value.message
+    assert (await client.chat.completions.create(model="local", messages=HI, max_tokens=3)).choices[0].message.content
+    auth = {"Authorization": "Bearer sk-master-xyz"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(url + "/health") as resp:
+            health = await resp.json()
+        async with http.get(url + "/router/explain", params={"model": "gemini"}) as resp:
+            explained = (resp.status, await resp.text())
+        async with http.get(url + "/ui/data") as resp:
+            ui = await resp.json()
+    disabled = {e["model_name"]: e for e in health["disabled_endpoints"]}
+    assert set(disabled) == {"titan", "gemini"} and disabled["titan"]["state"] == "disabled"
+    assert "bedrock/" in disabled["titan"]["error"] and health["disabled_count"] == 2
+    hosted = {e["id"]: e for e in health["healthy_endpoints"]}
+    assert hosted["groq-1"]["hosted"] is True  # not probed: healthy until its answers say otherwise
+    assert explained[0] == 404 and "disabled" in explained[1] and "vertex_ai/" in explained[1]
+    assert {r["model_name"]: r["state"] for r in ui["disabled"]} == {"titan": "disabled", "gemini": "disabled"}
+
+
+async def test_no_provider_secret_shows_in_logs_errors_health_ui_explain_or_metrics(clouds):
+    client, url = clouds["client"], clouds["url"]
+    await _both(client, "fast")
+    await _both(client, "az")
+    clouds["groq"].faults.status, clouds["groq"].faults.status_count = 401, 2  # the cloud refuses our key
+    clouds["groq"].faults.paths = ("/v1/chat",)
+    with pytest.raises(openai.APIStatusError) as err:
+        await client.chat.completions.create(model="fast", messages=HI)
+    seen = [err.value.message, str(err.value.body)]
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-master-xyz"}) as http:
+        for path in ("/health", "/ui/data", "/metrics", "/router/explain?model=fast", "/router/explain?model=az",
+                     "/router/stats", "/v1/models"):
+            async with http.get(url + path) as resp:
+                seen.append(await resp.text())
+    seen.append(clouds["log"].getvalue())
+    seen.append(repr(clouds["config"]))
+    for secret in SECRETS:
+        for text in seen:
+            assert secret not in text
+
+
+@pytest.fixture
+async def spill_stack(tmp_path):
+    """A serial local vLLM (max_parallel_requests 1, slow) with a cloud behind it in the
+    policy's chain; ``make(spill_when)`` starts the router."""
+    local = SimulatedBackend("vllm", ["local-m"], tokens_per_s=25)
+    cloud = SimulatedBackend("vllm", ["llama-3.3-70b-versatile"])
+    await local.start()
+    await cloud.start()
+    runners = []
+
+    async def make(spill_when: str) -> str:
+        (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+            model_list:
+              - model_name: local
+                litellm_params: {{model: hosted_vllm/local-m, api_base: "{local.base_url}/v1", max_parallel_requests: 1}}
+                model_info: {{id: local-1}}
+              - model_name: fast
+                litellm_params: {{model: groq/llama-3.3-70b-versatile, api_base: "{cloud.base_url}/v1", api_key: sk-groq-secret-1}}
+                model_info: {{id: groq-1}}
+            router_settings: {{num_retries: 0, queue_timeout: 30}}
+            """))
+        (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(f"""
+            providers:
+              local: {{type: vllm, api_base: "{local.base_url}"}}
+              cloud: {{type: groq, api_base: "{cloud.base_url}/v1"}}
+            fallback_chains:
+              default:
+                chain:
+                  - primary: local
+                  - secondary: cloud
+                    preferred_model: fast
+                    spill_when: {spill_when}
+            """))
+        runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+        runners.append(runner)
+        return url
+
+    yield make, local, cloud
+    for r in runners:
+        await r.cleanup()
+    await local.stop()
+    await cloud.stop()
+
+
+async def _hold_the_slot(client: openai.AsyncOpenAI) -> tuple[asyncio.Task, asyncio.Event]:
+    """A long stream on the local deployment, started: the task ends when it does."""
+    started = asyncio.Event()
+
+    async def run() -> str:
+        raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=40, stream=True)
+        out = []
+        async for c in raw.parse():
+            started.set()
+            out.append(c.choices[0].delta.content or "" if c.choices else "")
+        return raw.headers["x-router-deployment"]
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(started.wait(), 10)
+    return task, started
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_spills_to_the_cloud_when_the_local_backend_is_saturated(spill_stack, stream):
+    make, local, cloud = spill_stack
+    client = openai.AsyncOpenAI(base_url=await make("saturated") + "/v1", api_key="x", max_retries=0)
+    holder, _ = await _hold_the_slot(client)
+    raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=5, stream=stream)
+    if stream:
+        assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    else:
+        assert raw.parse().choices[0].message.content
+    assert raw.headers["x-router-deployment"] == "groq-1" and not holder.done()  # at once, not after the local stream
+    assert await holder == "local-1"
+    after = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=3)
+    assert after.headers["x-router-deployment"] == "local-1"  # a free slot: local again
+    assert cloud.stats.requests["/v1/chat/completions"] == 1
+    await client.close()
+
+
+@pytest.mark.parametrize("threshold, served_by", [(200, "groq-1"), (60_000, "local-1")])
+async def test_spill_over_by_expected_queue_wait_spills_past_the_threshold_and_queues_under_it(spill_stack, threshold, served_by):
+    make, local, cloud = spill_stack
+    client = openai.AsyncOpenAI(base_url=await make(f"queue_wait_ms > {threshold}") + "/v1", api_key="x", max_retries=0)
+    await client.chat.completions.create(model="local", messages=HI, max_tokens=10)  # a sample of how long a slot is held (~0.4 s)
+    holder, _ = await _hold_the_slot(client)
+    raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=3)
+    assert raw.headers["x-router-deployment"] == served_by
+    assert (served_by == "local-1") == holder.done()  # queued behind the stream, or served at once
+    await holder
+    await client.close()

@@ -96,6 +96,10 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
     url, payload = adapter.upstream_request(endpoint, body, dep, upstream)
     rid = outcome.rid
     headers = {"Content-Type": "application/json", "x-request-id": rid, **dep.headers}  # its key, in its wire's way
+    if attempt.via == "native" and dep.wire == "anthropic":  # an Anthropic client to Anthropic: its API version and betas
+        for name in ("anthropic-version", "anthropic-beta"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
     response_headers = granted(request, {"x-request-id": rid, **route_headers(decision, outcome.tried)})
     if outcome.cache is not None:
         response_headers["x-router-cache"] = outcome.cache

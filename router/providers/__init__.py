@@ -2,7 +2,8 @@
 
 An adapter builds the upstream request and turns the upstream response into the
 bytes the client receives. vLLM, llama.cpp's server, llama-cpp-python and any
-``openai/`` backend share the OpenAI-compatible adapter; Ollama has its own.
+``openai/`` backend share the OpenAI-compatible adapter; Ollama and Anthropic's
+Messages API (``router.providers.anthropic``) have their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 from router.domain import Deployment
 from router.errors import RouterError, UpstreamError
 from router.providers import ollama
+from router.providers.anthropic import Anthropic
 from router.providers.base import Adapter, Context, StreamTranslator, error_event
 
 _ERROR_OBJECT = re.compile(rb'\s*\{\s*"error"\s*:')  # a JSON object whose first key is "error"
@@ -83,4 +85,4 @@ class Ollama:
         return ollama.StreamTranslator(endpoint, ctx)
 
 
-ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama()}
+ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama(), "anthropic": Anthropic()}

@@ -102,18 +102,18 @@ class StreamTranslator:
     def feed(self, chunk: bytes) -> bytes:
         if self.finished:
             return b""
-        if b"\n" not in chunk:
-            self._buf += chunk
-            if len(self._buf) > MAX_LINE:
-                self._buf = b""
-                return self._fail("anthropic sent a stream line longer than 16 MiB")
-            return b""
-        *lines, self._buf = (self._buf + chunk).split(b"\n")
         out = bytearray()
-        for line in lines:
-            out += self._line(line[:-1] if line[-1:] == b"\r" else line)
-            if self.finished:
-                break
+        if b"\n" in chunk:
+            *lines, self._buf = (self._buf + chunk).split(b"\n")
+            for line in lines:
+                out += self._line(line[:-1] if line[-1:] == b"\r" else line)
+                if self.finished:
+                    return bytes(out)
+        else:
+            self._buf += chunk
+        if len(self._buf) > MAX_LINE:
+            self._buf = b""
+            out += self._fail("anthropic sent a stream line longer than 16 MiB")
         return bytes(out)
 
     def close(self) -> bytes:

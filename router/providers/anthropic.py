@@ -344,7 +344,7 @@ def _thinking_param(body: dict[str, Any]) -> dict[str, Any] | None:
     effort = body.get("reasoning_effort")
     if effort is None or effort == "none":
         return None
-    if effort not in THINKING_BUDGETS:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         _fail(f"reasoning_effort must be one of none, {', '.join(THINKING_BUDGETS)}.", "reasoning_effort")
     return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
 

@@ -695,3 +695,86 @@ def test_a_conversation_survives_the_adapter_and_the_anthropic_doors_way_back(me
     back = door_chat_request(upstream)
     assert flat(back["messages"]) == flat(messages)
     assert [t["function"]["name"] for t in back.get("tools", ())] == names
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=8)
+def _mostly(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Usually a value a client would send, sometimes any JSON at all."""
+    return st.integers(0, 7).flatmap(lambda i: _json if i == 0 else plausible)
+
+
+_part = st.fixed_dictionaries({"type": _mostly(st.sampled_from(["text", "image_url", "file", "input_audio"]))}, optional={
+    "text": _mostly(st.text(max_size=5)), "cache_control": _json,
+    "image_url": _mostly(st.fixed_dictionaries({"url": _mostly(st.sampled_from(
+        ["data:image/png;base64,AAAA", "https://x.example/a.png", "data:,x", "ftp://x"]))})),
+    "file": _mostly(st.fixed_dictionaries({"file_data": st.sampled_from(["data:application/pdf;base64,JVB=",
+                                                                         "data:text/plain;base64,eA=="])}))})
+_call = st.fixed_dictionaries({"id": _mostly(st.sampled_from(["t1", "t2"])), "type": st.just("function"),
+                               "function": _mostly(st.fixed_dictionaries({"name": _mostly(st.sampled_from(["f", "g"])),
+                                                                          "arguments": _mostly(st.sampled_from(
+                                                                              ["", "{}", '{"a": 1}', "[1]", "{x"]))}))})
+_message = st.fixed_dictionaries(
+    {"role": _mostly(st.sampled_from(["user", "assistant", "tool", "system", "developer", "function"])),
+     "content": _mostly(st.text(min_size=1, max_size=5) | st.lists(_part, min_size=1, max_size=3))},
+    optional={
+              "tool_calls": _mostly(st.lists(_call, max_size=2)), "tool_call_id": _mostly(st.sampled_from(["t1", "t2"])),
+              "thinking_blocks": _mostly(st.just([{"type": "thinking", "thinking": "t", "signature": "s"}])),
+              "cache_control": _json, "function_call": _mostly(st.none())})
+_fields = {
+    "n": _mostly(st.just(1)), "logprobs": _mostly(st.none()), "response_format": _mostly(st.just({"type": "text"})),
+    "modalities": _mostly(st.just(["text"])), "audio": _mostly(st.none()), "functions": _mostly(st.none()),
+    "tools": _mostly(st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": st.sampled_from(["f", "g"])}, optional={"parameters": _mostly(st.just({"type": "object"})),
+                                                        "description": _json})}), max_size=2)),
+    "tool_choice": _mostly(st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}])),
+    "parallel_tool_calls": _json, "stop": _mostly(st.sampled_from(["x", ["a", "b"]])), "user": _json,
+    "thinking": _mostly(st.just({"type": "enabled", "budget_tokens": 2000})),
+    "reasoning_effort": _mostly(st.sampled_from(["none", "low", "high"])), "max_tokens": _json,
+    "max_completion_tokens": _json, "temperature": _json, "stream": _json,
+    "prompt": _mostly(st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=2)),
+    "echo": _mostly(st.just(False)), "suffix": _mostly(st.none()), "best_of": _mostly(st.just(1))}
+
+
+@PROPS
+@given(st.sampled_from(["chat", "completions", "embeddings"]),
+       st.fixed_dictionaries({"model": st.just("c"), "messages": _mostly(st.lists(_message, min_size=1, max_size=4)),
+                              "prompt": _fields.pop("prompt")}, optional=_fields))
+def test_no_request_makes_the_translation_raise_anything_but_bad_request(endpoint, body):
+    try:
+        url, payload = ADAPTER.upstream_request(endpoint, body, DEP, MODEL)
+    except BadRequest:
+        return
+    assert url.endswith("/v1/messages") and orjson.loads(payload)["model"] == MODEL
+
+
+_events = st.one_of(
+    st.just(START), st.just(PING), st.just(OVERLOADED), st.just(event({"type": "message_stop"})),
+    st.builds(lambda i, t: event({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": t}}),
+              st.integers(0, 2), st.text(max_size=5)),
+    st.builds(lambda i, kind: event({"type": "content_block_start", "index": i, "content_block": {
+        "type": kind, "id": "toolu_1", "name": "f", "input": {}, "text": "", "thinking": ""}}),
+        st.integers(0, 2), st.sampled_from(["text", "thinking", "tool_use", "server_tool_use"])),
+    st.builds(lambda i, j: event({"type": "content_block_delta", "index": i,
+                                  "delta": {"type": "input_json_delta", "partial_json": j}}),
+              st.integers(0, 2), st.text(max_size=5)),
+    st.builds(lambda r: event({"type": "message_delta", "delta": {"stop_reason": r}, "usage": {"output_tokens": 3}}),
+              st.sampled_from([None, "end_turn", "tool_use", "max_tokens"])),
+    st.builds(lambda v: b"data: " + orjson.dumps(v) + b"\n\n", _json),
+    st.binary(max_size=20))
+
+
+@PROPS
+@given(st.lists(_events, max_size=12), st.sampled_from(["chat", "completions"]), st.data())
+def test_whatever_anthropic_streams_the_client_gets_chunks_that_end_in_done_or_an_error(events, endpoint, data):
+    raw = b"".join(events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=5)))
+    out, t = translate(raw, USAGE_CTX, endpoint, cuts)
+    assert t.finished
+    seq = chunks(out)
+    if t.failed:
+        assert "error" in seq[-1] and "[DONE]" not in seq
+    else:
+        assert seq[-1] == "[DONE]" and seq.count("[DONE]") == 1 and not any("error" in c for c in seq[:-1])
+    assert out == translate(raw, USAGE_CTX, endpoint)[0]  # however it was cut

@@ -17,6 +17,7 @@ import orjson
 from router.domain import Deployment
 from router.errors import RouterError, UpstreamError
 from router.providers import ollama
+from router.providers.anthropic import Anthropic
 from router.providers.base import Adapter, Context, StreamTranslator, error_event
 
 _ERROR_OBJECT = re.compile(rb'\s*\{\s*"error"\s*:')  # a JSON object whose first key is "error"
@@ -97,4 +98,4 @@ class Azure(OpenAICompatible):
                 f"?api-version={quote(deployment.api_version or '', safe='')}"), payload
 
 
-ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama(), "azure": Azure()}
+ADAPTERS: dict[str, Adapter] = {"openai": OpenAICompatible(), "ollama": Ollama(), "azure": Azure(), "anthropic": Anthropic()}

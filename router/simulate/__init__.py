@@ -1,4 +1,5 @@
-"""Simulated inference backends: fake Ollama, vLLM, llama.cpp and OpenAI-style servers.
+"""Simulated inference backends: fake Ollama, vLLM, llama.cpp and OpenAI-style servers,
+and the hosted Anthropic API.
 
 They speak each real server's wire format (paths, JSON shapes, streaming
 framing, error bodies) closely enough to test the router without GPUs, answer
@@ -26,6 +27,10 @@ vLLM, llama-server and Ollama (``count_tokens`` not on Ollama), OpenAI
 Responses on the same three, rerank on vLLM and llama-server. A chat that
 offers tools makes the simulated model call one (:mod:`router.simulate.tools`),
 streamed in each server's shape; after a tool's result it answers with text.
+
+The kind ``anthropic`` is the hosted Messages API (:mod:`router.simulate.anthropic_api`):
+its own ids, event sequence and error bodies, ``x-api-key`` checked when the backend
+has an ``api_key``, ``anthropic-version`` required.
 
 Load and model metadata are exposed as the real servers do: vLLM ``GET /metrics``
 (``max_num_seqs``), llama-server ``GET /slots``, ``/metrics`` and ``/props``

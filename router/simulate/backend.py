@@ -19,7 +19,7 @@ from .load import Scheduler
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("ollama", "vllm", "llama_cpp_python", "llama_cpp_native", "openai")
+KINDS: tuple[str, ...] = ("ollama", "vllm", "llama_cpp_python", "llama_cpp_native", "openai", "anthropic")
 
 _REQ_GONE = web.RequestKey("sim_client_gone", bool)
 _REQ_DROPPED = web.RequestKey("sim_dropped", bool)
@@ -37,8 +37,8 @@ class SimulatedBackend:
     """A fake inference server speaking one real server's wire format.
 
     ``kind`` is one of :data:`KINDS`. ``models`` are the served model names
-    (Ollama: the pulled models; vLLM: the served names, others answer 404;
-    llama.cpp kinds: listed, but any name is served). ``ttft`` is the delay in
+    (Ollama: the pulled models; vLLM and the hosted Anthropic API: the served names,
+    others answer 404; llama.cpp kinds: listed, but any name is served). ``ttft`` is the delay in
     seconds before the first token, ``tokens_per_s`` the generation speed
     (0 = as fast as possible). For Ollama, ``loaded`` models start loaded
     (``/api/ps``); any other model becomes loaded on first use after an extra
@@ -47,7 +47,8 @@ class SimulatedBackend:
     Extra keyword options: ``embedding_dim`` (16), ``max_model_len`` (vLLM's
     ``max_model_len``, llama-server's per-slot ``n_ctx``; 8192), ``legacy_errors``
     (vLLM < 0.10.1 flat error bodies), ``sse_newline`` (override the SSE line
-    terminator), ``version`` (reported by Ollama/vLLM).
+    terminator), ``version`` (reported by Ollama/vLLM), ``api_key`` (the key the
+    hosted Anthropic API wants in ``x-api-key``; ``None``: any key is taken).
 
     Load: ``max_num_seqs`` (vLLM, default ``None`` = no limit) and ``slots``
     (llama-server's ``--parallel``, default 4 as its "auto" since late 2025;
@@ -83,6 +84,7 @@ class SimulatedBackend:
         max_num_seqs: int | None = None,
         slots: int | None = 4,
         model_meta: dict[str, dict[str, Any]] | None = None,
+        api_key: str | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown simulator kind {kind!r}; expected one of {KINDS}")
@@ -98,6 +100,7 @@ class SimulatedBackend:
         self.legacy_errors = legacy_errors
         self.sse_newline = sse_newline
         self.version = version
+        self.api_key = api_key
         self.model_meta = dict(model_meta or {})
         capacity = {"vllm": max_num_seqs, "llama_cpp_native": slots}.get(kind)
         if capacity is not None and capacity < 1:
@@ -130,6 +133,10 @@ class SimulatedBackend:
             from .ollama import OllamaAPI
 
             return OllamaAPI(self)
+        if self.kind == "anthropic":
+            from .anthropic_api import AnthropicAPI
+
+            return AnthropicAPI(self)
         from .openai_compat import OpenAICompatAPI
 
         return OpenAICompatAPI(self)

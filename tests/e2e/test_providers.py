@@ -305,3 +305,120 @@ async def test_spill_over_by_expected_queue_wait_spills_past_the_threshold_and_q
     assert (served_by == "local-1") == holder.done()  # queued behind the stream, or served at once
     await holder
     await client.close()
+
+
+@pytest.fixture
+async def claude(tmp_path, monkeypatch):
+    """A local vLLM with the hosted Anthropic API (simulated, key required) behind it."""
+    local = SimulatedBackend("vllm", ["local-m"])
+    cloud = SimulatedBackend("anthropic", ["claude-sonnet-4-5"], api_key="sk-ant-secret-5")
+    await local.start()
+    await cloud.start()
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        model_list:
+          - model_name: local
+            litellm_params: {{model: hosted_vllm/local-m, api_base: "{local.base_url}/v1"}}
+            model_info: {{id: local-1}}
+          - model_name: claude
+            litellm_params: {{model: anthropic/claude-sonnet-4-5, api_base: "{cloud.base_url}", api_key: os.environ/MY_ANTHROPIC_KEY}}
+            model_info: {{id: claude-1}}
+        router_settings:
+          num_retries: 0
+          fallbacks: [{{local: [claude]}}]
+        """))
+    monkeypatch.setenv("MY_ANTHROPIC_KEY", "sk-ant-secret-5")
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    yield client, local, cloud, url, buf
+    await client.close()
+    await runner.cleanup()
+    log.configure()
+    await local.stop()
+    await cloud.stop()
+
+
+async def test_anthropic_gets_messages_with_system_on_top_its_key_and_version_and_answers_in_openai_shape(claude):
+    client, _, cloud, _, _ = claude
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    whole = await client.chat.completions.create(model="claude", messages=messages, max_tokens=20)
+    assert whole.object == "chat.completion" and whole.model == "claude" and whole.choices[0].message.content
+    assert whole.choices[0].finish_reason in ("stop", "length") and whole.usage.completion_tokens > 0
+    sent, body = cloud.stats.last_headers, cloud.stats.last_body
+    assert sent["x-api-key"] == "sk-ant-secret-5" and sent["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in sent
+    assert body["system"] == "Be brief." and [m["role"] for m in body["messages"]] == ["user"]
+    assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 20
+    chunks = [c async for c in await client.chat.completions.create(
+        model="claude", messages=messages, max_tokens=20, stream=True, stream_options={"include_usage": True})]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content  # the simulator is deterministic: same text both ways
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [whole.choices[0].finish_reason]
+
+
+async def test_anthropic_tool_calls_map_both_ways(claude):
+    client, _, cloud, _, _ = claude
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                              "required": ["city"]}}}]
+    first = await client.chat.completions.create(model="claude", messages=HI, tools=tools, max_tokens=50)
+    call = first.choices[0].message.tool_calls[0]
+    assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert cloud.stats.last_body["tools"][0]["input_schema"]["required"] == ["city"]
+    follow = HI + [first.choices[0].message.model_dump(exclude_none=True),
+                   {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    second = await client.chat.completions.create(model="claude", messages=follow, tools=tools, max_tokens=30)
+    assert second.choices[0].finish_reason in ("stop", "length") and second.choices[0].message.content
+    sent = cloud.stats.last_body["messages"]
+    assert sent[1]["content"][0]["type"] == "tool_use" and sent[1]["content"][0]["id"] == call.id
+    assert sent[2]["content"][0] == {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}
+    chunks = [c async for c in await client.chat.completions.create(model="claude", messages=HI, tools=tools, stream=True)]
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert streamed[0].function.name == "get_weather"
+    assert orjson.loads("".join(tc.function.arguments or "" for tc in streamed)) == orjson.loads(call.function.arguments)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_local_failure_falls_over_to_anthropic(claude, stream):
+    client, local, _, _, _ = claude
+    local.faults.status, local.faults.status_count, local.faults.paths = 500, 1, ("/v1/chat",)
+    raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=8, stream=stream)
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices]) if stream \
+        else raw.parse().choices[0].message.content
+    assert text and raw.headers["x-router-deployment"] == "claude-1" and raw.headers["x-router-attempts"] == "2"
+
+
+@pytest.mark.parametrize("status", [429, 529])
+async def test_anthropic_429_and_529_rest_the_deployment_for_its_retry_after(claude, status):
+    client, _, cloud, url, _ = claude
+    cloud.faults.status, cloud.faults.status_count, cloud.faults.retry_after = status, 1, 7
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(model="claude", messages=HI, max_tokens=5)
+    assert err.value.status_code == 429
+    assert 6 <= float(err.value.response.headers["retry-after"]) <= 7
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/health") as resp:
+            row = next(r for r in (await resp.json())["unhealthy_endpoints"] if r["id"] == "claude-1")
+    assert row["state"] == "cooldown" and 5 < row["cooldown_left_s"] <= 7
+
+
+async def test_claude_code_talks_to_anthropic_through_the_router_unchanged(claude):
+    """An Anthropic client's Messages pass through to an anthropic/ deployment: our key
+    replaces its, and its API version and betas go along."""
+    import anthropic
+    _, _, cloud, url, logbuf = claude
+    client = anthropic.AsyncAnthropic(base_url=url, api_key="client-key-not-forwarded", max_retries=0,
+                                      default_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"})
+    msg = await client.messages.create(model="claude", max_tokens=20, system="Be brief.",
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert msg.id.startswith("msg_01") and msg.content[0].text  # the hosted API's own answer, relayed
+    sent = cloud.stats.last_headers
+    assert sent["x-api-key"] == "sk-ant-secret-5" and sent["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert "client-key-not-forwarded" not in str(sent)
+    async with client.messages.stream(model="claude", max_tokens=20, system="Be brief.",
+                                      messages=[{"role": "user", "content": "Hi"}]) as s:
+        assert await s.get_final_text() == msg.content[0].text
+    await client.close()
+    assert "via=native" in logbuf.getvalue() and "sk-ant-secret-5" not in logbuf.getvalue()

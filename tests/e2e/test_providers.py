@@ -71,14 +71,16 @@ async def clouds(tmp_path, monkeypatch):
     groq = SimulatedBackend("vllm", ["llama-3.3-70b-versatile"])
     fireworks = SimulatedBackend("vllm", ["accounts/fireworks/models/llama-v3p1-8b"])
     oai = SimulatedBackend("vllm", ["gpt-4o"])
+    ant = SimulatedBackend("anthropic", ["claude-sonnet-4-5"], api_key="sk-ant-secret-5")
     azure = Azure()
-    for s in (local, groq, fireworks, oai):
+    for s in (local, groq, fireworks, oai, ant):
         await s.start()
     await azure.start()
     monkeypatch.setenv("GROQ_API_KEY", "sk-groq-secret-1")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret-2")
     monkeypatch.setenv("OPENAI_BASE_URL", oai.base_url + "/v1")
     monkeypatch.setenv("AZURE_API_VERSION", "2024-10-21")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-5")
     (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
         model_list:
           - model_name: local
@@ -93,6 +95,8 @@ async def clouds(tmp_path, monkeypatch):
             litellm_params: {{model: openai/gpt-4o}}
           - model_name: az
             litellm_params: {{model: azure/prod-gpt4o, api_base: "{azure.url}", api_key: azure-secret-3}}
+          - model_name: claude
+            litellm_params: {{model: anthropic/claude-sonnet-4-5, api_base: "{ant.base_url}"}}
           - model_name: titan
             litellm_params: {{model: bedrock/amazon.titan-text-express-v1, aws_region_name: us-east-1}}
           - model_name: gemini
@@ -107,12 +111,12 @@ async def clouds(tmp_path, monkeypatch):
     config = load_config(str(tmp_path / "c.yaml"))
     runner, url = await start_proxy(config)
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-master-xyz", max_retries=0)
-    yield {"local": local, "groq": groq, "fireworks": fireworks, "oai": oai, "azure": azure, "url": url,
+    yield {"local": local, "groq": groq, "fireworks": fireworks, "oai": oai, "ant": ant, "azure": azure, "url": url,
            "client": client, "log": buf, "config": config}
     await client.close()
     await runner.cleanup()
     log.configure()
-    for s in (local, groq, fireworks, oai):
+    for s in (local, groq, fireworks, oai, ant):
         await s.stop()
     await azure.runner.cleanup()
 
@@ -170,7 +174,7 @@ async def test_a_local_deployment_fails_over_to_the_cloud(clouds, stream):
 async def test_unsupported_providers_load_disabled_and_the_rest_serves(clouds):
     client, url = clouds["client"], clouds["url"]
     warnings = [str(w) for w in clouds["config"].warnings]
-    assert any("model_list[5].litellm_params.model: llm-router does not speak LiteLLM's bedrock/ provider" in w for w in warnings)
+    assert any("model_list[6].litellm_params.model: llm-router does not speak LiteLLM's bedrock/ provider" in w for w in warnings)
     assert any("vertex_ai/" in w for w in warnings)
     assert any("fallbacks of 'fast' (titan) are all disabled" in w for w in warnings)
     with pytest.raises(openai.NotFoundError) as err:
@@ -198,13 +202,18 @@ async def test_no_provider_secret_shows_in_logs_errors_health_ui_explain_or_metr
     client, url = clouds["client"], clouds["url"]
     await _both(client, "fast")
     await _both(client, "az")
+    await _both(client, "claude")
+    clouds["ant"].faults.status, clouds["ant"].faults.status_count = 401, 2
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.chat.completions.create(model="claude", messages=HI)
     clouds["groq"].faults.status, clouds["groq"].faults.status_count = 401, 2  # the cloud refuses our key
     clouds["groq"].faults.paths = ("/v1/chat",)
     with pytest.raises(openai.APIStatusError) as err:
         await client.chat.completions.create(model="fast", messages=HI)
-    seen = [err.value.message, str(err.value.body)]
+    seen = [err.value.message, str(err.value.body), refused.value.message, str(refused.value.body)]
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-master-xyz"}) as http:
         for path in ("/health", "/ui/data", "/metrics", "/router/explain?model=fast", "/router/explain?model=az",
+                     "/router/explain?model=claude",
                      "/router/stats", "/v1/models"):
             async with http.get(url + path) as resp:
                 seen.append(await resp.text())
@@ -422,3 +431,51 @@ async def test_claude_code_talks_to_anthropic_through_the_router_unchanged(claud
         assert await s.get_final_text() == msg.content[0].text
     await client.close()
     assert "via=native" in logbuf.getvalue() and "sk-ant-secret-5" not in logbuf.getvalue()
+
+
+async def test_the_issues_config_local_ollama_plus_three_clouds_loads_and_serves_every_model(tmp_path, monkeypatch):
+    """The config that did not load (issue 18): one local Ollama model, openai/gpt-4o with no
+    api_base, anthropic/ and groq/; the clouds pointed at loopback servers of their formats."""
+    ollama = SimulatedBackend("ollama", ["llama3.1:8b"], loaded=["llama3.1:8b"])
+    oai = SimulatedBackend("vllm", ["gpt-4o"])
+    ant = SimulatedBackend("anthropic", ["claude-sonnet-4-5"], api_key="sk-ant-secret-5")
+    groq = SimulatedBackend("vllm", ["llama-3.3-70b-versatile"])
+    for s in (ollama, oai, ant, groq):
+        await s.start()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret-2")
+    monkeypatch.setenv("OPENAI_BASE_URL", oai.base_url + "/v1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-5")
+    monkeypatch.setenv("GROQ_API_KEY", "sk-groq-secret-1")
+    (tmp_path / "cloud.yaml").write_text(textwrap.dedent(f"""
+        model_list:
+          - model_name: llama3.1
+            litellm_params:
+              model: ollama_chat/llama3.1:8b
+              api_base: "{ollama.base_url}"
+          - model_name: gpt-4o
+            litellm_params:
+              model: openai/gpt-4o
+          - model_name: claude
+            litellm_params:
+              model: anthropic/claude-sonnet-4-5
+              api_base: "{ant.base_url}"
+          - model_name: groq-llama
+            litellm_params:
+              model: groq/llama-3.3-70b-versatile
+              api_base: "{groq.base_url}/v1"
+        """))
+    config = load_config(str(tmp_path / "cloud.yaml"))
+    assert config.warnings == () and len(config.deployments) == 4
+    runner, url = await start_proxy(config)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    try:
+        for model in ("llama3.1", "gpt-4o", "claude", "groq-llama"):
+            whole, streamed, _ = await _both(client, model)
+            assert whole and streamed, model
+        listed = {m.id async for m in client.models.list()}
+        assert {"llama3.1", "gpt-4o", "claude", "groq-llama"} <= listed
+    finally:
+        await client.close()
+        await runner.cleanup()
+        for s in (ollama, oai, ant, groq):
+            await s.stop()

@@ -131,14 +131,16 @@ def router_config(sim_port: int) -> str:
             "model_info: {id: translated, native_apis: []}}\n")
 
 
-async def serve_simulator(port: int, tokens_per_s: float, natural: int) -> None:
-    """The simulated vLLM (``--simulator``). Its answers have a natural length of 8-24
-    words; a benchmark of N tokens needs answers that run to max_tokens (what vLLM's
-    ``ignore_eos`` gives), so every answer here is ``natural`` words, then cut."""
+async def serve_simulator(port: int, tokens_per_s: float, natural: int, kind: str = "vllm",
+                          models: tuple[str, ...] = ("sim-model",), api_key: str | None = None) -> None:
+    """The simulated vLLM (``--simulator``; bench/providers.py also runs kind ``anthropic``
+    here). Its answers have a natural length of 8-24 words; a benchmark of N tokens needs
+    answers that run to max_tokens (what vLLM's ``ignore_eos`` gives), so every answer
+    here is ``natural`` words, then cut."""
     from router.simulate import SimulatedBackend, core
 
     core.NATURAL_MIN = core.NATURAL_MAX = natural
-    backend = SimulatedBackend("vllm", ["sim-model"], tokens_per_s=tokens_per_s)
+    backend = SimulatedBackend(kind, list(models), tokens_per_s=tokens_per_s, api_key=api_key)
     await backend.start("127.0.0.1", port)
     try:
         await asyncio.Event().wait()
@@ -170,9 +172,10 @@ class DoorConn(HttpConn):
     overhead: float = NAN
     ended: bool = False
     nbytes: int = 0
+    reads: int = 0  # body pieces as the socket delivered them (events that arrive together: one)
 
     def ask(self, raw: bytes, ends: tuple[bytes, ...]) -> asyncio.Future:
-        self.overhead, self.ended, self.nbytes, self.ends, self.carry = NAN, False, 0, ends, b""
+        self.overhead, self.ended, self.nbytes, self.reads, self.ends, self.carry = NAN, False, 0, 0, ends, b""
         return self.request(raw)
 
     def data_received(self, data: bytes) -> None:
@@ -186,6 +189,7 @@ class DoorConn(HttpConn):
     def _body(self, data: bytes | bytearray) -> None:
         super()._body(data)
         self.nbytes += len(data)
+        self.reads += 1
         if not self.ended:
             window = self.carry + bytes(data)
             self.ended = any(end in window for end in self.ends)
@@ -216,6 +220,7 @@ class Cell:
     cpu: float = 0.0  # router CPU seconds, all batches
     requests: int = 0
     nbytes: int = 0
+    reads: int = 0  # body reads, all streams
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -263,6 +268,7 @@ class Client:
             cell.last.append(last - t0)
             cell.overhead.append(conn.overhead)
             cell.nbytes += conn.nbytes
+            cell.reads += conn.reads
 
     async def batch(self, case: Case, concurrency: int, tokens: int, per_conn: int, cell: Cell | None) -> None:
         """C connections, each sending per_conn streams back to back; the router's CPU
@@ -371,9 +377,10 @@ def interval(lo_hi: tuple[float, float], fmt: Callable[[float, bool], str]) -> s
     return f"{fmt(lo_hi[0], True)} … {fmt(lo_hi[1], True)}"
 
 
-def case_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int) -> list[list[str]]:
+def case_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int,
+              cases: tuple[Case, ...] = CASES) -> list[list[str]]:
     rows = []
-    for case in CASES:
+    for case in cases:
         x = cells[case.name, c, n]
         rows.append([case.name, str(len(x.last)), ms(quantile(x.ttfb, 50)), ms(quantile(x.ttfb, 90)),
                      ms(quantile(x.last, 50)), ms(quantile(x.last, 90)), ms(quantile(x.overhead, 50)),
@@ -382,10 +389,11 @@ def case_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int) -> list[l
     return rows
 
 
-def difference_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int, rng: random.Random) -> list[list[str]]:
+def difference_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int, rng: random.Random,
+                    pairs: tuple[tuple[str, str, str], ...] = PAIRS) -> list[list[str]]:
     """Each pair's differences of medians (CPU: of means over batches), per request and per token."""
     rows = []
-    for label, a_name, b_name in PAIRS:
+    for label, a_name, b_name in pairs:
         a, b = cells[a_name, c, n], cells[b_name, c, n]
         d_last = median(a.last) - median(b.last)
         d_cpu = mean(a.batch_cpu) - mean(b.batch_cpu)
@@ -398,20 +406,22 @@ def difference_rows(cells: dict[tuple[str, int, int], Cell], c: int, n: int, rng
     return rows
 
 
-def cost_rows(cells: dict[tuple[str, int, int], Cell], c: int, tokens: list[int]) -> list[list[str]]:
+def cost_rows(cells: dict[tuple[str, int, int], Cell], c: int, tokens: list[int], cases: tuple[Case, ...] = CASES,
+              pairs: tuple[tuple[str, str, str], ...] = PAIRS) -> list[list[str]]:
     """Router CPU per request = fixed + per token × N, fitted over the token counts at concurrency c."""
     fits = {}
-    for case in CASES:
+    for case in cases:
         pts = [(n, x.cpu / x.requests) for n in tokens if (x := cells[case.name, c, n]).requests]
         fits[case.name] = fit_line(pts)
-    rows = [[f"{case.name}", str(c), us(fits[case.name][0]), us(fits[case.name][1])] for case in CASES]
-    for label, a_name, b_name in PAIRS:
+    rows = [[f"{case.name}", str(c), us(fits[case.name][0]), us(fits[case.name][1])] for case in cases]
+    for label, a_name, b_name in pairs:
         (fa, ta), (fb, tb) = fits[a_name], fits[b_name]
         rows.append([f"*{label}*", str(c), us(fa - fb, True), us(ta - tb, True)])
     return rows
 
 
-def report(cells: dict[tuple[str, int, int], Cell], levels: list[int], tokens: list[int], idle_cpu: float) -> list[str]:
+def report(cells: dict[tuple[str, int, int], Cell], levels: list[int], tokens: list[int], idle_cpu: float,
+           cases: tuple[Case, ...] = CASES, pairs: tuple[tuple[str, str, str], ...] = PAIRS) -> list[str]:
     """The tables: per cell, each case and the differences; then the CPU cost model."""
     rng = random.Random(17)
     out: list[str] = []
@@ -420,34 +430,40 @@ def report(cells: dict[tuple[str, int, int], Cell], levels: list[int], tokens: l
             out += [f"## C={c}, {n} output tokens", ""]
             out += table(["case", "streams", "TTFB p50 ms", "TTFB p90", "last byte p50 ms", "last byte p90",
                           "overhead p50 ms", "overhead p90", "router CPU µs/req", "KiB/stream", "errors"],
-                         case_rows(cells, c, n))
+                         case_rows(cells, c, n, cases))
             out += table(["difference", "Δ TTFB p50 ms", "90% interval", "Δ last byte p50 ms", "90% interval",
                           "Δ last byte p90 ms", "Δ overhead p50 ms", "Δ last byte p50 per token µs",
                           "Δ router CPU µs/req", "90% interval", "Δ router CPU per token µs"],
-                         difference_rows(cells, c, n, rng))
+                         difference_rows(cells, c, n, rng, pairs))
     out += ["## Router CPU per request = fixed + per token × N (least squares over the token counts)", ""]
-    out += table(["case", "C", "fixed µs/request", "per token µs"], [r for c in levels for r in cost_rows(cells, c, tokens)])
+    out += table(["case", "C", "fixed µs/request", "per token µs"], [r for c in levels for r in cost_rows(cells, c, tokens, cases, pairs)])
     out += [f"Router CPU when idle (its background loops): {idle_cpu * 1000:.2f} ms/s, included above.", ""]
     return out
 
 
 # ---------------------------------------------------------------- the run
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+def arg_parser(doc: str, seconds: float) -> argparse.ArgumentParser:
+    """The options doors.py and providers.py share (``doc``: the script's docstring)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
     ap.add_argument("--tokens", default="16,256", help="output tokens per stream, comma-separated (default 16,256)")
     ap.add_argument("--concurrency", default="1,8", help="concurrent streams, comma-separated (default 1,8)")
     ap.add_argument("--tokens-per-s", type=float, default=2000.0,
                     help="the simulator's pace per stream (default 2000; 0: as fast as it can write, chunks then merge)")
     ap.add_argument("--batch-tokens", type=int, default=64,
                     help="each connection of a batch sends ceil(this / N) streams (default 64)")
-    ap.add_argument("--seconds", type=float, default=330.0, help="measuring budget; rounds stop once it is spent (default 330)")
+    ap.add_argument("--seconds", type=float, default=seconds,
+                    help=f"measuring budget; rounds stop once it is spent (default {seconds:g})")
     ap.add_argument("--rounds", type=int, default=10_000, help="at most this many rounds")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the router, the simulator and the client to CPUs")
     ap.add_argument("--no-write", action="store_true", help="print only; no file under bench/results/")
     ap.add_argument("--simulator", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child process
     ap.add_argument("--natural", type=int, default=256, help=argparse.SUPPRESS)
+    return ap
+
+
+def checked(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     try:
         args.tokens_list = sorted({int(x) for x in args.tokens.split(",")})
@@ -459,50 +475,78 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    return checked(arg_parser(__doc__, 330.0), argv)
+
+
+def simulator_server(name: str, layout: Layout, args: argparse.Namespace, port: int, tmp: Path,
+                     script: Path, extra: tuple[str, ...] = ()) -> Server:
+    """A simulator child process: ``script --simulator PORT`` (its own ``serve_simulator``),
+    answers of ``max(--tokens) + 8`` words, so that every one is cut at max_tokens."""
+    natural = max(args.tokens_list) + 8
+    return Server(name, layout.prefix(layout.mock) + [
+        PY, str(script), "--simulator", str(port), "--tokens-per-s", str(args.tokens_per_s),
+        "--natural", str(natural), *extra], port, "/__sim/stats", tmp)
+
+
+def router_server(layout: Layout, config: str, tmp: Path) -> Server:
+    cfg = tmp / "router.yaml"
+    cfg.write_text(config)
+    port = free_port()
+    return Server("llm-router", layout.prefix(layout.target) + [
+        PY, "-m", "router", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+        port, "/health/readiness", tmp)
+
+
+async def idle_cpu(pid: int, seconds: float = 2.0) -> float:
+    """The router's CPU seconds per second while nothing is asked of it (its background loops)."""
+    t, c0 = time.perf_counter(), cpu_ns(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_ns(pid) - c0) / 1e9 / (time.perf_counter() - t)
+
+
+async def run_rounds(client: Client, cases: tuple[Case, ...], args: argparse.Namespace
+                     ) -> tuple[dict[tuple[str, int, int], Cell], int, float]:
+    """A warm-up batch of every case in every cell, then rounds until --seconds is spent:
+    each runs every case in every (C, N) cell, cells and cases in an order that rotates."""
+    cells = {(case.name, c, n): Cell() for case in cases for c in args.levels for n in args.tokens_list}
+    grid = [(c, n) for c in args.levels for n in args.tokens_list]
+    for c, n in grid:  # warm-up: every path, connection and cache once, not recorded
+        for case in cases:
+            await client.batch(case, c, n, 1, None)
+    began = time.perf_counter()
+    rounds = 0
+    while rounds < args.rounds and time.perf_counter() - began < args.seconds:
+        order = cases[rounds % len(cases):] + cases[:rounds % len(cases)]
+        for c, n in grid[rounds % len(grid):] + grid[:rounds % len(grid)]:
+            per_conn = max(1, -(-args.batch_tokens // n))
+            for case in order:
+                await client.batch(case, c, n, per_conn, cells[case.name, c, n])
+        rounds += 1
+        if rounds % 10 == 0:
+            print(f"  {rounds} rounds, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+    return cells, rounds, time.perf_counter() - began
+
+
 async def measure(args: argparse.Namespace, layout: Layout, tmp: Path) -> tuple[dict, float, int, float]:
     """Start the simulator and the router, check every case, then run rounds until the budget is spent."""
     sim_port = free_port()
-    natural = max(args.tokens_list) + 8
-    sim = Server("simulated vLLM", layout.prefix(layout.mock) + [
-        PY, str(Path(__file__).resolve()), "--simulator", str(sim_port), "--tokens-per-s", str(args.tokens_per_s),
-        "--natural", str(natural)], sim_port, "/health", tmp)
-    cfg = tmp / "doors.yaml"
-    cfg.write_text(router_config(sim_port))
-    router_port = free_port()
-    router = Server("llm-router", layout.prefix(layout.target) + [
-        PY, "-m", "router", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(router_port)],
-        router_port, "/health/readiness", tmp)
+    sim = simulator_server("simulated vLLM", layout, args, sim_port, tmp, Path(__file__).resolve())
+    router = router_server(layout, router_config(sim_port), tmp)
     sim.start()
     router.start()
     client: Client | None = None
     try:
         if not await sim.ready() or not await router.ready():
             raise SystemExit("the simulator or the router did not start (their logs are above)")
-        problems = await preflight(router_port, sim_port, min(args.tokens_list))
+        problems = await preflight(router.port, sim_port, min(args.tokens_list))
         if problems:
             raise SystemExit("the cases are not what they claim to be:\n  " + "\n  ".join(problems))
         assert router.pid is not None
-        t, c0 = time.perf_counter(), cpu_ns(router.pid)
-        await asyncio.sleep(2.0)
-        idle_cpu = (cpu_ns(router.pid) - c0) / 1e9 / (time.perf_counter() - t)
-        client = Client(router_port, router.pid)
-        cells = {(case.name, c, n): Cell() for case in CASES for c in args.levels for n in args.tokens_list}
-        grid = [(c, n) for c in args.levels for n in args.tokens_list]
-        for c, n in grid:  # warm-up: every path, connection and cache once, not recorded
-            for case in CASES:
-                await client.batch(case, c, n, 1, None)
-        began = time.perf_counter()
-        rounds = 0
-        while rounds < args.rounds and time.perf_counter() - began < args.seconds:
-            order = CASES[rounds % len(CASES):] + CASES[:rounds % len(CASES)]
-            for c, n in grid[rounds % len(grid):] + grid[:rounds % len(grid)]:
-                per_conn = max(1, -(-args.batch_tokens // n))
-                for case in order:
-                    await client.batch(case, c, n, per_conn, cells[case.name, c, n])
-            rounds += 1
-            if rounds % 10 == 0:
-                print(f"  {rounds} rounds, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-        return cells, idle_cpu, rounds, time.perf_counter() - began
+        idle = await idle_cpu(router.pid)
+        client = Client(router.port, router.pid)
+        cells, rounds, seconds = await run_rounds(client, CASES, args)
+        return cells, idle, rounds, seconds
     finally:
         if client is not None:
             client.close()
@@ -510,42 +554,63 @@ async def measure(args: argparse.Namespace, layout: Layout, tmp: Path) -> tuple[
         sim.stop()
 
 
-async def amain(args: argparse.Namespace) -> None:
-    layout = Layout(not args.no_pin)
+def machine(layout: Layout) -> dict[str, str]:
+    """The machine's facts; pins this process (the client) where the layout says."""
     facts = machine_facts()
     if layout.enabled and layout.loadgen:
         os.sched_setaffinity(0, layout.loadgen)  # the client shares the simulator's CPU, the router has its own
     facts["CPU layout"] = layout.describe().replace("mock", "simulator").replace("load generator", "client")
     print(f"machine: {facts['nproc']} CPUs, {facts['CPU']}, Python {facts['python']}; {facts['CPU layout']}", flush=True)
+    return facts
+
+
+def method(backends: str, args: argparse.Namespace, rounds: int, seconds: float, overhead_note: str) -> list[str]:
+    """The paragraph that says how the tables were measured."""
+    return [f"{backends} at {args.tokens_per_s:g} tokens/s per stream (one SSE event per token), answers cut at "
+            f"max_tokens; one router (1 worker, uvloop, log level info); {rounds} rounds in {seconds:.0f} s, each running "
+            f"every case in every cell (C connections × ceil({args.batch_tokens} / N) streams), cases rotating. "
+            "TTFB = request sent to the first body byte; last byte = to the end of the chunked body; overhead = the "
+            "router's x-router-overhead-ms (time in the proxy before the first byte, upstream waits excluded: "
+            f"{overhead_note}); router CPU = its threads' "
+            "schedstat time over each batch ÷ the batch's streams. Percentiles over all streams of a cell; "
+            "differences are of medians (CPU: of means over batches), with 90% bootstrap intervals.", ""]
+
+
+def error_lines(cells: dict[tuple[str, int, int], Cell]) -> list[str]:
+    errors = {f"{k[0]} C={k[1]} N={k[2]}": dict(v.errors) for k, v in cells.items() if v.errors}
+    return ["Errors: " + orjson.dumps(errors).decode(), ""] if errors else []
+
+
+def write_result(suffix: str, title: str, script: str, facts: dict[str, str], lines: list[str]) -> None:
+    """bench/results/<date>-<suffix>.md: the title, the command, the machine, then ``lines``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{dt.datetime.now().strftime('%Y-%m-%d-%H%M%S')}-{suffix}.md"
+    head = [f"# {title}", "",
+            f"Command: `{' '.join(['.venv/bin/python', script, *sys.argv[1:]])}`", "",
+            "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()] + [""]
+    path.write_text("\n".join(head + lines) + "\n")
+    print(f"written: {path.relative_to(ROOT)}", flush=True)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    layout = Layout(not args.no_pin)
+    facts = machine(layout)
     tmp = Path(tempfile.mkdtemp(prefix="llm-router-doors-"))
     try:
-        cells, idle_cpu, rounds, seconds = await measure(args, layout, tmp)
+        cells, idle, rounds, seconds = await measure(args, layout, tmp)
     except BaseException:
         print(f"logs kept in {tmp}", file=sys.stderr)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = [f"Simulated vLLM at {args.tokens_per_s:g} tokens/s per stream (one SSE event per token), answers cut at "
-             f"max_tokens; one router (1 worker, uvloop, log level info); {rounds} rounds in {seconds:.0f} s, each running "
-             f"every case in every cell (C connections × ceil({args.batch_tokens} / N) streams), cases rotating. "
-             "TTFB = request sent to the first body byte; last byte = to the end of the chunked body; overhead = the "
-             "router's x-router-overhead-ms (time in the proxy before the first byte, upstream waits excluded: a "
-             "translated stream's first-chunk translation counts as upstream wait there); router CPU = its threads' "
-             "schedstat time over each batch ÷ the batch's streams. Percentiles over all streams of a cell; "
-             "differences are of medians (CPU: of means over batches), with 90% bootstrap intervals.", ""]
-    lines += report(cells, args.levels, args.tokens_list, idle_cpu)
-    errors = {f"{k[0]} C={k[1]} N={k[2]}": dict(v.errors) for k, v in cells.items() if v.errors}
-    if errors:
-        lines += ["Errors: " + orjson.dumps(errors).decode(), ""]
+    lines = method("Simulated vLLM", args, rounds, seconds,
+                   "a translated stream's first-chunk translation counts as upstream wait there")
+    lines += report(cells, args.levels, args.tokens_list, idle)
+    lines += error_lines(cells)
     print("\n".join(lines), flush=True)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{dt.datetime.now().strftime('%Y-%m-%d-%H%M%S')}-doors.md"
-        head = ["# llm-router benchmark: front doors, translated vs passed through", "",
-                f"Command: `{' '.join(['.venv/bin/python', 'bench/doors.py', *sys.argv[1:]])}`", "",
-                "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()] + [""]
-        path.write_text("\n".join(head + lines) + "\n")
-        print(f"written: {path.relative_to(ROOT)}", flush=True)
+        write_result("doors", "llm-router benchmark: front doors, translated vs passed through", "bench/doors.py",
+                     facts, lines)
 
 
 def main() -> None:

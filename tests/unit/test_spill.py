@@ -129,3 +129,19 @@ def test_a_bad_spill_when_is_a_located_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, CHAIN % "when busy")
     assert "model-mappings.yaml:11: fallback_chains.default.chain[1].spill_when: cannot parse spill_when 'when busy'" in str(err.value)
+
+
+def test_the_servers_own_queue_counts_towards_queue_depth_and_the_wait(tmp_path):
+    """A vLLM (no max_parallel_requests) that reports 3 running and 4 waiting on /metrics."""
+    from router.state import ServerState
+
+    config = _config(tmp_path, CHAIN % "queue_depth > 3")
+    local = config.groups["local"][0]
+    local = type(local)(**{**{f: getattr(local, f) for f in local.__slots__ if not f.startswith("_")},
+                           "max_parallel_requests": None})
+    state = StateTable()
+    state.servers[local.api_base] = ServerState(reachable=True, running=3, waiting=4)
+    state[local.id].held.append(0.9)
+    load = load_of(state, local)
+    assert load == Load(False, 4, pytest.approx(4 * 900 / 3))  # 4 ahead, 3 lanes of 0.9 s
+    assert holds(parse_spill("queue_depth > 3"), [load]) and not holds(parse_spill("queue_depth > 4"), [load])

@@ -116,12 +116,12 @@ class AttemptPlan:
     slots, not a dataclass: it is built for every request, and this is the cheap way.)"""
 
     __slots__ = ("model", "candidates", "last_resort", "fallbacks", "view", "deadline", "queue_timeout", "retries",
-                 "delay", "jitter", "errors", "_order", "_i", "_rounds", "_full", "_fallbacks_added",
+                 "delay", "jitter", "errors", "spill", "_order", "_i", "_rounds", "_full", "_fallbacks_added",
                  "_queue_left", "_waiting_since")
 
     def __init__(self, model: str, candidates: list[Entry], last_resort: list[Entry], fallbacks: FallbackHook,
                  view: View, deadline: float, queue_timeout: float, retries: int, delay: float,
-                 jitter: Callable[[], float]) -> None:
+                 jitter: Callable[[], float], spill: int = 0) -> None:
         self.model = model
         self.candidates = candidates
         self.last_resort = last_resort
@@ -133,6 +133,9 @@ class AttemptPlan:
         self.delay = delay  # seconds before the first retry round; doubles each round
         self.jitter = jitter
         self.errors: list[tuple[Deployment, RouterError]] = []  # every failed attempt, in order
+        # the first ``spill`` candidates are spill-over targets (router.routing.spill): their
+        # failures do not keep the request from queueing for the candidates after them
+        self.spill = frozenset(d.id for d, _ in candidates[:spill])
         self._order = candidates  # what this pass walks; copied before it is changed
         self._i = 0
         self._rounds = 0
@@ -161,6 +164,9 @@ class AttemptPlan:
                 return self._give_up()
             self._full.clear()
             self._i = 0
+            if self.spill and self.errors:  # the spill-over target failed: the slot is what is left
+                failed = {d.id for d, _ in self.errors}
+                self._order = [e for e in self._order if e[0].id not in failed]
         while True:
             if self._i == len(self._order):
                 step = self._end_of_pass(now)
@@ -183,7 +189,7 @@ class AttemptPlan:
     def _end_of_pass(self, now: float) -> Step | None:
         """Every entry of this pass was tried or skipped: queue, add the fallbacks, retry
         or give up (None: a new pass starts)."""
-        if self._full and not self.errors:
+        if self._full and not self._failed_locally():
             # Every usable candidate is busy: wait for a slot (bounded) instead of a 429.
             timeout = min(self.deadline - now, self._queue_left)
             if timeout < MIN_WAIT:  # (a float remainder such as 5e-17 s would never end: now + it == now)
@@ -229,6 +235,10 @@ class AttemptPlan:
         if now >= self.deadline:
             return self._give_up()
         return None
+
+    def _failed_locally(self) -> bool:
+        """Has an attempt failed other than on a spill-over target? (Then queueing ends.)"""
+        return any(d.id not in self.spill for d, _ in self.errors) if self.spill else bool(self.errors)
 
     def _last_resort(self, dep: Deployment) -> bool:
         """Is ``dep`` a last resort not yet tried by this request? (Tried once at most: a

@@ -305,17 +305,19 @@ class Proxy:
 
         candidates = [(d, decision.upstream_name(d)) for d in decision.candidates]
         spilled = routing.engine.spill(decision, facts, self.state)  # None unless the request's chain can spill
+        spill = 0
         if spilled is not None and spilled.entries:
             self._trace(routing, spilled.trace, request)
             entries = self._permitted_fallbacks(routing, key, facts, spilled.entries, request)
             if entries:  # every candidate is too busy: the spill-over targets first, the candidates after
                 outcome.spilled = spilled.trace[0].split(" (", 1)[0].removeprefix("spill-over: ")
                 candidates = entries + [c for c in candidates if c not in entries]
+                spill = len(entries)
         plan = AttemptPlan(decision.model, candidates,
                            [(d, decision.upstream_name(d)) for d in decision.last_resort] if decision.last_resort else [],
                            fallbacks, self, deadline,
                            config.router.queue_timeout, DEFAULT_NUM_RETRIES if retries is None else retries,
-                           RETRY_BASE_DELAY, _jitter)
+                           RETRY_BASE_DELAY, _jitter, spill)
         step = plan.next(now)
         while True:
             if type(step) is Try:

@@ -479,3 +479,15 @@ async def test_the_issues_config_local_ollama_plus_three_clouds_loads_and_serves
         await runner.cleanup()
         for s in (ollama, oai, ant, groq):
             await s.stop()
+
+
+@pytest.mark.parametrize("status", [500, 529])
+async def test_a_spilled_request_that_fails_on_the_cloud_is_served_locally_after_the_queue(spill_stack, status):
+    make, local, cloud = spill_stack
+    client = openai.AsyncOpenAI(base_url=await make("saturated") + "/v1", api_key="x", max_retries=0)
+    cloud.faults.status, cloud.faults.status_count, cloud.faults.paths = status, 1, ("/v1/chat",)
+    holder, _ = await _hold_the_slot(client)
+    raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=3)
+    assert raw.parse().choices[0].message.content and raw.headers["x-router-deployment"] == "local-1"
+    assert raw.headers["x-router-attempts"] == "2" and holder.done()  # the cloud failed, then the local slot
+    await client.close()

@@ -68,11 +68,11 @@ class Hook:
 
 
 def make(candidates=(A,), fallbacks: Hook | None = None, last_resort=(), fleet: Fleet | None = None,
-         deadline=100.0, queue_timeout=10.0, retries=0, delay=0.1, jitter=1.0) -> tuple[AttemptPlan, Fleet, Hook]:
+         deadline=100.0, queue_timeout=10.0, retries=0, delay=0.1, jitter=1.0, spill=0) -> tuple[AttemptPlan, Fleet, Hook]:
     fleet = fleet or Fleet()
     hook = fallbacks or Hook()
     plan = AttemptPlan("m", [(d, "m") for d in candidates], [(d, "m") for d in last_resort], hook, fleet,
-                       deadline, queue_timeout, retries, delay, lambda: jitter)
+                       deadline, queue_timeout, retries, delay, lambda: jitter, spill)
     return plan, fleet, hook
 
 
@@ -465,3 +465,22 @@ def test_the_429_says_how_long_the_request_waited_when_the_deadline_cut_the_queu
     assert plan.next(0.0).timeout == 1.0
     step = plan.next(1.0, Waited(False))
     assert "busy at max_parallel_requests for 1 s" in step.error.message
+
+
+# -- spill-over targets first (router.routing.spill) ----------------------------------------------
+
+
+def test_a_spill_over_target_that_fails_leaves_the_request_queueing_for_its_local_candidates():
+    plan, fleet, hook = make(candidates=(C, A), fleet=Fleet(full={"a"}), spill=1)
+    assert tried(plan.next(0.0)) == "c"  # the cloud first: the local one is full
+    step = plan.next(0.0, Failed(down()))
+    assert type(step) is WaitForSlot and [d.id for d in step.deployments] == ["a"]  # not a give-up
+    fleet.full.clear()
+    step = plan.next(1.0, Waited(True))
+    assert tried(step) == "a"  # the local slot, not the failed cloud again
+
+
+def test_without_spill_over_a_failure_still_ends_queueing():
+    plan, fleet, _ = make(candidates=(C, A), fleet=Fleet(full={"a"}))
+    assert tried(plan.next(0.0)) == "c"
+    assert type(plan.next(0.0, Failed(down()))) is GiveUp

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from router.checks import api_root, check_url, get, unknown_keys
+from router.checks import _UNSENDABLE, api_root, check_url, get, unknown_keys
 from router.backends import KINDS, PREFIX_KINDS, UNSUPPORTED_PREFIXES, WIRE_FORMATS
 from router.backends.base import NATIVE_API_NAMES, BackendKind, auth_headers
 from router.domain import Deployment, Disabled, Provider
@@ -488,6 +488,21 @@ def _env(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _env_key(src: Source, path: Path, names: tuple[str, ...]) -> str | None:
+    """A hosted deployment's key from the first of LiteLLM's variables ``names`` that is set;
+    one with a line break (a trailing newline from the file it came from) is an error here,
+    not a failure of every request."""
+    for name in names:
+        value = _env((name,))
+        if value is not None:
+            if _UNSENDABLE.search(value):
+                src.error(path, f"the key in {name} contains a line break or control character, which cannot be sent "
+                                "in an HTTP header (a trailing newline from the file or variable it came from?)")
+                return None
+            return value
+    return None
+
+
 def _cloud_base(src: Source, pp: Path, backend: BackendKind, model: str) -> str | None:
     """A hosted API's api_base when the config gives none: LiteLLM's variable, else its default."""
     cloud = backend.cloud
@@ -601,8 +616,9 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         hosted = hosted or KINDS[kind].hosted
         api_key = get(src, params, "api_key", pp, "secret")
         if api_key is None and "api_key" not in params and hosted and cloud is not None:
-            api_key = _env(cloud.key_env)
-            if api_key is None:
+            errors = len(src.errors)
+            api_key = _env_key(src, pp, cloud.key_env)
+            if api_key is None and len(src.errors) == errors:
                 src.warn(pp, f"no api_key for {model!r} and none of {', '.join(cloud.key_env)} is set: "
                              "its requests go without a key")
         if cloud is not None and cloud.model_prefix and not upstream.startswith(cloud.model_prefix.split("/")[0] + "/"):
@@ -833,7 +849,8 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
         p.name: Deployment(id=f"{p.name}/*", model_name="*", provider=p.name, kind=p.kind, upstream_model="",
                            api_base=api_root(p.api_base, p.wire), timeout=request_timeout, is_dynamic=True,
                            max_parallel_requests=KINDS[p.kind].serial, hosted=p.hosted,
-                           api_key=_env(KINDS[p.kind].cloud.key_env) if p.hosted and KINDS[p.kind].cloud else None,
+                           api_key=_env_key(msrc or src, ("providers", p.name), KINDS[p.kind].cloud.key_env)
+                           if p.hosted and KINDS[p.kind].cloud else None,
                            api_version=_azure_version(None) if p.wire == "azure" else None)
         for p in mappings.providers.values()
     }

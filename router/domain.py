@@ -71,6 +71,14 @@ class Deployment:
         return WIRE_FORMATS[self.kind]
 
     @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """What of this deployment's own must never be shown: its key, the values of the
+        headers it sends (``extra_headers`` may carry tokens), without their scheme words."""
+        values = {self.api_key or ""} | {v.removeprefix("Bearer ") for k, v in self.headers.items()
+                                         if k.lower() != "anthropic-version"}
+        return tuple(v.encode() for v in sorted(values, key=len, reverse=True) if len(v) >= 6)
+
+    @property
     def backend(self) -> BackendKind:
         """What this kind of server does and how it is probed (``router.backends``)."""
         return KINDS[self.kind]

@@ -226,13 +226,20 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     return min(seconds, MAX_RETRY_AFTER)
 
 
-def upstream_error(status: int, body: bytes, provider: str, retry_after: str | None = None) -> RouterError:
+def upstream_error(status: int, body: bytes, provider: str, retry_after: str | None = None,
+                   secrets: tuple[bytes, ...] = ()) -> RouterError:
     """Turn an upstream error response (any of the servers' shapes) into our error.
 
     OpenAI shape ``{"error": {...}}`` is kept as is for 4xx; vLLM's flat
-    ``{"object": "error", "message": ...}``, Ollama's ``{"error": "text"}`` and
-    llama-cpp-python's plain-text 500s are wrapped.
+    ``{"object": "error", "message": ...}``, Ollama's ``{"error": "text"}``,
+    Anthropic's ``{"type": "error", "error": {...}}`` and llama-cpp-python's
+    plain-text 500s are wrapped. ``secrets`` (the deployment's own key and
+    headers) are blanked out of it: a server that echoes the key it was sent
+    ("invalid api key sk-…") must not put it in the client's error, the log or /health.
     """
+    for secret in secrets:
+        if secret in body:
+            body = body.replace(secret, b"[redacted]")
     message, code, openai_shaped = _extract(body)
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):
         return UpstreamModelNotFound(f"{provider}: {message}" if message else f"{provider}: model not found")
@@ -264,7 +271,8 @@ def _extract(body: bytes) -> tuple[str, str | None, bool]:
         err = data.get("error")
         if isinstance(err, dict):
             code = err.get("code")
-            return str(err.get("message", "")), code if isinstance(code, str) else None, True
+            # Anthropic's {"type": "error", "error": {type, message}} is not OpenAI's: wrapped, not relayed
+            return str(err.get("message", "")), code if isinstance(code, str) else None, data.get("type") != "error"
         if isinstance(err, str):
             return err, None, False
         if "message" in data:

@@ -132,7 +132,7 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
                                       deadline=loop.time() + limit)
             if resp.status >= 400:
                 raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
-                                     resp.headers.get("retry-after"))
+                                     resp.headers.get("retry-after"), dep.secrets)
             raw = await resp.read()
     finally:
         attempt.upstream = time.perf_counter() - sent
@@ -191,7 +191,7 @@ async def _check_stream(resp: Response, adapter: Any, dep: Deployment) -> None:
     """Raise (so the caller may fall back) unless ``resp`` is the start of a stream."""
     if resp.status >= 400:
         raise upstream_error(resp.status, await resp.read_some(ERROR_BODY_LIMIT), dep.provider,
-                             resp.headers.get("retry-after"))
+                             resp.headers.get("retry-after"), dep.secrets)
     content_type = resp.headers.get("content-type", "")
     if not adapter.is_stream(content_type):
         snippet = (await resp.read_some(200)).decode("utf-8", "replace")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import orjson
 import pytest
 
 from router.backends import KINDS, PREFIX_KINDS
@@ -168,3 +169,23 @@ def test_keys_never_show_in_the_config_objects(tmp_path):
         - {model_name: b, litellm_params: {model: azure/x, api_base: "https://r.openai.azure.com", api_key: az-secret}}
         """)
     assert "sk-ant-secret" not in repr(config) and "az-secret" not in repr(config)
+
+
+def test_a_key_variable_with_a_trailing_newline_is_a_located_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-abc\n")
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, "- {model_name: a, litellm_params: {model: anthropic/claude}}")
+    assert "c.yaml:2: model_list[0].litellm_params: the key in ANTHROPIC_API_KEY contains a line break" in str(err.value)
+    assert "sk-ant-abc" not in str(err.value)
+
+
+def test_a_key_the_upstream_echoes_is_blanked_out_of_the_error(tmp_path):
+    from router.errors import upstream_error
+
+    dep = _load(tmp_path, "- {model_name: a, litellm_params: {model: anthropic/claude, api_key: sk-ant-echoed-1}}").deployments[0]
+    body = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key sk-ant-echoed-1"}}'
+    err = upstream_error(401, body, dep.provider, None, dep.secrets)
+    assert "sk-ant-echoed-1" not in err.message and "[redacted]" in err.message
+    client = upstream_error(400, body.replace(b"authentication_error", b"invalid_request_error"), dep.provider, None, dep.secrets)
+    assert b"sk-ant-echoed-1" not in client.to_bytes()
+    assert orjson.loads(client.to_bytes())["error"]["type"] == "invalid_request_error"  # OpenAI's shape, not Anthropic's

@@ -21,7 +21,8 @@ from aiohttp import web
 from router.checks import shown
 from router.domain import Deployment
 from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
-from router.errors import RouterError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, upstream_error
+from router.errors import (RouterError, UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable,
+                           upstream_error)
 from router.providers.base import Adapter, Context, StreamTranslator, error_event
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
@@ -242,7 +243,9 @@ async def _first(resp: Response, translator: StreamTranslator | None, dep: Deplo
         while True:
             chunk = await resp.readany()
             data = translator.feed(chunk) if chunk else translator.close()
-            if translator.failed:
+            if translator.failed:  # before any output: the caller may fall back
+                if getattr(translator, "rate_limited", False):  # Anthropic's in-stream overloaded_error: as its 529
+                    raise UpstreamRateLimited(f"{dep.provider} is overloaded: {translator.error}")
                 raise UpstreamError(f"{dep.provider}: {translator.error}")
             if data or not chunk:
                 return data

@@ -76,7 +76,7 @@ class StreamTranslator:
     and ``error`` when the stream broke, ``usage`` (the router's token counts: prompt,
     completion, total, and cached when Anthropic says) from ``message_start`` on."""
 
-    __slots__ = ("endpoint", "ctx", "finished", "failed", "error", "usage", "_object", "_buf", "_event", "_data",
+    __slots__ = ("endpoint", "ctx", "finished", "failed", "error", "rate_limited", "usage", "_object", "_buf", "_event", "_data",
                  "_size", "_counts", "_started", "_finished_reason", "_blocks", "_tools")
 
     def __init__(self, endpoint: str, ctx: Context) -> None:
@@ -85,6 +85,7 @@ class StreamTranslator:
         self.finished = False
         self.failed = False
         self.error = ""
+        self.rate_limited = False  # the error event said overloaded / rate limited (as a 529 / 429 would)
         self.usage: dict[str, int] | None = None
         self._object = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
         self._buf = b""  # an unfinished line
@@ -197,7 +198,8 @@ class StreamTranslator:
             err = obj.get("error")
             etype = err.get("type") if isinstance(err, dict) else None
             message = err.get("message") if isinstance(err, dict) else err
-            return self._fail(f"anthropic sent an error event: {message} ({etype})",
+            self.rate_limited = etype in ("overloaded_error", "rate_limit_error")
+            return self._fail(f"the stream carried an error event: {message} ({etype})",
                               _ERROR_TYPES.get(etype, "api_error"), etype if isinstance(etype, str) else "upstream_error")
         return b""  # ping, content_block_stop, and event types Anthropic may add
 

@@ -571,7 +571,7 @@ def test_an_error_event_mid_stream_ends_it_with_an_openai_error_event():
     head = RECORDED[:RECORDED.index(b"event: content_block_stop")]
     out, t = translate(head + OVERLOADED + event({"type": "message_stop"}))
     seq = chunks(out)
-    assert seq[-1] == {"error": {"message": "anthropic sent an error event: Overloaded (overloaded_error)",
+    assert seq[-1] == {"error": {"message": "the stream carried an error event: Overloaded (overloaded_error)",
                                  "type": "api_error", "param": None, "code": "overloaded_error"}}
     assert "[DONE]" not in seq and assembled(out)["text"] == "Okay, let me check the weather."
     assert t.failed and t.finished and "Overloaded" in t.error
@@ -582,6 +582,13 @@ def test_an_error_right_after_message_start_is_all_the_client_would_get_so_the_r
     assert t.feed(START + PING) == b""  # no output yet: the attempt is still free to fail over
     out = t.feed(OVERLOADED)
     assert t.failed and list(map(lambda c: "error" in c, chunks(out))) == [True]
+    assert t.rate_limited  # the router treats it as Anthropic's 529: a rest for the deployment, a 429 if nothing else serves
+
+
+def test_an_ordinary_error_event_is_not_a_rate_limit():
+    t = ADAPTER.translator("chat", USAGE_CTX)
+    t.feed(START + event({"type": "error", "error": {"type": "api_error", "message": "Internal"}}))
+    assert t.failed and not t.rate_limited
 
 
 def test_a_rate_limit_error_event_keeps_its_type():

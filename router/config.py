@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from router.checks import _UNSENDABLE, api_root, check_url, get, unknown_keys
+from router.checks import _UNSENDABLE, api_root, check_url, get, shown, unknown_keys
 from router.backends import KINDS, PREFIX_KINDS, UNSUPPORTED_PREFIXES, WIRE_FORMATS
 from router.backends.base import NATIVE_API_NAMES, BackendKind, auth_headers
 from router.domain import Deployment, Disabled, Provider
@@ -868,6 +868,15 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     for model, spec in mappings.exact_matches.items():
         if model in frozen_groups and not any(d.provider == spec.provider for d in frozen_groups[model]):
             msrc.warn(("exact_matches", model), f"model_list group {model!r} has no deployment on provider {spec.provider!r}; the model_list group is used")
+    for name, chain in mappings.fallback_chains.items():
+        for j, step in enumerate(chain.steps):
+            wanted = step.preferred_model
+            if wanted in frozen_groups and not any(d.provider == step.provider for d in frozen_groups[wanted]):
+                on = ", ".join(sorted({d.provider for d in frozen_groups[wanted]}))
+                msrc.warn(("fallback_chains", name, "chain", j, "preferred_model"),
+                          f"model group {wanted!r} has no deployment on provider {step.provider!r} (it is on {on}): "
+                          f"this step sends {wanted!r} to {step.provider!r}'s catch-all at {shown(catchalls[step.provider].api_base)}; "
+                          f"give the deployment model_info.provider: {step.provider}")
     for model in mappings.redundant_models:
         if model not in frozen_groups:
             msrc.warn(("redundant_models", model), f"no model_list group named {model!r}; weights unused")

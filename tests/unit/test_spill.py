@@ -145,3 +145,18 @@ def test_the_servers_own_queue_counts_towards_queue_depth_and_the_wait(tmp_path)
     load = load_of(state, local)
     assert load == Load(False, 4, pytest.approx(4 * 900 / 3))  # 4 ahead, 3 lanes of 0.9 s
     assert holds(parse_spill("queue_depth > 3"), [load]) and not holds(parse_spill("queue_depth > 4"), [load])
+
+
+def test_a_chain_step_whose_model_is_on_another_provider_warns_where_it_would_really_go(tmp_path):
+    (tmp_path / "c.yaml").write_text(textwrap.dedent("""
+        model_list:
+          - model_name: local
+            litellm_params: {model: openai/llama, api_base: "http://127.0.0.1:9", max_parallel_requests: 1}
+          - model_name: claude
+            litellm_params: {model: anthropic/claude-sonnet-4-5, api_base: "http://127.0.0.1:18004", api_key: k}
+        """))
+    (tmp_path / "model-mappings.yaml").write_text(textwrap.dedent(CHAIN % "saturated"))
+    warnings = [str(w) for w in load_config(str(tmp_path / "c.yaml")).warnings]
+    assert any("fallback_chains.default.chain[1].preferred_model: model group 'claude' has no deployment on provider "
+               "'claude' (it is on anthropic): this step sends 'claude' to 'claude''s catch-all at https://api.anthropic.com" in w
+               for w in warnings), warnings

@@ -12,7 +12,8 @@ import orjson
 
 from router.domain import RouteDecision
 from router.errors import ModelNotFound
-from router.metrics import model_group
+from router.costs import cost, usd, why_unknown
+from router.metrics import NO_KEY, model_group
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.upstream import Attempt
 
@@ -54,6 +55,7 @@ def record(proxy: Proxy, engine: Engine, rid: str, model: str, endpoint: str, de
     if outcome.body is not None:
         fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
     if outcome.cache == "hit":
+        fields["cost"] = "0"  # no backend was asked (LiteLLM's figure for a cache hit too)
         proxy.log.info(f"Model: {model} -> cache hit", **fields)
     elif decision is None or last is None:
         _rejected(proxy, model, err, fields)
@@ -77,6 +79,8 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
     err = outcome.error
     dep = last.deployment
     fields["deployment"] = dep.id
+    if last.status == 200:  # the deployment answered: its answer has a cost (the client may have left since)
+        _cost(proxy, outcome, last, fields)
     group = model_group(decision, dep)
     proxy.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
     if last.via is not None:  # a front door's request: passed through or translated
@@ -97,3 +101,20 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
         proxy.log.info(message, **fields)
     else:
         proxy.log.warning(message, error=err.error_class, detail=err.message, **fields)
+
+
+def _cost(proxy: Proxy, outcome: Outcome, answered: Attempt, fields: dict[str, Any]) -> None:
+    """What the answer cost: ``cost=`` in the line (``unknown(no_price)``/``unknown(no_usage)``
+    where unknown), the spend counters, and the deployment's tally for the status page."""
+    dep, usage, metrics = answered.deployment, answered.usage, proxy.metrics
+    prompt, completion = (usage.prompt, usage.completion) if usage is not None else (None, None)
+    amount = cost(dep, prompt, completion)
+    if amount is None:
+        reason = why_unknown(dep, prompt, completion) or "unknown"
+        fields["cost"] = f"unknown({reason})"
+        metrics.add(metrics.child(metrics.spend_unknown, dep.id, reason))
+    else:
+        fields["cost"] = usd(amount)
+        key = outcome.key
+        metrics.add(metrics.child(metrics.spend, key.name if key is not None else NO_KEY, dep.id), amount)
+    proxy.state[dep.id].spent(amount)

@@ -40,7 +40,7 @@ from router.cache import Cache, Entry, cache_control, cache_key, scope_of
 from router.exchange import CLIENT_KEY, granted, request_id
 from router.metrics import Metrics
 from router.h1 import Pool, Target
-from router.upstream import SSE_HEADERS, Attempt
+from router.upstream import COST_HEADER, SSE_HEADERS, Attempt
 from router.validate import parse_body
 from router.doors import DOORS, Door
 
@@ -105,6 +105,7 @@ class Outcome:
     started: float = 0.0  # perf_counter() at arrival
     rid: str = ""  # the request id
     waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
+    key: ApiKey | None = None  # the caller's key (its name labels the spend), None where none is needed
 
     @property
     def last(self) -> Attempt | None:
@@ -170,6 +171,7 @@ class Proxy:
         model = "?"
         try:
             key: ApiKey | None = request.get(CLIENT_KEY)  # type: ignore[assignment]
+            outcome.key = key
             body, facts = await self._admit(request, endpoint, routing, key, outcome)
             model = facts.model or f"capability:{facts.capability}"
             decision = self._route(routing, key, facts, model, rid)
@@ -388,6 +390,7 @@ class Proxy:
         self.stats.cache_hits += 1
         headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
         if not stream:
+            headers[COST_HEADER] = "0.0"  # no backend was asked
             return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
         door = DOORS.get(endpoint)
         stream_headers = SSE_HEADERS if door is None else {**SSE_HEADERS, "Content-Type": door.stream_type}

@@ -140,7 +140,7 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     headers = {**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"}
     spent = cost(dep, usage.prompt, usage.completion) if usage is not None else cost(dep, None, None)
     if spent is not None:
-        headers[COST_HEADER] = repr(spent)
+        headers[COST_HEADER] = repr(float(f"{spent:.12g}"))  # as LiteLLM's str(float), less noise: 2.3e-05, not 2.2999999999999997e-05
     return web.Response(body=body, status=200, content_type="application/json", headers=headers)
 
 

@@ -56,6 +56,9 @@ def _side(price: float | None, tokens: int | None) -> float | None:
 def cost(dep: Deployment, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
     """USD for an answer of ``dep`` with these token counts (``None``: not reported);
     ``None`` when unknown (see the module's docstring)."""
+    info = dep.model_info
+    if INPUT_PRICE not in info and OUTPUT_PRICE not in info and not dep.backend.hosted:
+        return 0.0  # the usual case, first: a local deployment without prices
     p = prices(dep)
     prompt = _side(p.input, prompt_tokens)
     completion = _side(p.output, completion_tokens)
@@ -80,6 +83,8 @@ def why_unknown(dep: Deployment, prompt_tokens: int | None, completion_tokens: i
 def usd(amount: float) -> str:
     """A cost for a log line: a plain decimal to 10 places without trailing zeros (``0``,
     ``0.00042``, ``12.5``); below a millionth of a dollar, 4 significant digits (``1.5e-07``)."""
-    if 0 < amount < 1e-6:
+    if amount == 0:
+        return "0"
+    if amount < 1e-6:
         return f"{amount:.4g}"
     return f"{amount:.10f}".rstrip("0").rstrip(".")

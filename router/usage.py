@@ -28,7 +28,9 @@ from typing import Any, Mapping, NamedTuple
 import orjson
 
 MAX_COUNT = 10**12  # tokens; a larger count is not believed
+USAGE_SPAN = 1024  # bytes after a body's "usage" key its counts are looked for in (a usage object is a few hundred)
 _COUNT = re.compile(rb"\s*:\s*(\d{1,13})(?![\d.eE])")  # an integer value right after a key
+_COUNTS = re.compile(rb'"([a-z_]+)"\s*:\s*(\d{1,13})(?![\d.eE])')  # every key with an integer value
 
 
 class Usage(NamedTuple):
@@ -68,28 +70,34 @@ def _after(body: bytes, key: bytes, start: int) -> int | None:
     return _count(int(m.group(1))) if m else None
 
 
+def _int(found: dict[bytes, bytes], key: bytes) -> int | None:
+    value = found.get(key)
+    return None if value is None else _count(int(value))
+
+
 def from_body(raw: bytes) -> Usage | None:
     """The usage in a whole upstream body (see the module's docstring); ``None`` if it has none.
 
-    OpenAI, Anthropic and Responses counts are read only after a ``"usage"`` key, so an
-    answer that merely reports a count (count_tokens' ``{"input_tokens": N}``) is no usage.
-    Anthropic's prompt is ``input_tokens`` plus its cache writes and reads (which it
-    counts apart); OpenAI's and Responses' ``cached_tokens`` are already in their prompt.
+    OpenAI, Anthropic and Responses counts are read in the ``USAGE_SPAN`` bytes after
+    the body's last ``"usage"`` key (one regex pass; a key written inside a JSON string
+    cannot match, its quotes are escaped there), so an answer that merely reports a
+    count (count_tokens' ``{"input_tokens": N}``) is no usage. Anthropic's prompt is
+    ``input_tokens`` plus its cache writes and reads (which it counts apart); OpenAI's
+    and Responses' ``cached_tokens`` are already in their prompt.
     """
     u = raw.rfind(b'"usage"')
     if u >= 0:
-        prompt = _after(raw, b'"prompt_tokens"', u)
-        if prompt is not None or raw.find(b'"input_tokens"', u) < 0:  # OpenAI's shape (or a total only: rerank)
-            return _made(prompt, _after(raw, b'"completion_tokens"', u), _after(raw, b'"total_tokens"', u),
-                         _after(raw, b'"cached_tokens"', u))
-        read = _after(raw, b'"cache_read_input_tokens"', u)
-        written = _after(raw, b'"cache_creation_input_tokens"', u)
-        prompt = _after(raw, b'"input_tokens"', u)
+        found = dict(_COUNTS.findall(raw, u + 7, u + USAGE_SPAN))
+        if b"input_tokens" not in found:  # OpenAI's shape (or a total only: rerank)
+            return _made(_int(found, b"prompt_tokens"), _int(found, b"completion_tokens"), _int(found, b"total_tokens"),
+                         _int(found, b"cached_tokens"))
+        read, written = _int(found, b"cache_read_input_tokens"), _int(found, b"cache_creation_input_tokens")
+        prompt = _int(found, b"input_tokens")
         if prompt is not None:
             prompt += (read or 0) + (written or 0)
-        cached = read if read is not None else _after(raw, b'"cached_tokens"', u)
-        return _made(prompt, _after(raw, b'"output_tokens"', u), _after(raw, b'"total_tokens"', u), cached)
-    # Ollama's own API: the counts are top-level fields of its (last) object
+        cached = read if read is not None else _int(found, b"cached_tokens")
+        return _made(prompt, _int(found, b"output_tokens"), _int(found, b"total_tokens"), cached)
+    # Ollama's own API: the counts are top-level fields at the end of its object
     return _made(_after(raw, b'"prompt_eval_count"', 0), _after(raw, b'"eval_count"', 0), None, None)
 
 
@@ -108,32 +116,39 @@ def from_counts(counts: Mapping[str, int] | None) -> Usage | None:
     return from_openai(counts) if counts else None
 
 
+def _line_start(tail: bytes, at: int) -> int:
+    """Where the line holding ``tail[at]`` starts (0: the tail's start)."""
+    return max(tail.rfind(b"\n", 0, at), tail.rfind(b"\r", 0, at)) + 1
+
+
 def from_sse_tail(tail: bytes, at_start: bool = True) -> Usage | None:
     """The ``usage`` of the last data event before ``data: [DONE]`` in ``tail``, the end
-    of an SSE stream; ``None`` when there is no ``[DONE]`` line, the event before it is
-    not a complete JSON object, or that object has no usage. ``at_start``: ``tail``
-    begins at the stream's start (else its first line is taken for a fragment, never
-    for a whole event). Only whole lines count; "usage" written in a model's text is
-    inside an earlier event's JSON string and is never looked at."""
-    end = len(tail)
-    done = False
-    while end > 0:
-        start = max(tail.rfind(b"\n", 0, end), tail.rfind(b"\r", 0, end)) + 1
-        line = tail[start:end]
-        end = start - 1
-        if start == 0 and not at_start:
-            return None  # where this line starts is not in the tail
-        if line[:5] != b"data:":
-            continue  # blank lines, comments, other fields
-        value = line[5:].strip()
-        if not done:
-            if value != b"[DONE]":
-                return None  # data after the end, or no end: not a stream this reads
-            done = True
-            continue
-        try:
-            event = orjson.loads(value)
-        except orjson.JSONDecodeError:
+    of an SSE stream; ``None`` when the last ``[DONE]`` is not a data line of its own,
+    the data line before it is not a complete JSON object, or that object has no usage.
+    ``at_start``: ``tail`` begins at the stream's start (else its first line may be a
+    fragment of a longer one, and is never taken for a whole event). Only whole lines
+    at line starts count: "usage" or "data:" written in a model's text is inside an
+    event's JSON string, and a line break there is escaped. Comments and blank lines
+    between the event and ``[DONE]`` are skipped."""
+    done = tail.rfind(b"[DONE]")
+    if done < 0:
+        return None
+    start = _line_start(tail, done)
+    if tail[start:done].rstrip() != b"data:" or tail[done + 6:].strip(b" \t\r\n") or (start == 0 and not at_start):
+        return None  # not its own data line, data after it, or its line's start is not in the tail
+    end = start
+    while True:
+        at = tail.rfind(b"data:", 0, end)
+        if at < 0:
             return None
-        return from_openai(event.get("usage")) if isinstance(event, dict) else None
-    return None
+        if at == 0 or tail[at - 1] in b"\r\n":
+            break
+        end = at  # "data:" inside an event's text: look further back
+    if at == 0 and not at_start:
+        return None
+    line_end = min(i for i in (tail.find(b"\n", at), tail.find(b"\r", at)) if i >= 0)
+    try:
+        event = orjson.loads(tail[at + 5:line_end])
+    except orjson.JSONDecodeError:
+        return None
+    return from_openai(event.get("usage")) if isinstance(event, dict) else None

@@ -105,16 +105,15 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
 
 def _cost(proxy: Proxy, outcome: Outcome, answered: Attempt, fields: dict[str, Any]) -> None:
     """What the answer cost: ``cost=`` in the line (``unknown(no_price)``/``unknown(no_usage)``
-    where unknown), the spend counters, and the deployment's tally for the status page."""
-    dep, usage, metrics = answered.deployment, answered.usage, proxy.metrics
+    where unknown) and the spend counters (which the status page reads too)."""
+    dep, usage = answered.deployment, answered.usage
     prompt, completion = (usage.prompt, usage.completion) if usage is not None else (None, None)
     amount = cost(dep, prompt, completion)
+    reason = None
     if amount is None:
-        reason = why_unknown(dep, prompt, completion) or "unknown"
+        reason = why_unknown(dep, prompt, completion)
         fields["cost"] = f"unknown({reason})"
-        metrics.add(metrics.child(metrics.spend_unknown, dep.id, reason))
     else:
         fields["cost"] = usd(amount)
-        key = outcome.key
-        metrics.add(metrics.child(metrics.spend, key.name if key is not None else NO_KEY, dep.id), amount)
-    proxy.state[dep.id].spent(amount)
+    key = outcome.key
+    proxy.metrics.spent(key.name if key is not None else NO_KEY, dep, amount, reason)

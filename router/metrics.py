@@ -294,6 +294,31 @@ class Metrics:
         for child, value in updated.items():
             child.set(value)
 
+    def spent(self, key: str, dep: Deployment, amount: float | None, reason: str | None) -> None:
+        """An answer of ``dep`` for ``key`` (its name) cost ``amount`` USD; ``None``: unknown,
+        for ``reason`` (``router.costs.why_unknown``). A 0 shows the series, adds nothing."""
+        if amount is None:
+            self.add(self.child(self.spend_unknown, dep.id, reason or ""))
+        elif amount:
+            self.add(self.child(self.spend, key, dep.id), amount)
+        else:
+            self.child(self.spend, key, dep.id)
+
+    def spend_by_deployment(self) -> dict[str, tuple[float, int]]:
+        """This process's spend per deployment: (USD where known, answers of unknown cost)."""
+        self.flush()
+        usd: dict[str, float] = defaultdict(float)
+        unknown: dict[str, int] = defaultdict(int)
+        for family in self.spend.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    usd[sample.labels["deployment"]] += sample.value
+        for family in self.spend_unknown.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    unknown[sample.labels["deployment"]] += int(sample.value)
+        return {d: (usd.get(d, 0.0), unknown.get(d, 0)) for d in usd.keys() | unknown.keys()}
+
     def decided(self, seconds: float, decision: RouteDecision | None) -> None:
         self.observe(self.decision, seconds)
         if decision is None:

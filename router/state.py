@@ -48,8 +48,6 @@ class DeploymentState:
     ttft: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # streaming time to first token
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # non-streaming total latency
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
-    spend: float = 0.0  # USD its answers cost, where known (router.costs)
-    spend_unknown: int = 0  # answers whose cost is unknown
     health: Health = field(default_factory=Health)
     freed: asyncio.Event | None = None  # set when a request ends, for requests waiting for a slot
     # what other router instances report, when state is shared (router.shared)
@@ -89,13 +87,6 @@ class DeploymentState:
         else:
             self.failures += 1
             self.last_error, self.last_error_at = error, now
-
-    def spent(self, amount: float | None) -> None:
-        """One of its answers cost ``amount`` USD (``None``: unknown, never taken for 0)."""
-        if amount is None:
-            self.spend_unknown += 1
-        else:
-            self.spend += amount
 
     def slot_freed(self) -> asyncio.Event:
         """An event set the next time one of this deployment's requests ends."""

@@ -11,7 +11,7 @@ it, keeps it in ``sessionStorage`` (this tab only) and sends it as
 
 Per deployment the page also shows what its answers cost (``spend_usd``, where
 known) and how many answers' cost is unknown (``spend_unknown``), as this process
-counted them since it started (``DeploymentState.spent``, from ``router.accesslog``).
+counted them since it started (its ``llm_router_spend`` counters, ``Metrics.spend_by_deployment``).
 
 ``RecentDecisions`` is the ring of the last routing decisions the page lists;
 the proxy records one entry per request from its log function.
@@ -36,9 +36,10 @@ def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
     """Per deployment: what the page shows (the last background probe, no new one)."""
     config = proxy.config
     rows = []
+    spend = proxy.metrics.spend_by_deployment()
     for r in health_rows(config.all_deployments(), proxy.state):
         requests, failures = r["requests"], r["failures"]
-        spent = proxy.state[r["id"]]
+        usd, unknown = spend.get(r["id"], (0.0, 0))
         rows.append({
             "id": r["id"], "model_name": r["model_name"], "model": r["model"], "provider": r["provider"],
             "state": r["state"], "healthy": r["healthy"], "in_flight": r["in_flight"],
@@ -47,7 +48,7 @@ def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
             "ttft_p95_ms": r["ttft_p95_ms"], "latency_p95_ms": r["latency_p95_ms"],
             "cooldown_left_s": r["cooldown_left_s"], "last_error": r["last_error"],
             "last_failure_reason": r["last_failure_reason"],
-            "spend_usd": spent.spend, "spend_unknown": spent.spend_unknown,
+            "spend_usd": usd, "spend_unknown": unknown,
         })
     return rows
 

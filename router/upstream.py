@@ -140,7 +140,8 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     headers = {**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"}
     spent = cost(dep, usage.prompt, usage.completion) if usage is not None else cost(dep, None, None)
     if spent is not None:
-        headers[COST_HEADER] = repr(float(f"{spent:.12g}"))  # as LiteLLM's str(float), less noise: 2.3e-05, not 2.2999999999999997e-05
+        # as LiteLLM's str(float), less noise: 2.3e-05, not 2.2999999999999997e-05
+        headers[COST_HEADER] = "0.0" if spent == 0 else repr(float(f"{spent:.12g}"))
     return web.Response(body=body, status=200, content_type="application/json", headers=headers)
 
 
@@ -330,25 +331,24 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
     an error event instead of a silently truncated answer. A chunk's unfinished last
     line waits for its line ending (no client can use half a line), so a stream that
     breaks off mid-event still ends with an error event an SSE client can read.
-    The last chunks are kept, by reference (the fewest that hold ``USAGE_WINDOW`` bytes:
-    less than that plus one piece), and read once at the end for the final event's
-    usage (``router.usage.from_sse_tail``).
+    For the answer's usage (``router.usage.from_sse_tail``, once, at the end), the chunks
+    from the one before the first finish_reason on are kept, by reference: the final
+    usage event comes after the finish_reason (or rides with it). Of those, the fewest
+    that hold ``USAGE_WINDOW`` bytes (less than that plus one piece); before the
+    finish_reason, only the last chunk.
     """
     tail = b"\n"  # the last bytes seen, for matches across chunks (the stream starts at a line start)
     edge = b"\n\n"  # the last bytes written (at least 4 of them)
     held = bytearray()  # the start of a line whose end has not arrived
     last = b""  # bytes that arrived with the upstream's end: they leave with our end, in one write
-    kept: deque[bytes] = deque()  # the stream's last chunks, for its usage
+    prev = b""  # the chunk before this one
+    kept: deque[bytes] | None = None  # from the finish_reason on: the chunks the final usage event is in
     kept_bytes = 0
-    from_start = True  # ``kept`` still begins with the stream's first chunk
+    from_start = True  # ``kept`` begins with the stream's first chunk
+    chunks = 0  # until the finish_reason
     events = 0
     finished = done = False
     while chunk:
-        kept.append(chunk)
-        kept_bytes += len(chunk)
-        while kept_bytes - len(kept[0]) >= USAGE_WINDOW:  # the oldest is not needed to hold the window
-            kept_bytes -= len(kept.popleft())
-            from_start = False
         window = tail + chunk
         if not done:
             finished = finished or _FINISHED.search(window) is not None
@@ -358,6 +358,17 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
                 return await _cut_short(out, data[: max(0, len(data) - (len(window) - m.start() - 1))], edge, attempt)
             done = m is not None
         events += window.count(b"data:", max(0, len(tail) - 4))  # each once, also when split across chunks
+        if kept is not None:
+            kept.append(chunk)
+            kept_bytes += len(chunk)
+            while kept_bytes - len(kept[0]) >= USAGE_WINDOW:  # the oldest is not needed to hold the window
+                kept_bytes -= len(kept.popleft())
+                from_start = False
+        elif finished:  # its event may have begun in the chunk before
+            kept, kept_bytes, from_start = deque((prev, chunk)), len(prev) + len(chunk), chunks <= 1
+        else:
+            prev = chunk
+            chunks += 1
         tail = window[-40:]
         # the usual case: whole lines, relayed as they came
         data = chunk if not held and chunk[-1:] == b"\n" else _whole_lines(held, chunk)
@@ -376,7 +387,7 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             return _separator(edge) + error_event(exc.message, exc.type, exc.code)
     attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
     if done:  # whatever followed [DONE], and a blank line if the upstream left its last event open
-        attempt.used(from_sse_tail(b"".join(kept), from_start))
+        attempt.used(from_sse_tail(b"".join(kept), from_start) if kept is not None else None)
         rest = bytes(held)
         return last + rest + _separator(edge + rest)
     attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")

@@ -46,20 +46,20 @@ def _count(value: Any) -> int | None:
     return value if type(value) is int and 0 <= value <= MAX_COUNT else None
 
 
-def _sum(*counts: int | None) -> int | None:
-    return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
-
-
 def _made(prompt: int | None, completion: int | None, total: int | None, cached: int | None) -> Usage | None:
     """A ``Usage`` from the counts found (the total completed from the parts and the
     completion from the total, where one is missing); ``None`` if none was found."""
-    if prompt is None and completion is None and total is None:
-        return None
-    if completion is None and prompt is not None and total is not None and total >= prompt:
-        completion = total - prompt
-    if total is None:
-        total = _sum(prompt, completion)
-    return Usage(prompt, completion, total, cached)
+    if completion is None:
+        if prompt is None and total is None:
+            return None
+        if prompt is not None and total is not None and total >= prompt:
+            completion = total - prompt
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return _new(Usage, (prompt, completion, total, cached))  # Usage(...) without its Python-level __new__
+
+
+_new = tuple.__new__
 
 
 def _after(body: bytes, key: bytes, start: int) -> int | None:
@@ -72,7 +72,10 @@ def _after(body: bytes, key: bytes, start: int) -> int | None:
 
 def _int(found: dict[bytes, bytes], key: bytes) -> int | None:
     value = found.get(key)
-    return None if value is None else _count(int(value))
+    if value is None:
+        return None
+    n = int(value)
+    return n if n <= MAX_COUNT else None
 
 
 def from_body(raw: bytes) -> Usage | None:
@@ -116,39 +119,36 @@ def from_counts(counts: Mapping[str, int] | None) -> Usage | None:
     return from_openai(counts) if counts else None
 
 
-def _line_start(tail: bytes, at: int) -> int:
-    """Where the line holding ``tail[at]`` starts (0: the tail's start)."""
-    return max(tail.rfind(b"\n", 0, at), tail.rfind(b"\r", 0, at)) + 1
-
-
 def from_sse_tail(tail: bytes, at_start: bool = True) -> Usage | None:
     """The ``usage`` of the last data event before ``data: [DONE]`` in ``tail``, the end
-    of an SSE stream; ``None`` when the last ``[DONE]`` is not a data line of its own,
-    the data line before it is not a complete JSON object, or that object has no usage.
-    ``at_start``: ``tail`` begins at the stream's start (else its first line may be a
-    fragment of a longer one, and is never taken for a whole event). Only whole lines
-    at line starts count: "usage" or "data:" written in a model's text is inside an
-    event's JSON string, and a line break there is escaped. Comments and blank lines
-    between the event and ``[DONE]`` are skipped."""
+    of an SSE stream; ``None`` when the last ``[DONE]`` is not a data line of its own
+    (only blank lines may follow it), the data line before it is not a complete JSON
+    object, or that object has no usage. ``at_start``: ``tail`` begins at the stream's
+    start (else its first line may be a fragment of a longer one, and is never taken for
+    a whole event). Only lines that start with ``data:`` count: "usage" or "data:"
+    written in a model's text is inside an event's JSON string, where a line break is
+    escaped. Comments and blank lines between the event and ``[DONE]`` are skipped. Only
+    that one event is decoded, and only when it has a ``"usage"`` key."""
     done = tail.rfind(b"[DONE]")
     if done < 0:
         return None
-    start = _line_start(tail, done)
-    if tail[start:done].rstrip() != b"data:" or tail[done + 6:].strip(b" \t\r\n") or (start == 0 and not at_start):
-        return None  # not its own data line, data after it, or its line's start is not in the tail
-    end = start
+    start = max(tail.rfind(b"\n", 0, done), tail.rfind(b"\r", 0, done)) + 1
+    if tail[start:done].rstrip() != b"data:" or tail[done + 6:].strip() or (start == 0 and not at_start):
+        return None  # not its own data line, something after it, or its line's start is not in the tail
+    at = start
     while True:
-        at = tail.rfind(b"data:", 0, end)
-        if at < 0:
+        at = tail.rfind(b"data:", 0, at)
+        if at < 0 or (at == 0 and not at_start):
             return None
         if at == 0 or tail[at - 1] in b"\r\n":
-            break
-        end = at  # "data:" inside an event's text: look further back
-    if at == 0 and not at_start:
+            break  # (else "data:" inside an event's text: look further back)
+    end = tail.find(b"\n", at, start)  # the line ends before the [DONE] line starts
+    cr = tail.find(b"\r", at, start if end < 0 else end)
+    line = tail[at + 5:cr if cr >= 0 else end]
+    if b'"usage"' not in line:
         return None
-    line_end = min(i for i in (tail.find(b"\n", at), tail.find(b"\r", at)) if i >= 0)
     try:
-        event = orjson.loads(tail[at + 5:line_end])
+        event = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     return from_openai(event.get("usage")) if isinstance(event, dict) else None

@@ -267,6 +267,24 @@ _USAGE = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1234,"completion_toke
          b'"prompt_tokens_details":{"cached_tokens":1024}}}'
 
 
+_STOP_WITH_USAGE = b'{"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,' \
+                   b'"completion_tokens":3,"total_tokens":12},"timings":{"prompt_n":9,"predicted_n":3}}'
+
+
+@FUZZ
+@given(cuts=_cuts, events=st.integers(0, 20))
+def test_usage_riding_with_the_finish_event_is_found_or_left_unknown_never_wrong(cuts, events):
+    """llama-server's way: the usage is in the finish_reason's own event. Relayed in whole
+    events it is found; split anywhere it is found, or (when that event began more than a
+    chunk before its finish_reason arrived) unknown, never other counts."""
+    content = b'{"id":"x","choices":[{"index":0,"delta":{"content":"w"},"finish_reason":null}]}'
+    raw = _sse(_ROLE, *[content] * events, _STOP_WITH_USAGE, b"[DONE]")
+    _, whole = relay([_sse(e) for e in (_ROLE, *[content] * events, _STOP_WITH_USAGE, b"[DONE]")], None)
+    got, attempt = relay(split(raw, cuts), None)
+    assert got == raw and whole.usage == Usage(9, 3, 12)
+    assert attempt.usage in (Usage(9, 3, 12), None)
+
+
 @FUZZ
 @given(size=st.integers(0, 3 * USAGE_WINDOW), with_usage=st.booleans(), cuts=_cuts)
 def test_the_final_usage_of_a_long_stream_in_small_pieces(size, with_usage, cuts):

@@ -92,9 +92,9 @@ def test_any_openai_body_gives_back_its_counts(prompt, completion, pad):
 
 # -- stream tails --------------------------------------------------------------------------------
 
-def test_the_final_events_usage_before_done():
-    assert from_sse_tail(sse(STOP, {**CHUNK, "choices": [], "usage": USAGE}, "[DONE]")) == Usage(11, 4, 15, 8)
-    assert from_sse_tail(sse(STOP, {**CHUNK, "choices": [], "usage": USAGE}, "[DONE]", nl="\r\n")) == Usage(11, 4, 15, 8)
+def test_the_final_events_usage_before_done_with_any_line_ending():
+    for nl in ("\n", "\r\n", "\r"):
+        assert from_sse_tail(sse(STOP, {**CHUNK, "choices": [], "usage": USAGE}, "[DONE]", nl=nl)) == Usage(11, 4, 15, 8), nl
 
 
 def test_no_usage_event_no_usage():

@@ -108,12 +108,14 @@ def _cost(proxy: Proxy, outcome: Outcome, answered: Attempt, fields: dict[str, A
     where unknown) and the spend counters (which the status page reads too)."""
     dep, usage = answered.deployment, answered.usage
     prompt, completion = (usage.prompt, usage.completion) if usage is not None else (None, None)
-    amount = cost(dep, prompt, completion)
-    reason = None
-    if amount is None:
+    amount = answered.cost if answered.priced else cost(dep, prompt, completion)
+    if amount == 0:
+        fields["cost"] = "0"  # the usual case: a local deployment; no spend to count
+    elif amount is None:
         reason = why_unknown(dep, prompt, completion)
         fields["cost"] = f"unknown({reason})"
+        proxy.metrics.spent(NO_KEY, dep, None, reason)
     else:
         fields["cost"] = usd(amount)
-    key = outcome.key
-    proxy.metrics.spent(key.name if key is not None else NO_KEY, dep, amount, reason)
+        key = outcome.key
+        proxy.metrics.spent(key.name if key is not None else NO_KEY, dep, amount, None)

@@ -296,13 +296,11 @@ class Metrics:
 
     def spent(self, key: str, dep: Deployment, amount: float | None, reason: str | None) -> None:
         """An answer of ``dep`` for ``key`` (its name) cost ``amount`` USD; ``None``: unknown,
-        for ``reason`` (``router.costs.why_unknown``). A 0 shows the series, adds nothing."""
+        for ``reason`` (``router.costs.why_unknown``; the key is not a label of unknowns)."""
         if amount is None:
             self.add(self.child(self.spend_unknown, dep.id, reason or ""))
-        elif amount:
-            self.add(self.child(self.spend, key, dep.id), amount)
         else:
-            self.child(self.spend, key, dep.id)
+            self.add(self.child(self.spend, key, dep.id), amount)
 
     def spend_by_deployment(self) -> dict[str, tuple[float, int]]:
         """This process's spend per deployment: (USD where known, answers of unknown cost)."""

@@ -65,6 +65,8 @@ class Attempt:
     tokens: int = 0  # total, where known (streams from OpenAI-compatible servers without usage: an estimate of the output)
     prompt_tokens: int = 0
     usage: Usage | None = None  # what the backend reported, never an estimate (None: it reported nothing)
+    cost: float | None = None  # USD, once ``priced`` (router.costs; None: unknown)
+    priced: bool = False  # ``cost`` is set (a whole answer's, for its header): the log line need not compute it again
     capture: bytearray | None = None  # what the client got, kept for the response cache (bounded)
     capture_limit: int = 0
     upstream: float = 0.0  # seconds spent waiting for the backend (to its whole answer, or a stream's first chunk)
@@ -139,6 +141,7 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
     attempt.overhead = c.overhead(attempt.upstream)
     headers = {**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"}
     spent = cost(dep, usage.prompt, usage.completion) if usage is not None else cost(dep, None, None)
+    attempt.cost, attempt.priced = spent, True
     if spent is not None:
         # as LiteLLM's str(float), less noise: 2.3e-05, not 2.2999999999999997e-05
         headers[COST_HEADER] = "0.0" if spent == 0 else repr(float(f"{spent:.12g}"))
@@ -341,11 +344,10 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
     edge = b"\n\n"  # the last bytes written (at least 4 of them)
     held = bytearray()  # the start of a line whose end has not arrived
     last = b""  # bytes that arrived with the upstream's end: they leave with our end, in one write
-    prev = b""  # the chunk before this one
+    prev = b""  # the chunk before this one (none yet: b"")
     kept: deque[bytes] | None = None  # from the finish_reason on: the chunks the final usage event is in
     kept_bytes = 0
     from_start = True  # ``kept`` begins with the stream's first chunk
-    chunks = 0  # until the finish_reason
     events = 0
     finished = done = False
     while chunk:
@@ -364,11 +366,10 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             while kept_bytes - len(kept[0]) >= USAGE_WINDOW:  # the oldest is not needed to hold the window
                 kept_bytes -= len(kept.popleft())
                 from_start = False
-        elif finished:  # its event may have begun in the chunk before
-            kept, kept_bytes, from_start = deque((prev, chunk)), len(prev) + len(chunk), chunks <= 1
+        elif finished:  # its event may have begun in the chunk before (b"" if none: then kept starts the stream)
+            kept, kept_bytes, from_start = deque((prev, chunk)), len(prev) + len(chunk), not prev
         else:
             prev = chunk
-            chunks += 1
         tail = window[-40:]
         # the usual case: whole lines, relayed as they came
         data = chunk if not held and chunk[-1:] == b"\n" else _whole_lines(held, chunk)
@@ -387,7 +388,8 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             return _separator(edge) + error_event(exc.message, exc.type, exc.code)
     attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
     if done:  # whatever followed [DONE], and a blank line if the upstream left its last event open
-        attempt.used(from_sse_tail(b"".join(kept), from_start) if kept is not None else None)
+        if kept is not None:
+            attempt.used(from_sse_tail(b"".join(kept), from_start))
         rest = bytes(held)
         return last + rest + _separator(edge + rest)
     attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")

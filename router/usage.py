@@ -30,7 +30,17 @@ import orjson
 MAX_COUNT = 10**12  # tokens; a larger count is not believed
 USAGE_SPAN = 1024  # bytes after a body's "usage" key its counts are looked for in (a usage object is a few hundred)
 _COUNT = re.compile(rb"\s*:\s*(\d{1,13})(?![\d.eE])")  # an integer value right after a key
-_COUNTS = re.compile(rb'"([a-z_]+)"\s*:\s*(\d{1,13})(?![\d.eE])')  # every key with an integer value
+
+
+def _key(name: str) -> re.Pattern[bytes]:
+    """The JSON key ``name`` and its integer value (a key inside a JSON string cannot match:
+    its quotes are escaped there; nor can a longer key that ends with ``name``)."""
+    return re.compile(b'"' + name.encode() + rb'"\s*:\s*(\d{1,13})(?![\d.eE])')
+
+
+_PROMPT, _COMPLETION, _TOTAL, _CACHED = map(_key, ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"))
+_INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = map(
+    _key, ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
 
 
 class Usage(NamedTuple):
@@ -70,11 +80,10 @@ def _after(body: bytes, key: bytes, start: int) -> int | None:
     return _count(int(m.group(1))) if m else None
 
 
-def _int(found: dict[bytes, bytes], key: bytes) -> int | None:
-    value = found.get(key)
-    if value is None:
+def _value(m: re.Match[bytes] | None) -> int | None:
+    if m is None:
         return None
-    n = int(value)
+    n = int(m.group(1))
     return n if n <= MAX_COUNT else None
 
 
@@ -82,26 +91,27 @@ def from_body(raw: bytes) -> Usage | None:
     """The usage in a whole upstream body (see the module's docstring); ``None`` if it has none.
 
     OpenAI, Anthropic and Responses counts are read in the ``USAGE_SPAN`` bytes after
-    the body's last ``"usage"`` key (one regex pass; a key written inside a JSON string
-    cannot match, its quotes are escaped there), so an answer that merely reports a
-    count (count_tokens' ``{"input_tokens": N}``) is no usage. Anthropic's prompt is
+    the body's last ``"usage"`` key, so an answer that merely reports a count
+    (count_tokens' ``{"input_tokens": N}``) is no usage. Anthropic's prompt is
     ``input_tokens`` plus its cache writes and reads (which it counts apart); OpenAI's
     and Responses' ``cached_tokens`` are already in their prompt.
     """
     u = raw.rfind(b'"usage"')
-    if u >= 0:
-        found = dict(_COUNTS.findall(raw, u + 7, u + USAGE_SPAN))
-        if b"input_tokens" not in found:  # OpenAI's shape (or a total only: rerank)
-            return _made(_int(found, b"prompt_tokens"), _int(found, b"completion_tokens"), _int(found, b"total_tokens"),
-                         _int(found, b"cached_tokens"))
-        read, written = _int(found, b"cache_read_input_tokens"), _int(found, b"cache_creation_input_tokens")
-        prompt = _int(found, b"input_tokens")
-        if prompt is not None:
-            prompt += (read or 0) + (written or 0)
-        cached = read if read is not None else _int(found, b"cached_tokens")
-        return _made(prompt, _int(found, b"output_tokens"), _int(found, b"total_tokens"), cached)
-    # Ollama's own API: the counts are top-level fields at the end of its object
-    return _made(_after(raw, b'"prompt_eval_count"', 0), _after(raw, b'"eval_count"', 0), None, None)
+    if u < 0:  # Ollama's own API: the counts are top-level fields at the end of its object
+        return _made(_after(raw, b'"prompt_eval_count"', 0), _after(raw, b'"eval_count"', 0), None, None)
+    end = u + USAGE_SPAN
+    prompt, completion = _PROMPT.search(raw, u, end), _COMPLETION.search(raw, u, end)
+    if prompt is not None and completion is not None:  # the usual case, OpenAI's, with the fewest steps
+        p, c = int(prompt.group(1)), int(completion.group(1))
+        if p <= MAX_COUNT and c <= MAX_COUNT:
+            return _new(Usage, (p, c, p + c, _value(_CACHED.search(raw, u, end))))
+    if prompt is None and _INPUT.search(raw, u, end) is not None:  # Anthropic's, Responses'
+        read, written = _value(_CACHE_READ.search(raw, u, end)), _value(_CACHE_WRITE.search(raw, u, end))
+        given = _value(_INPUT.search(raw, u, end))
+        inputs = None if given is None else given + (read or 0) + (written or 0)
+        cached = read if read is not None else _value(_CACHED.search(raw, u, end))
+        return _made(inputs, _value(_OUTPUT.search(raw, u, end)), _value(_TOTAL.search(raw, u, end)), cached)
+    return _made(_value(prompt), _value(completion), _value(_TOTAL.search(raw, u, end)), _value(_CACHED.search(raw, u, end)))
 
 
 def from_openai(usage: Any) -> Usage | None:
@@ -129,6 +139,8 @@ def from_sse_tail(tail: bytes, at_start: bool = True) -> Usage | None:
     written in a model's text is inside an event's JSON string, where a line break is
     escaped. Comments and blank lines between the event and ``[DONE]`` are skipped. Only
     that one event is decoded, and only when it has a ``"usage"`` key."""
+    if b'"usage"' not in tail:
+        return None  # the usual stream without usage: nothing more to look at
     done = tail.rfind(b"[DONE]")
     if done < 0:
         return None

@@ -12,7 +12,8 @@ import orjson
 
 from router.domain import RouteDecision
 from router.errors import ModelNotFound
-from router.metrics import model_group
+from router.costs import cost, usd, why_unknown
+from router.metrics import NO_KEY, model_group
 from router.routing.engine import ROUTE_LABELS, Engine
 from router.upstream import Attempt
 
@@ -54,6 +55,7 @@ def record(proxy: Proxy, engine: Engine, rid: str, model: str, endpoint: str, de
     if outcome.body is not None:
         fields["request_body"] = orjson.dumps(outcome.body)[:LOGGED_BODY_LIMIT].decode("utf-8", "replace")
     if outcome.cache == "hit":
+        fields["cost"] = "0"  # no backend was asked (LiteLLM's figure for a cache hit too)
         proxy.log.info(f"Model: {model} -> cache hit", **fields)
     elif decision is None or last is None:
         _rejected(proxy, model, err, fields)
@@ -77,6 +79,8 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
     err = outcome.error
     dep = last.deployment
     fields["deployment"] = dep.id
+    if last.status == 200:  # the deployment answered: its answer has a cost (the client may have left since)
+        _cost(proxy, outcome, last, fields)
     group = model_group(decision, dep)
     proxy.metrics.answered(group, decision, dep, fields["status"], elapsed, last.ttft)
     if last.via is not None:  # a front door's request: passed through or translated
@@ -88,6 +92,8 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
     if fallback is not None:
         fields["attempts"] = len(outcome.tried)
         fields["fallback"] = fallback
+    if outcome.spilled is not None:  # spill-over: sent past its busy candidates (router.routing.spill)
+        fields["spill"] = outcome.spilled
     if decision.matched:
         fields["matched"] = decision.matched
     message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
@@ -97,3 +103,21 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
         proxy.log.info(message, **fields)
     else:
         proxy.log.warning(message, error=err.error_class, detail=err.message, **fields)
+
+
+def _cost(proxy: Proxy, outcome: Outcome, answered: Attempt, fields: dict[str, Any]) -> None:
+    """What the answer cost: ``cost=`` in the line (``unknown(no_price)``/``unknown(no_usage)``
+    where unknown) and the spend counters (which the status page reads too)."""
+    dep, usage = answered.deployment, answered.usage
+    prompt, completion = (usage.prompt, usage.completion) if usage is not None else (None, None)
+    amount = answered.cost if answered.priced else cost(dep, prompt, completion)
+    if amount == 0:
+        fields["cost"] = "0"  # the usual case: a local deployment; no spend to count
+    elif amount is None:
+        reason = why_unknown(dep, prompt, completion)
+        fields["cost"] = f"unknown({reason})"
+        proxy.metrics.spent(NO_KEY, dep, None, reason)
+    else:
+        fields["cost"] = usd(amount)
+        key = outcome.key
+        proxy.metrics.spent(key.name if key is not None else NO_KEY, dep, amount, None)

@@ -13,7 +13,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_KEY = web.RequestKey("client_key", object)  # the caller's ApiKey, None where no key is needed
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the allowed cross-origin page this answer is granted to (router.app)
 CORS_EXPOSE = "x-request-id, x-router-deployment, x-router-provider, x-router-route, x-router-attempts, " \
-              "x-router-fallback, x-router-overhead-ms, retry-after"
+              "x-router-fallback, x-router-overhead-ms, x-litellm-response-cost, retry-after"
 
 
 def cors_grant(origin: str) -> dict[str, str]:

@@ -27,7 +27,9 @@ seconds is a counter per slot that keeps counting across restarts. Aggregate wit
 
 Labels stay bounded: ``model_group`` is the configured name (group, alias,
 capability) or, for name-based routes, the rule that matched (e.g.
-``pattern:^meta-llama/.*``) — never a raw client string.
+``pattern:^meta-llama/.*``) — never a raw client string. ``key`` (spend) is a
+configured key's name (``master`` for the master key, ``none`` without keys), never
+the key itself.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 OVERHEAD_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2)
 DECISION_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 STATES = ("healthy", "degraded", "cooldown", "half_open")
+NO_KEY = "none"  # the key label of spend where the router needs no key
 PROCESS_SAMPLE_INTERVAL = 5.0  # seconds between a worker's own /proc samples (multiprocess mode)
 PROCESS_GAUGES = {  # ProcessCollector's sample -> help, as gauges per worker in multiprocess mode
     "process_resident_memory_bytes": "Resident memory size in bytes.",
@@ -90,6 +93,9 @@ class Metrics:
                                 ["by"], registry=r)
         self.fallbacks = Counter("llm_router_fallbacks", "Fallbacks triggered, by provider.", ["from_provider", "to_provider"],
                                  registry=r)
+        self.spillovers = Counter("llm_router_spillovers", "Requests sent past their saturated candidates to a fallback "
+                                  "chain's spill_when step (router.routing.spill), by provider.",
+                                  ["from_provider", "to_provider"], registry=r)
         self.in_flight = Gauge("llm_router_in_flight", "Requests in flight to each deployment.", ["deployment"],
                                multiprocess_mode="livesum", registry=r)
         self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
@@ -107,6 +113,15 @@ class Metrics:
                                ["server"], registry=r)
         self.tokens = Counter("llm_router_tokens", "Tokens by deployment and direction, where usage is known.",
                               ["deployment", "direction"], registry=r)
+        self.spend = Counter("llm_router_spend", "USD spent on answers whose cost is known: the deployment's "
+                             "model_info input/output_cost_per_token times the tokens the answer reported (local "
+                             "deployments cost 0 unless priced), by client key name (none: no key) and deployment.",
+                             ["key", "deployment"], registry=r)
+        self.spend_unknown = Counter("llm_router_spend_unknown", "Answers whose cost is unknown (never counted as 0 "
+                                     "spend), by deployment and why: no_price (a hosted deployment without a "
+                                     "configured price) or no_usage (the answer reported no token counts, e.g. a "
+                                     "stream without stream_options.include_usage).",
+                                     ["deployment", "reason"], registry=r)
         self.effectiveness = Gauge("llm_router_load_balance_effectiveness",
                                    "1 - total variation distance between a group's recent traffic split and its target "
                                    "split (weights, else even): 1 = exactly on target.", ["model_group"],
@@ -281,6 +296,29 @@ class Metrics:
         updated, self._set = self._set, {}
         for child, value in updated.items():
             child.set(value)
+
+    def spent(self, key: str, dep: Deployment, amount: float | None, reason: str | None) -> None:
+        """An answer of ``dep`` for ``key`` (its name) cost ``amount`` USD; ``None``: unknown,
+        for ``reason`` (``router.costs.why_unknown``; the key is not a label of unknowns)."""
+        if amount is None:
+            self.add(self.child(self.spend_unknown, dep.id, reason or ""))
+        else:
+            self.add(self.child(self.spend, key, dep.id), amount)
+
+    def spend_by_deployment(self) -> dict[str, tuple[float, int]]:
+        """This process's spend per deployment: (USD where known, answers of unknown cost)."""
+        self.flush()
+        usd: dict[str, float] = defaultdict(float)
+        unknown: dict[str, int] = defaultdict(int)
+        for family in self.spend.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    usd[sample.labels["deployment"]] += sample.value
+        for family in self.spend_unknown.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    unknown[sample.labels["deployment"]] += int(sample.value)
+        return {d: (usd.get(d, 0.0), unknown.get(d, 0)) for d in usd.keys() | unknown.keys()}
 
     def decided(self, seconds: float, decision: RouteDecision | None) -> None:
         self.observe(self.decision, seconds)

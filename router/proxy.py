@@ -40,7 +40,7 @@ from router.cache import Cache, Entry, cache_control, cache_key, scope_of
 from router.exchange import CLIENT_KEY, granted, request_id
 from router.metrics import Metrics
 from router.h1 import Pool, Target
-from router.upstream import SSE_HEADERS, Attempt
+from router.upstream import COST_HEADER, SSE_HEADERS, Attempt
 from router.validate import parse_body
 from router.doors import DOORS, Door
 
@@ -106,6 +106,7 @@ class Outcome:
     rid: str = ""  # the request id
     waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
     spilled: str | None = None  # the spill-over condition that sent it past its busy candidates (router.routing.spill)
+    key: ApiKey | None = None  # the caller's key (its name labels the spend), None where none is needed
 
     @property
     def last(self) -> Attempt | None:
@@ -171,6 +172,7 @@ class Proxy:
         model = "?"
         try:
             key: ApiKey | None = request.get(CLIENT_KEY)  # type: ignore[assignment]
+            outcome.key = key
             body, facts = await self._admit(request, endpoint, routing, key, outcome)
             model = facts.model or f"capability:{facts.capability}"
             decision = self._route(routing, key, facts, model, rid)
@@ -311,6 +313,9 @@ class Proxy:
             entries = self._permitted_fallbacks(routing, key, facts, spilled.entries, request)
             if entries:  # every candidate is too busy: the spill-over targets first, the candidates after
                 outcome.spilled = spilled.trace[0].split(" (", 1)[0].removeprefix("spill-over: ")
+                if decision.candidates:
+                    self.metrics.add(self.metrics.child(self.metrics.spillovers, decision.candidates[0].provider,
+                                                        entries[0][0].provider))
                 candidates = entries + [c for c in candidates if c not in entries]
                 spill = len(entries)
         plan = AttemptPlan(decision.model, candidates,
@@ -407,6 +412,7 @@ class Proxy:
         self.stats.cache_hits += 1
         headers = {**entry.headers, "x-request-id": rid, "x-router-cache": "hit"}
         if not stream:
+            headers[COST_HEADER] = "0.0"  # no backend was asked
             return web.Response(body=entry.body, status=200, content_type="application/json", headers=headers)
         door = DOORS.get(endpoint)
         stream_headers = SSE_HEADERS if door is None else {**SSE_HEADERS, "Content-Type": door.stream_type}

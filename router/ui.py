@@ -9,6 +9,10 @@ or its logs, and the page removes it from the address bar at once) or asks for
 it, keeps it in ``sessionStorage`` (this tab only) and sends it as
 ``Authorization: Bearer``. The page polls ``/ui/data`` every second.
 
+Per deployment the page also shows what its answers cost (``spend_usd``, where
+known) and how many answers' cost is unknown (``spend_unknown``), as this process
+counted them since it started (its ``llm_router_spend`` counters, ``Metrics.spend_by_deployment``).
+
 ``RecentDecisions`` is the ring of the last routing decisions the page lists;
 the proxy records one entry per request from its log function.
 """
@@ -32,8 +36,10 @@ def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
     """Per deployment: what the page shows (the last background probe, no new one)."""
     config = proxy.config
     rows = []
+    spend = proxy.metrics.spend_by_deployment()
     for r in health_rows(config.all_deployments(), proxy.state):
         requests, failures = r["requests"], r["failures"]
+        usd, unknown = spend.get(r["id"], (0.0, 0))
         rows.append({
             "id": r["id"], "model_name": r["model_name"], "model": r["model"], "provider": r["provider"],
             "state": r["state"], "healthy": r["healthy"], "in_flight": r["in_flight"],
@@ -42,8 +48,14 @@ def deployment_rows(proxy: Proxy) -> list[dict[str, Any]]:
             "ttft_p95_ms": r["ttft_p95_ms"], "latency_p95_ms": r["latency_p95_ms"],
             "cooldown_left_s": r["cooldown_left_s"], "last_error": r["last_error"],
             "last_failure_reason": r["last_failure_reason"],
+            "spend_usd": usd, "spend_unknown": unknown,
         })
     return rows
+
+
+def spend_total(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole router's spend on the page: USD where known, and how many answers' cost is not."""
+    return {"usd": sum(r["spend_usd"] for r in rows), "unknown": sum(r["spend_unknown"] for r in rows)}
 
 
 def add_routes(app: web.Application, proxy_key: web.AppKey[Proxy]) -> None:
@@ -55,7 +67,8 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Proxy]) -> None:
     async def data(request: web.Request) -> web.Response:
         proxy = request.app[proxy_key]
         recent = getattr(proxy, "recent", None)
-        body = {"now": round(time.time(), 3), "deployments": deployment_rows(proxy),
+        rows = deployment_rows(proxy)
+        body = {"now": round(time.time(), 3), "deployments": rows, "spend": spend_total(rows),
                 "disabled": disabled_rows(proxy.config.disabled),
                 "recent": recent.snapshot() if recent is not None else []}
         return web.Response(body=orjson.dumps(body), content_type="application/json",
@@ -103,6 +116,8 @@ function cell(tr, text, cls) {
 }
 const ms = (v) => v == null ? "–" : v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms";
 const pct = (v) => v == null ? "–" : (100 * v).toFixed(v > 0 && v < 0.1 ? 1 : 0) + "%";
+// USD where known, and the answers whose cost is not (never shown as $0)
+const usd = (v, unknown) => "$" + (v === 0 ? "0" : Number(v.toPrecision(4)).toString()) + (unknown ? " + " + unknown + " unknown" : "");
 
 function status(text, error) {
   $("status").textContent = text;
@@ -138,6 +153,8 @@ function render(data) {
     cell(tr, ms(d.latency_p95_ms), "num latency");
     const er = cell(tr, pct(d.error_rate), "num error-rate");
     er.title = d.failures + " failed of " + d.requests;
+    const sp = cell(tr, usd(d.spend_usd, d.spend_unknown), "num spend");
+    if (d.spend_unknown) sp.title = d.spend_unknown + " answers of unknown cost (no price configured, or no usage reported)";
     const cd = cell(tr, "", "num cooldown-left");
     if (d.cooldown_left_s != null) {
       deadlines.set(d.id, received + 1000 * d.cooldown_left_s);
@@ -159,6 +176,7 @@ function render(data) {
     rows.push(tr);
   }
   $("deployments").replaceChildren(...rows);
+  $("spend").textContent = "Spend (this process, since start): " + usd(data.spend.usd, data.spend.unknown);
 
   const items = [];
   for (const r of data.recent) {
@@ -229,9 +247,10 @@ PAGE = f"""<!doctype html>
 <h2>Deployments</h2>
 <table>
 <thead><tr><th>Deployment</th><th>Provider</th><th>State</th><th>Healthy</th><th>In flight</th>
-<th>p95 TTFT</th><th>p95 latency</th><th>Error rate</th><th>Cooldown</th></tr></thead>
+<th>p95 TTFT</th><th>p95 latency</th><th>Error rate</th><th>Spend</th><th>Cooldown</th></tr></thead>
 <tbody id="deployments"></tbody>
 </table>
+<p id="spend" class="sub"></p>
 <h2>Recent routing decisions</h2>
 <table>
 <thead><tr><th>Time</th><th>Model</th><th>Route</th><th>Deployment</th><th>Attempts</th><th>Status</th><th>Latency</th></tr></thead>

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,13 +24,14 @@ from router.domain import Deployment
 from router.h1 import ConnectError, ConnectTimeout, Disconnected, HTTPError, NoAnswer, Pool, PoolTimeout, Response
 from router.errors import (RouterError, UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable,
                            upstream_error)
+from router.costs import cost
 from router.providers.base import Adapter, Context, StreamTranslator, error_event
+from router.usage import Usage, from_body, from_counts, from_sse_tail
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection; loopback backends refuse or accept at once
 POOL_WAIT = 30.0  # seconds a streaming request may wait for a free pooled connection to its backend
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_COUNT = re.compile(rb'\s*:\s*(\d+)')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a string value, not null
 # The end of an OpenAI stream: at a line's start, since a model may well write "data: [DONE]"
 # in its answer (it arrives inside a JSON string, where a line break is escaped).
@@ -47,24 +49,9 @@ class EventStream(web.StreamResponse):
     _send_headers_immediately = False
 
 
-def usage_tokens(body: bytes) -> tuple[int, int]:
-    """(total, prompt) tokens from a response body's ``usage``, found without decoding
-    it (every server puts usage at the end)."""
-    start = max(0, len(body) - 1024)
-    total, prompt = _count_after(body, b'"total_tokens"', start), _count_after(body, b'"prompt_tokens"', start)
-    if not prompt and b'"input_tokens"' in body:  # Anthropic's and Responses' usage (Anthropic's has no total)
-        prompt = _count_after(body, b'"input_tokens"', 0)
-        total = total or prompt + _count_after(body, b'"output_tokens"', 0)
-    return total, prompt
-
-
-def _count_after(body: bytes, key: bytes, start: int) -> int:
-    at = body.rfind(key, start)
-    m = _COUNT.match(body, at + len(key)) if at >= 0 else None
-    return int(m.group(1)) if m else 0
-
-
 OVERHEAD_HEADER = "x-router-overhead-ms"  # time in the proxy before the response (streams: before the first byte)
+COST_HEADER = "x-litellm-response-cost"  # LiteLLM's: USD of a whole answer, where known (router.costs)
+USAGE_WINDOW = 8 * 1024  # bytes of a relayed stream's end kept for its final usage event (router.usage)
 
 
 @dataclass(slots=True)
@@ -76,13 +63,23 @@ class Attempt:
     ttft: float | None = None
     error: RouterError | None = None  # for a stream: what ended it early, after the 200
     client_gone: bool = False
-    tokens: int = 0  # total, where known (streams from OpenAI-compatible servers: an estimate of the output)
+    tokens: int = 0  # total, where known (streams from OpenAI-compatible servers without usage: an estimate of the output)
     prompt_tokens: int = 0
+    usage: Usage | None = None  # what the backend reported, never an estimate (None: it reported nothing)
+    cost: float | None = None  # USD, once ``priced`` (router.costs; None: unknown)
+    priced: bool = False  # ``cost`` is set (a whole answer's, for its header): the log line need not compute it again
     capture: bytearray | None = None  # what the client got, kept for the response cache (bounded)
     capture_limit: int = 0
     upstream: float = 0.0  # seconds spent waiting for the backend (to its whole answer, or a stream's first chunk)
     overhead: float | None = None  # seconds in the proxy before the response went out, waits excluded
     via: str | None = None  # a front door's request: "native" (passed through) or "translated"
+
+    def used(self, usage: Usage | None) -> None:
+        """The backend reported ``usage`` (``None``: nothing): the counts replace the estimate."""
+        self.usage = usage
+        if usage is not None:
+            self.prompt_tokens = usage.prompt or 0
+            self.tokens = usage.total if usage.total is not None else self.prompt_tokens + (usage.completion or 0)
 
     def captured(self, data: bytes) -> None:
         if self.capture is not None:
@@ -141,10 +138,15 @@ async def call(pool: Pool, c: Call, attempt: Attempt) -> web.StreamResponse:
             resp.release()  # reused when read to the end, else closed
     body = c.adapter.response_body(c.endpoint, raw, c.ctx, dep.provider)
     attempt.status = 200
-    attempt.tokens, attempt.prompt_tokens = usage_tokens(body)
+    attempt.used(usage := from_body(raw))  # the backend's own counts: what it bills by
     attempt.overhead = c.overhead(attempt.upstream)
-    return web.Response(body=body, status=200, content_type="application/json",
-                        headers={**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"})
+    headers = {**c.response_headers, OVERHEAD_HEADER: f"{attempt.overhead * 1000:.2f}"}
+    spent = cost(dep, usage.prompt, usage.completion) if usage is not None else cost(dep, None, None)
+    attempt.cost, attempt.priced = spent, True
+    if spent is not None:
+        # as LiteLLM's str(float), less noise: 2.3e-05, not 2.2999999999999997e-05
+        headers[COST_HEADER] = "0.0" if spent == 0 else repr(float(f"{spent:.12g}"))
+    return web.Response(body=body, status=200, content_type="application/json", headers=headers)
 
 
 async def _stream(pool: Pool, c: Call, attempt: Attempt, remaining: float) -> web.StreamResponse:
@@ -295,7 +297,7 @@ async def _relay(out: web.StreamResponse, resp: Response, first: bytes, translat
         data = translator.feed(chunk)
     end = translator.close()
     if translator.usage:
-        attempt.tokens, attempt.prompt_tokens = translator.usage["total_tokens"], translator.usage["prompt_tokens"]
+        attempt.used(from_counts(translator.usage))
     if translator.failed:
         attempt.error = UpstreamError(translator.error or f"{attempt.deployment.provider}: the stream failed")
     return end
@@ -335,11 +337,20 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
     an error event instead of a silently truncated answer. A chunk's unfinished last
     line waits for its line ending (no client can use half a line), so a stream that
     breaks off mid-event still ends with an error event an SSE client can read.
+    For the answer's usage (``router.usage.from_sse_tail``, once, at the end), the chunks
+    from the one before the first finish_reason on are kept, by reference: the final
+    usage event comes after the finish_reason (or rides with it). Of those, the fewest
+    that hold ``USAGE_WINDOW`` bytes (less than that plus one piece); before the
+    finish_reason, only the last chunk.
     """
     tail = b"\n"  # the last bytes seen, for matches across chunks (the stream starts at a line start)
     edge = b"\n\n"  # the last bytes written (at least 4 of them)
     held = bytearray()  # the start of a line whose end has not arrived
     last = b""  # bytes that arrived with the upstream's end: they leave with our end, in one write
+    prev = b""  # the chunk before this one (none yet: b"")
+    kept: deque[bytes] | None = None  # from the finish_reason on: the chunks the final usage event is in
+    kept_bytes = 0
+    from_start = True  # ``kept`` begins with the stream's first chunk
     events = 0
     finished = done = False
     while chunk:
@@ -352,6 +363,16 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
                 return await _cut_short(out, data[: max(0, len(data) - (len(window) - m.start() - 1))], edge, attempt)
             done = m is not None
         events += window.count(b"data:", max(0, len(tail) - 4))  # each once, also when split across chunks
+        if kept is not None:
+            kept.append(chunk)
+            kept_bytes += len(chunk)
+            while kept_bytes - len(kept[0]) >= USAGE_WINDOW:  # the oldest is not needed to hold the window
+                kept_bytes -= len(kept.popleft())
+                from_start = False
+        elif finished:  # its event may have begun in the chunk before (b"" if none: then kept starts the stream)
+            kept, kept_bytes, from_start = deque((prev, chunk)), len(prev) + len(chunk), not prev
+        else:
+            prev = chunk
         tail = window[-40:]
         # the usual case: whole lines, relayed as they came
         data = chunk if not held and chunk[-1:] == b"\n" else _whole_lines(held, chunk)
@@ -370,6 +391,8 @@ async def _relay_sse(out: web.StreamResponse, resp: Response, chunk: bytes, guar
             return _separator(edge) + error_event(exc.message, exc.type, exc.code)
     attempt.tokens = max(0, events - 3)  # about one token per event, less role, finish and [DONE]
     if done:  # whatever followed [DONE], and a blank line if the upstream left its last event open
+        if kept is not None:
+            attempt.used(from_sse_tail(b"".join(kept), from_start))
         rest = bytes(held)
         return last + rest + _separator(edge + rest)
     attempt.error = UpstreamError(f"{attempt.deployment.provider} ended the stream before [DONE]")

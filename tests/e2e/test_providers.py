@@ -288,7 +288,10 @@ async def _hold_the_slot(client: openai.AsyncOpenAI) -> tuple[asyncio.Task, asyn
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_request_spills_to_the_cloud_when_the_local_backend_is_saturated(spill_stack, stream):
     make, local, cloud = spill_stack
-    client = openai.AsyncOpenAI(base_url=await make("saturated") + "/v1", api_key="x", max_retries=0)
+    buf = io.StringIO()
+    log.configure("human", "info", stream=buf)
+    url = await make("saturated")
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
     holder, _ = await _hold_the_slot(client)
     raw = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=5, stream=stream)
     if stream:
@@ -297,6 +300,12 @@ async def test_a_request_spills_to_the_cloud_when_the_local_backend_is_saturated
         assert raw.parse().choices[0].message.content
     assert raw.headers["x-router-deployment"] == "groq-1" and not holder.done()  # at once, not after the local stream
     assert await holder == "local-1"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/metrics") as resp:
+            assert 'llm_router_spillovers_total{from_provider="local",to_provider="cloud"} 1.0' in await resp.text()
+    spilled = [line for line in buf.getvalue().splitlines() if "deployment=groq-1" in line]
+    log.configure()
+    assert len(spilled) == 1 and "spill=saturated" in spilled[0] and "cost=" in spilled[0]
     after = await client.chat.completions.with_raw_response.create(model="local", messages=HI, max_tokens=3)
     assert after.headers["x-router-deployment"] == "local-1"  # a free slot: local again
     assert cloud.stats.requests["/v1/chat/completions"] == 1

@@ -28,7 +28,8 @@ from router.errors import RouterError
 from router.h1 import Disconnected
 from router.providers.base import Context, error_event
 from router.providers.ollama import StreamTranslator
-from router.upstream import Attempt, UpstreamErrors, _first, _relay
+from router.upstream import USAGE_WINDOW, Attempt, UpstreamErrors, _first, _relay
+from router.usage import Usage
 
 # Random exploration locally (it finds new cases over time); the same examples every time under CI.
 FUZZ = settings(max_examples=250, deadline=None, derandomize=bool(os.environ.get("CI")),
@@ -155,7 +156,9 @@ def split(raw: bytes, cuts) -> list[bytes]:
 _text = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["é", "日本語", "😀👍🏽", "a\u0301", "\u2028", "\r\n", "\n\n", "data: [DONE]", "\n\ndata: [DONE]\n\n",
-                     '"finish_reason":"stop"', "[DONE]", "\\", "\x00"]),
+                     '"finish_reason":"stop"', "[DONE]", "\\", "\x00",
+                     '"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}',
+                     '\n\ndata: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}\n\n']),
 )
 _tool_calls = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["get_weather", "lookup", "ünïcode"]),
                                               "arguments": st.dictionaries(st.text(max_size=5), st.one_of(_text, st.integers(-2**63, 2**63 - 1)), max_size=2)}),
@@ -255,6 +258,47 @@ def test_openai_sse_relay_is_independent_of_chunking(raw, cuts):
     assert got == whole
     assert attempt.error is None and attempt.tokens == whole_attempt.tokens
     assert bytes(attempt.capture) == whole
+    # the usage is the final event's, whole or split anywhere; none without a usage event
+    final = decoded(events)[-2]
+    assert attempt.usage == whole_attempt.usage == (Usage(5, 7, 12) if final.get("usage") else None)
+
+
+_USAGE = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1234,"completion_tokens":56,"total_tokens":1290,' \
+         b'"prompt_tokens_details":{"cached_tokens":1024}}}'
+
+
+_STOP_WITH_USAGE = b'{"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,' \
+                   b'"completion_tokens":3,"total_tokens":12},"timings":{"prompt_n":9,"predicted_n":3}}'
+
+
+@FUZZ
+@given(cuts=_cuts, events=st.integers(0, 20))
+def test_usage_riding_with_the_finish_event_is_found_or_left_unknown_never_wrong(cuts, events):
+    """llama-server's way: the usage is in the finish_reason's own event. Relayed in whole
+    events it is found; split anywhere it is found, or (when that event began more than a
+    chunk before its finish_reason arrived) unknown, never other counts."""
+    content = b'{"id":"x","choices":[{"index":0,"delta":{"content":"w"},"finish_reason":null}]}'
+    raw = _sse(_ROLE, *[content] * events, _STOP_WITH_USAGE, b"[DONE]")
+    _, whole = relay([_sse(e) for e in (_ROLE, *[content] * events, _STOP_WITH_USAGE, b"[DONE]")], None)
+    got, attempt = relay(split(raw, cuts), None)
+    assert got == raw and whole.usage == Usage(9, 3, 12)
+    assert attempt.usage in (Usage(9, 3, 12), None)
+
+
+@FUZZ
+@given(size=st.integers(0, 3 * USAGE_WINDOW), with_usage=st.booleans(), cuts=_cuts)
+def test_the_final_usage_of_a_long_stream_in_small_pieces(size, with_usage, cuts):
+    """A stream longer than the kept window, its end (usage event included) in pieces as small
+    as one byte: the final event's usage is found whole, or is None when there is none."""
+    content = b'{"id":"x","choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
+    body = [_ROLE, *(content % (b"w" * n) for n in [200] * (size // 200)), _STOP] + ([_USAGE] if with_usage else [])
+    raw = _sse(*body, b"[DONE]")
+    end = len(_sse(_STOP, *([_USAGE] if with_usage else []), b"[DONE]"))
+    head, rest = raw[:-end], raw[-end:]
+    pieces = [head[i:i + 4096] for i in range(0, len(head), 4096)]
+    got, attempt = relay(pieces + split(rest, cuts), None)
+    assert got == raw and attempt.error is None
+    assert attempt.usage == (Usage(1234, 56, 1290, 1024) if with_usage else None)
 
 
 _NDJSON = b'{"message":{"role":"assistant","content":"\xc3\xa9\xf0\x9f\x98\x80"},"done":false}\r\n' \

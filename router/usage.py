@@ -6,8 +6,9 @@ Three sources, one result type:
 * ``from_body(raw)``: a whole (non-streamed) upstream body, in the dialect the
   backend speaks: OpenAI's ``usage`` (chat, completions, embeddings, rerank),
   Anthropic's and OpenAI Responses' ``usage`` (``input_tokens``/``output_tokens``),
-  or Ollama's top-level ``prompt_eval_count``/``eval_count``. Found by byte scans from
-  the end, without decoding the body (every server puts its counts last).
+  or Ollama's top-level ``prompt_eval_count``/``eval_count``. Found by byte scans (a
+  regex search per count, from the body's last ``"usage"`` key on), without decoding
+  the body.
 * ``from_sse_tail(tail)``: the last bytes of an OpenAI-compatible stream relayed
   unchanged: the ``usage`` object of its final data event before ``[DONE]`` (there when
   the client asked ``stream_options.include_usage``, or the server always sends it).
@@ -105,10 +106,11 @@ def from_body(raw: bytes) -> Usage | None:
         p, c = int(prompt.group(1)), int(completion.group(1))
         if p <= MAX_COUNT and c <= MAX_COUNT:
             return _new(Usage, (p, c, p + c, _value(_CACHED.search(raw, u, end))))
-    if prompt is None and _INPUT.search(raw, u, end) is not None:  # Anthropic's, Responses'
+    given = _INPUT.search(raw, u, end) if prompt is None else None
+    if given is not None:  # Anthropic's, Responses'
         read, written = _value(_CACHE_READ.search(raw, u, end)), _value(_CACHE_WRITE.search(raw, u, end))
-        given = _value(_INPUT.search(raw, u, end))
-        inputs = None if given is None else given + (read or 0) + (written or 0)
+        inputs = _value(given)
+        inputs = None if inputs is None else inputs + (read or 0) + (written or 0)
         cached = read if read is not None else _value(_CACHED.search(raw, u, end))
         return _made(inputs, _value(_OUTPUT.search(raw, u, end)), _value(_TOTAL.search(raw, u, end)), cached)
     return _made(_value(prompt), _value(completion), _value(_TOTAL.search(raw, u, end)), _value(_CACHED.search(raw, u, end)))

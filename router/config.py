@@ -530,6 +530,10 @@ def _model_info(src: Source, path: Path, info: Mapping[str, Any], params: Mappin
     for key in COSTS:
         where, source = (path + ("model_info",), info) if key in info else (path + ("litellm_params",), params)
         if key in source:
+            raw = source[key]
+            if isinstance(raw, str) and re.fullmatch(r"\s*\d+(\.\d*)?[eE][-+]?\d+\s*", raw):
+                raw = float(raw)  # YAML 1.1 reads 4e-06 (no dot) as a string; LiteLLM takes it as the number
+                source = {key: raw}
             value = get(src, source, key, where, "num")
             if value is None:
                 out.pop(key, None)

@@ -189,3 +189,18 @@ def test_a_key_the_upstream_echoes_is_blanked_out_of_the_error(tmp_path):
     client = upstream_error(400, body.replace(b"authentication_error", b"invalid_request_error"), dep.provider, None, dep.secrets)
     assert b"sk-ant-echoed-1" not in client.to_bytes()
     assert orjson.loads(client.to_bytes())["error"]["type"] == "invalid_request_error"  # OpenAI's shape, not Anthropic's
+
+
+def test_prices_written_as_yaml_reads_them_are_numbers_and_nonsense_is_a_located_error(tmp_path):
+    dep = _load(tmp_path, """
+        - model_name: a
+          litellm_params: {model: anthropic/claude, api_key: k, input_cost_per_token: 3e-06}
+          model_info: {output_cost_per_token: 1.5e-05}
+        """).deployments[0]
+    assert (dep.model_info["input_cost_per_token"], dep.model_info["output_cost_per_token"]) == (3e-06, 1.5e-05)
+    with pytest.raises(ConfigError, match=r"c.yaml:4: model_list\[0\].model_info.output_cost_per_token: must be a non-negative number"):
+        _load(tmp_path, """
+            - model_name: a
+              litellm_params: {model: anthropic/claude, api_key: k}
+              model_info: {output_cost_per_token: cheap}
+            """)

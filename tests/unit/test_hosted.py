@@ -198,7 +198,7 @@ def test_prices_written_as_yaml_reads_them_are_numbers_and_nonsense_is_a_located
           model_info: {output_cost_per_token: 1.5e-05}
         """).deployments[0]
     assert (dep.model_info["input_cost_per_token"], dep.model_info["output_cost_per_token"]) == (3e-06, 1.5e-05)
-    with pytest.raises(ConfigError, match=r"c.yaml:4: model_list\[0\].model_info.output_cost_per_token: must be a non-negative number"):
+    with pytest.raises(ConfigError, match=r"c.yaml:5: model_list\[0\].model_info.output_cost_per_token: must be a non-negative number, got str .cheap."):
         _load(tmp_path, """
             - model_name: a
               litellm_params: {model: anthropic/claude, api_key: k}

@@ -26,6 +26,7 @@ from router import doors
 from router.doors import DOORS
 from router.providers import ADAPTERS
 from router.providers.base import Context
+from router.routing.prefix import CHARS_PER_TOKEN
 from router.upstream import Attempt, Call, call
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ async def run(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str,
     finally:
         metrics.add(in_flight, -1)
         _settle(proxy, attempt, upstream, error, trial, c.stream, time.monotonic() - started, outcome)
+        if error is None and not attempt.client_gone and attempt.status == 200:
+            _learn(proxy, decision, attempt, outcome)
 
 
 def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any], decision: RouteDecision,
@@ -129,6 +132,8 @@ def _settle(proxy: Proxy, attempt: Attempt, upstream: str, error: RouterError | 
         metrics.add(metrics.child(metrics.upstream_errors, dep.id, error.error_class))
     if attempt.prompt_tokens:
         metrics.add(metrics.child(metrics.tokens, dep.id, "in"), attempt.prompt_tokens)
+    if attempt.usage is not None and attempt.usage.cached:
+        metrics.add(metrics.child(metrics.cached_tokens, dep.id), attempt.usage.cached)
     if attempt.tokens - attempt.prompt_tokens > 0:
         metrics.add(metrics.child(metrics.tokens, dep.id, "out"), attempt.tokens - attempt.prompt_tokens)
     reason = f"{error.error_class}: {error.message}" if error is not None else None
@@ -144,6 +149,27 @@ def _settle(proxy: Proxy, attempt: Attempt, upstream: str, error: RouterError | 
         state.loaded(dep, upstream)  # it served, so its model is loaded now
     elif trial:  # no verdict (client gone, a 4xx passed through, model not found, a bug): the next request tries
         state.released(dep)
+
+
+def _learn(proxy: Proxy, decision: RouteDecision, attempt: Attempt, outcome: Outcome) -> None:
+    """What a served answer teaches cache-aware routing and session affinity: the server
+    now holds this prompt (and, where it reported fewer cached tokens than predicted, had
+    evicted older ones); the session is pinned to whoever served it."""
+    dep = attempt.deployment
+    prompt = decision.prompt
+    if prompt is not None:
+        usage = attempt.usage
+        cached = usage.cached if usage is not None else None
+        chars = None
+        if cached is not None:
+            chars = round(cached * prompt.chars / usage.prompt) if usage.prompt else round(cached * CHARS_PER_TOKEN)
+        note = proxy.state.prefixes.observe(dep.id, prompt, decision.predicted.get(dep.id, 0), chars)
+        if note is not None:
+            proxy.metrics.add(proxy.metrics.child(proxy.metrics.prefix_evictions, dep.id))
+            if proxy.config.router.debug_router:
+                proxy.log.info(f"trace: cache: {note}", request_id=outcome.rid)
+    if decision.session is not None:
+        proxy.state.sessions.set(decision.session, dep.id, time.time() + proxy.config.router.affinity_ttl)
 
 
 def transition(proxy: Proxy, dep: Deployment, t: Transition | None) -> None:

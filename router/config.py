@@ -24,6 +24,7 @@ from router.domain import Deployment, Disabled, Provider
 from router.health import Policy
 from router.policy import Mappings, load_policy
 from router.routing import strategies
+from router.routing.strategies.cache_aware import strategy_args
 from router.yamlsource import Issue, Path, Source, load
 
 DEFAULT_CONFIG = "config/litellm-unified.yaml"
@@ -61,6 +62,12 @@ class RouterSettings:
     shutdown_grace_period: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
     queue_timeout: float = 30.0  # seconds a request waits for a deployment at max_parallel_requests
     redis_key_prefix: str = "llm-router:"
+    # cache-aware routing's settings (LiteLLM's routing_strategy_args): load_factor, min_match_tokens, capacity_tokens
+    strategy_args: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # LiteLLM's optional_pre_call_checks that pin: session_affinity, deployment_affinity, prompt_caching
+    affinity: frozenset[str] = frozenset()
+    group_affinity: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))  # model_group_affinity_config
+    affinity_ttl: float = 3600.0  # deployment_affinity_ttl_seconds: a pin lasts this long after its last use
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +209,12 @@ _ROUTER_KEYS = {
     "routing_strategy", "model_group_alias", "allowed_fails", "num_retries", "timeout", "cooldown_time",
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
     "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period", "queue_timeout", "redis_key_prefix",
+    "routing_strategy_args", "optional_pre_call_checks", "model_group_affinity_config", "deployment_affinity_ttl_seconds",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
-    "routing_strategy_args", "cache_responses", "provider_budget_config", "model_group_retry_policy",
-    "enable_tag_filtering", "disable_cooldowns", "optional_pre_call_checks", "retry_after", "stream_timeout",
+    "cache_responses", "provider_budget_config", "model_group_retry_policy",
+    "enable_tag_filtering", "disable_cooldowns", "retry_after", "stream_timeout",
     "default_litellm_params", "set_verbose", "debug_level", "client_ttl", "polling_interval",
 }
 _LITELLM_KEYS = {"request_timeout", "num_retries", "context_window_fallbacks", "fallbacks", "cache", "cache_params"}
@@ -443,7 +451,32 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
         debug_router=get(src, rs, "debug_router", path, "bool", default=debug),
         max_connections_per_backend=int(get(src, rs, "max_connections_per_backend", path, "pos", default=256)),
         monitor_interval=get(src, rs, "monitor_interval", path, "pos", default=5.0),
+        strategy_args=MappingProxyType(strategy_args(src, rs.get("routing_strategy_args"), path + ("routing_strategy_args",),
+                                                      strategies.canonical(strategy) == "cache-aware")),
+        affinity=_affinity_checks(src, rs.get("optional_pre_call_checks"), path + ("optional_pre_call_checks",)),
+        group_affinity=MappingProxyType({
+            group: _affinity_checks(src, checks, path + ("model_group_affinity_config", group))
+            for group, checks in get(src, rs, "model_group_affinity_config", path, "map", default={}).items()}),
+        affinity_ttl=get(src, rs, "deployment_affinity_ttl_seconds", path, "pos", default=3600.0),
     )
+
+
+# LiteLLM's optional_pre_call_checks: the ones that pin a request to a deployment are acted on
+AFFINITY_CHECKS = {"session_affinity", "deployment_affinity", "prompt_caching"}
+_CHECKS_IGNORED = {"responses_api_deployment_check", "encrypted_content_affinity", "enforce_model_rate_limits",
+                   "router_budget_limiting", "forward_client_headers_by_model_group"}
+def _affinity_checks(src: Source, value: Any, path: Path) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        src.error(path, "must be a list of check names")
+        return frozenset()
+    for i, name in enumerate(value):
+        if name in _CHECKS_IGNORED:
+            src.warn(path + (i,), f"{name!r} is LiteLLM's; llm-router does not act on it")
+        elif name not in AFFINITY_CHECKS:
+            src.error(path + (i,), f"unknown check {name!r} (known: {', '.join(sorted(AFFINITY_CHECKS | _CHECKS_IGNORED))})")
+    return frozenset(v for v in value if v in AFFINITY_CHECKS)
 
 
 def _provider_for(src: Source, path: Path, kind: str, api_base: str | None, info: Mapping[str, Any], providers: Mapping[str, Provider]) -> str:
@@ -634,6 +667,9 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
             src.warn(pp + ("api_version",), f"only Azure OpenAI deployments use api_version; ignored for {model!r}")
         headers = _headers(src, pp, params, WIRE_FORMATS[kind], api_key)
         info = _model_info(src, path, info, params)
+        kv = info.get("kv_cache_tokens")
+        if kv is not None and (type(kv) is not int or kv < 1):
+            src.error(path + ("model_info", "kv_cache_tokens"), "must be a positive number of tokens (the server's KV-cache capacity)")
         native = info.get("native_apis")
         if native is not None and (not isinstance(native, list) or not all(n in NATIVE_API_NAMES for n in native)):
             src.error(path + ("model_info", "native_apis"),

@@ -108,6 +108,9 @@ class RequestFacts:
     batch_size: int = 1
     capability: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    prompt: Any = None  # router.routing.prefix.Prompt: block keys of the prompt (only where cache-aware routing needs them)
+    session: str | None = None  # the session the client named (only where session affinity needs it)
+    caller: str | None = None  # the caller's key name (LiteLLM's deployment_affinity pins by key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,9 @@ class RouteDecision:
     warm_up: tuple[Deployment, ...] = ()
     resolved: str = ""  # the resolution step (exact, pattern, ...) even when metadata or warmth then decided
     last_resort: tuple[Deployment, ...] = ()  # every candidate was unavailable: try after the fallbacks
+    prompt: Any = None  # the facts' Prompt, for the index to learn from the answer (cache-aware routing)
+    predicted: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # deployment id -> blocks the index predicted cached
+    session: str | None = None  # the session pinned by this request's answer (session affinity)
 
     def upstream_name(self, deployment: Deployment) -> str:
         return self.upstream_model if deployment.is_dynamic and self.upstream_model else deployment.upstream_model

@@ -89,13 +89,20 @@ class Metrics:
                                   "x-router-overhead-ms response header).", buckets=OVERHEAD_BUCKETS, registry=r)
         self.matches = Counter("llm_router_route_matches", "Routing decisions by the step that resolved the model "
                                "(exact, id, alias, pattern, wildcard, capability, size, default, none).", ["route"], registry=r)
-        self.adjusted = Counter("llm_router_route_adjustments", "Picks moved by request metadata or warm-first routing.",
+        self.adjusted = Counter("llm_router_route_adjustments", "Picks moved by request metadata, warm-first routing, the prompt cache (cache) or session affinity (session).",
                                 ["by"], registry=r)
         self.fallbacks = Counter("llm_router_fallbacks", "Fallbacks triggered, by provider.", ["from_provider", "to_provider"],
                                  registry=r)
         self.spillovers = Counter("llm_router_spillovers", "Requests sent past their saturated candidates to a fallback "
                                   "chain's spill_when step (router.routing.spill), by provider.",
                                   ["from_provider", "to_provider"], registry=r)
+        self.prefix_evictions = Counter("llm_router_prefix_evictions", "Answers whose backend reported fewer cached prompt "
+                                        "tokens than cache-aware routing's index predicted: the index dropped what the "
+                                        "server had evicted.", ["deployment"], registry=r)
+        self.cached_tokens = Counter("llm_router_cached_prompt_tokens", "Prompt tokens the backend reported serving from "
+                                     "its prompt cache (vLLM cached_tokens, llama-server cache_n, Ollama "
+                                     "prompt_eval_cached_count); with llm_router_tokens{direction=\"in\"}, the hit rate.",
+                                     ["deployment"], registry=r)
         self.in_flight = Gauge("llm_router_in_flight", "Requests in flight to each deployment.", ["deployment"],
                                multiprocess_mode="livesum", registry=r)
         self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
@@ -326,7 +333,7 @@ class Metrics:
             self.add(self.child(self.matches, "none"))
             return
         self.add(self.child(self.matches, decision.resolved or decision.route))
-        if decision.route != decision.resolved and decision.route in ("metadata", "warm"):
+        if decision.route != decision.resolved and decision.route in ("metadata", "warm", "cache", "session"):
             self.add(self.child(self.adjusted, decision.route))
 
     def answered(self, group: str, decision: RouteDecision, dep: Deployment, status: int, seconds: float,

@@ -17,6 +17,7 @@ from router.checks import check_url, get, unknown_keys
 from router.backends import KINDS, WIRE_FORMATS
 from router.domain import Provider
 from router.routing import strategies
+from router.routing.strategies.cache_aware import CACHE_AWARE_ARGS, strategy_args
 from router.routing.rules import Condition, SizeRange, parse_condition, parse_size, parse_size_range
 from router.routing.spill import parse_spill
 from router.yamlsource import Path, Source
@@ -66,6 +67,7 @@ class StrategySpec:
     measure: str | None = None
     reevaluate_seconds: float | None = None  # latency-based: how often the ranking is recomputed
     explore: float | None = None  # latency-based: share of requests sent to a non-best deployment
+    args: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # cache-aware: load_factor, min_match_tokens, capacity_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +257,8 @@ def load_policy(src: Source) -> Mappings:
             src.error(p, f"unknown strategy {name!r} (known: {', '.join(sorted(strategies.STRATEGY_NAMES))})")
             continue
         spec = spec if isinstance(spec, dict) else {}
-        unknown_keys(src, spec, p, {"description", "applicable_to", "weight_factors", "measure", "reevaluate_seconds", "explore"})
+        unknown_keys(src, spec, p, {"description", "applicable_to", "weight_factors", "measure", "reevaluate_seconds", "explore",
+                                    "load_factor", "min_match_tokens", "capacity_tokens"})
         factors: dict[str, float] = {}
         for j, item in enumerate(get(src, spec, "weight_factors", p, "list", default=[])):
             if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (int, float)):
@@ -268,7 +271,8 @@ def load_policy(src: Source) -> Mappings:
         balancing[name] = StrategySpec(name, get(src, spec, "description", p, "str", default=""),
                                        get(src, spec, "applicable_to", p, "strlist", default=()),
                                        MappingProxyType(factors), get(src, spec, "measure", p, "str"),
-                                       get(src, spec, "reevaluate_seconds", p, "pos"), explore)
+                                       get(src, spec, "reevaluate_seconds", p, "pos"), explore,
+                                       MappingProxyType(strategy_args(src, {k: v for k, v in spec.items() if k in CACHE_AWARE_ARGS}, p, False)))
 
     redundant: dict[str, Mapping[str, float]] = {}
     for model, spec in get(src, data, "redundant_models", (), "map", default={}).items():

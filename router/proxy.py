@@ -43,6 +43,37 @@ from router.h1 import Pool, Target
 from router.upstream import COST_HEADER, SSE_HEADERS, Attempt
 from router.validate import parse_body
 from router.doors import DOORS, Door
+from router.routing.prefix import prompt_of
+
+# Endpoints whose prompt a backend caches (cache-aware routing renders theirs to block keys)
+PROMPTED = frozenset({"chat", "completions", "messages", "responses", "ollama_chat", "ollama_generate"})
+# Where a client names its session, in LiteLLM's order (x-litellm-trace-id first), then any
+# x-<vendor>-session-id header (Claude Code's x-claude-code-session-id), then the body
+SESSION_HEADERS = ("x-litellm-trace-id", "x-litellm-session-id")
+MAX_SESSION_ID = 256  # characters; a longer id names no session
+
+
+def session_of(request: web.Request, body: dict[str, Any]) -> str | None:
+    """The session the request names: LiteLLM's headers, a vendor's ``x-*-session-id``,
+    LiteLLM's ``metadata.session_id`` or ``litellm_session_id``, OpenAI's ``prompt_cache_key``."""
+    found: Any = None
+    for name in SESSION_HEADERS:
+        found = request.headers.get(name)
+        if found:
+            break
+    else:
+        for name, value in request.headers.items():
+            if len(name) > 13 and name[:2].lower() == "x-" and name[-11:].lower() == "-session-id" and value:
+                found = value
+                break
+        else:
+            metadata = body.get("metadata")
+            found = (metadata.get("session_id") if isinstance(metadata, dict) else None) \
+                or body.get("litellm_session_id") or body.get("prompt_cache_key")
+    if not isinstance(found, str) or not found or len(found) > MAX_SESSION_ID:
+        return None
+    return found
+
 
 RETRY_BASE_DELAY = 0.1  # seconds before the first retry round (doubling, with jitter)
 DEFAULT_NUM_RETRIES = 2  # LiteLLM's default
@@ -140,16 +171,27 @@ class Proxy:
         return self.routing.engine
 
     def facts(self, request: web.Request, endpoint: str, body: dict[str, Any], engine: Engine,
-              door: Door | None = None) -> RequestFacts:
-        """What the engine may look at: model, stream, batch size, the rule headers."""
+              door: Door | None = None, key: ApiKey | None = None) -> RequestFacts:
+        """What the engine may look at: model, stream, batch size, the rule headers; and,
+        where cache-aware routing or session affinity is configured, the prompt's block
+        keys and the session id."""
         headers = {h: request.headers[h] for h in engine.header_names if h in request.headers}
+        blocks = session = caller = None
+        if engine.wants_prompt and endpoint in PROMPTED:
+            blocks = prompt_of(body)
+        if engine.wants_session:
+            session = session_of(request, body)
+        if engine.wants_caller and key is not None:
+            caller = f"key:{key.name}"
         if door is not None:
             return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=door.stream(body),
-                                capability=request.headers.get("x-capability"), headers=headers)
+                                capability=request.headers.get("x-capability"), headers=headers,
+                                prompt=blocks, session=session, caller=caller)
         prompt = body.get("prompt")
         batch = max(body.get("n") or 1, len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1)
         return RequestFacts(model=body.get("model"), endpoint=endpoint, stream=body.get("stream") is True,
-                            batch_size=batch, capability=request.headers.get("x-capability"), headers=headers)
+                            batch_size=batch, capability=request.headers.get("x-capability"), headers=headers,
+                            prompt=blocks, session=session, caller=caller)
 
     def decide(self, engine: Engine, facts: RequestFacts) -> RouteDecision | None:
         start = time.perf_counter()
@@ -217,7 +259,7 @@ class Proxy:
             raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
         if self.log_bodies:
             outcome.body = body
-        return body, self.facts(request, endpoint, body, routing.engine, door)
+        return body, self.facts(request, endpoint, body, routing.engine, door, key)
 
     def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:
         """The engine's decision, narrowed to what ``key`` may use; its trace logged

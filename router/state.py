@@ -18,6 +18,7 @@ from typing import Any
 
 from router.domain import Deployment
 from router.health import Health, Policy, State, Transition
+from router.routing.prefix import Pins, PrefixIndex
 
 _ALWAYS_AVAILABLE = (State.HEALTHY, State.DEGRADED)
 
@@ -141,6 +142,7 @@ class ServerState:
     latency_ms: float | None = None  # how long the probe took
     sizes: dict[str, float] = field(default_factory=dict)  # model -> billions of parameters
     contexts: dict[str, int] = field(default_factory=dict)  # model -> context length
+    kv_tokens: int | None = None  # KV-cache capacity in tokens (vLLM cache_config_info, llama.cpp slots' n_ctx)
 
 
 class StateTable:
@@ -154,6 +156,8 @@ class StateTable:
         self._rr_reset_at = time.time()
         self.policy = policy or Policy()
         self.share: Any = None  # router.shared.RedisShare when instances share state
+        self.prefixes = PrefixIndex()  # what each server probably has in its prompt cache (cache-aware routing)
+        self.sessions = Pins()  # session id -> the deployment that served it last (session affinity)
 
     def __getitem__(self, deployment_id: str) -> DeploymentState:
         state = self._states.get(deployment_id)

@@ -42,6 +42,7 @@ def _key(name: str) -> re.Pattern[bytes]:
 _PROMPT, _COMPLETION, _TOTAL, _CACHED = map(_key, ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"))
 _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = map(
     _key, ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+_CACHE_N = _key("cache_n")  # llama-server's timings: prompt tokens reused from the slot's cache
 
 
 class Usage(NamedTuple):
@@ -97,9 +98,21 @@ def from_body(raw: bytes) -> Usage | None:
     ``input_tokens`` plus its cache writes and reads (which it counts apart); OpenAI's
     and Responses' ``cached_tokens`` are already in their prompt.
     """
+    found = _from_body(raw)
+    if found is not None and found.cached is None:
+        t = raw.rfind(b'"timings"')  # llama-server: the cached count in its timings (older builds: only there)
+        if t >= 0:
+            cache_n = _value(_CACHE_N.search(raw, t, t + USAGE_SPAN))
+            if cache_n is not None:
+                return found._replace(cached=cache_n)
+    return found
+
+
+def _from_body(raw: bytes) -> Usage | None:
     u = raw.rfind(b'"usage"')
     if u < 0:  # Ollama's own API: the counts are top-level fields at the end of its object
-        return _made(_after(raw, b'"prompt_eval_count"', 0), _after(raw, b'"eval_count"', 0), None, None)
+        return _made(_after(raw, b'"prompt_eval_count"', 0), _after(raw, b'"eval_count"', 0), None,
+                     _after(raw, b'"prompt_eval_cached_count"', 0))
     end = u + USAGE_SPAN
     prompt, completion = _PROMPT.search(raw, u, end), _COMPLETION.search(raw, u, end)
     if prompt is not None and completion is not None:  # the usual case, OpenAI's, with the fewest steps
@@ -141,7 +154,7 @@ def from_sse_tail(tail: bytes, at_start: bool = True) -> Usage | None:
     written in a model's text is inside an event's JSON string, where a line break is
     escaped. Comments and blank lines between the event and ``[DONE]`` are skipped. Only
     that one event is decoded, and only when it has a ``"usage"`` key."""
-    if b'"usage"' not in tail:
+    if b'"usage"' not in tail and b'"timings"' not in tail:
         return None  # the usual stream without usage: nothing more to look at
     done = tail.rfind(b"[DONE]")
     if done < 0:
@@ -159,10 +172,23 @@ def from_sse_tail(tail: bytes, at_start: bool = True) -> Usage | None:
     end = tail.find(b"\n", at, start)  # the line ends before the [DONE] line starts
     cr = tail.find(b"\r", at, start if end < 0 else end)
     line = tail[at + 5:cr if cr >= 0 else end]
-    if b'"usage"' not in line:
+    if b'"usage"' not in line and b'"timings"' not in line:
         return None
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    return from_openai(event.get("usage")) if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        return None
+    usage = from_openai(event.get("usage"))
+    timings = event.get("timings")  # llama-server's, on the last event (with or without usage)
+    if isinstance(timings, dict) and (usage is None or usage.cached is None):
+        cache_n = _count(timings.get("cache_n"))
+        if cache_n is not None:
+            if usage is None:
+                prompt_n = _count(timings.get("prompt_n"))
+                predicted = _count(timings.get("predicted_n"))
+                usage = _made(None if prompt_n is None else prompt_n + cache_n, predicted, None, cache_n)
+            else:
+                usage = usage._replace(cached=cache_n)
+    return usage

@@ -15,10 +15,18 @@ if TYPE_CHECKING:
 
 async def busy_slots(session: aiohttp.ClientSession, base: str, headers: dict[str, str], timeout: float,
                      state: ServerState) -> None:
-    slots = parse_slots(await get_json(session, root(base) + "/slots", timeout, headers))
+    data = await get_json(session, root(base) + "/slots", timeout, headers)
+    slots = parse_slots(data)
     if slots:
         state.slots, state.running = slots
         state.waiting = 0
+        state.kv_tokens = kv_capacity(data)
+
+
+def kv_capacity(data: Any) -> int | None:
+    """Tokens of KV cache: the slots' ``n_ctx`` (each slot's context) summed."""
+    total = sum(s["n_ctx"] for s in data if isinstance(s, dict) and type(s.get("n_ctx")) is int and s["n_ctx"] > 0)
+    return total or None
 
 
 def parse_slots(data: Any) -> tuple[int, int] | None:

@@ -22,6 +22,28 @@ async def queue_depth(session: aiohttp.ClientSession, base: str, headers: dict[s
     if running is not None:
         state.running = int(running)
         state.waiting = int(parse_prometheus_sum(text, "vllm:num_requests_waiting") or 0)
+    state.kv_tokens = kv_capacity(text)
+
+
+def kv_capacity(text: str) -> int | None:
+    """Tokens of KV cache: ``num_gpu_blocks`` × ``block_size``, labels of vLLM's
+    ``vllm:cache_config_info`` gauge (one per engine: summed); None where it is not there."""
+    if "vllm:cache_config_info" not in text:
+        return None
+    total = 0
+    for line in text.splitlines():
+        if not line.startswith("vllm:cache_config_info{"):
+            continue
+        try:
+            families = list(text_string_to_metric_families(line + "\n"))
+        except ValueError:
+            continue
+        for family in families:
+            for sample in family.samples:
+                blocks, size = sample.labels.get("num_gpu_blocks", ""), sample.labels.get("block_size", "")
+                if blocks.isdigit() and size.isdigit():
+                    total += int(blocks) * int(size)
+    return total or None
 
 
 def parse_prometheus_sum(text: str, metric: str) -> float | None:

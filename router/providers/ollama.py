@@ -166,10 +166,14 @@ BUILDERS = {"chat": chat_request, "completions": generate_request, "embeddings":
 # ---------------------------------------------------------------------------
 
 
-def _usage(data: dict[str, Any]) -> dict[str, int]:
+def _usage(data: dict[str, Any]) -> dict[str, Any]:
     prompt = int(data.get("prompt_eval_count") or 0)
     completion = int(data.get("eval_count") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = data.get("prompt_eval_cached_count")  # Ollama 0.30+: of the prompt, reused from the loaded context
+    if type(cached) is int and cached >= 0:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}  # where Ollama's own /v1 puts it
+    return usage
 
 
 def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]] | None:

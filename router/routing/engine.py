@@ -22,6 +22,8 @@ from router.routing import strategies
 from router.routing.fallbacks import FallbackPlan, FallbackRules
 from router.routing.resolve import Resolution, Resolver
 from router.routing.rules import Condition, compare
+from router.routing.prefix import session_key
+from router.routing.strategies.cache_aware import CacheAware, Placement
 from router.state import StateTable
 
 ROUTE_LABELS = {
@@ -35,6 +37,8 @@ ROUTE_LABELS = {
     "default": "default provider",
     "metadata": "request metadata",
     "warm": "warm provider",
+    "cache": "prompt cache",
+    "session": "session affinity",
 }
 
 
@@ -61,6 +65,14 @@ class Engine:
         # unless load_balancing names them explicitly.
         for model in m.redundant_models:
             self._applicable.setdefault(model, "simple-shuffle")
+        router = config.router
+        cache_aware = [name for name in (self.default_strategy, *self._applicable.values(),
+                                         *(c.routing_strategy for c in m.capabilities.values())) if name and strategies.canonical(name) == "cache-aware"]
+        checks = set(router.affinity).union(*router.group_affinity.values())
+        self.wants_prompt = bool(cache_aware) or "prompt_caching" in checks  # the proxy renders prompts to block keys
+        self.wants_session = bool(cache_aware) or "session_affinity" in checks  # the proxy looks for a session id
+        self.wants_caller = "deployment_affinity" in checks
+        self._cache_aware: CacheAware = self._strategies["cache-aware"]  # type: ignore[assignment]
         self.header_names = frozenset(
             r.condition.subject[len("header."):] for r in m.request_metadata_routing if r.condition.subject.startswith("header.")
         )
@@ -94,12 +106,35 @@ class Engine:
             trace.append(f"health: every candidate is unavailable; fallbacks first, then the least recently failed, {last_resort[0].id}")
         name = res.strategy or self._applicable.get(res.group) or self.default_strategy
         strategy = self._strategies[name]
-        ranked = strategy.order(res.group, candidates, view, self._rng, facts) if len(candidates) > 1 else [(d, None) for d in candidates]
+        placement: Placement | None = None
+        if len(candidates) <= 1:
+            ranked = [(d, None) for d in candidates]
+        elif type(strategy) is CacheAware:
+            placement = strategy.decide(res.group, candidates, view, self._rng, facts)
+            ranked = placement.ranked
+        else:
+            ranked = strategy.order(res.group, candidates, view, self._rng, facts)
         ordered = [d for d, _ in ranked]
+        route = res.route
         if len(candidates) > 1:
             trace.append(f"strategy {name}: " + ", ".join(f"{d.id}={s}" if s is not None else d.id for d, s in ranked))
+            if placement is not None:
+                trace.append(f"cache: {placement.reason}")
+                if placement.by != "load":
+                    route = "cache"
             self._demote_degraded(ordered, view, trace)
-        route = res.route
+        session = None
+        if ordered and (facts.session is not None or facts.caller is not None or facts.prompt is not None):
+            checks = self.config.router.affinity | self.config.router.group_affinity.get(res.group, frozenset())
+            if placement is None and "prompt_caching" in checks and facts.prompt is not None and len(candidates) > 1:
+                placement = self._prefer_cached(candidates, ordered, view, facts, trace)
+                if placement is not None and placement.by == "prefix":
+                    route = "cache"
+            session = facts.session if facts.session is not None and (
+                "session_affinity" in checks or type(strategy) is CacheAware) else \
+                facts.caller if facts.caller is not None and "deployment_affinity" in checks else None
+            if session is not None and self._apply_session(session, candidates, ordered, view, placement, trace):
+                route = "session"
         if ordered and self._apply_metadata(facts, res, ordered, view, trace):
             route = "metadata"
         warm_up = self._apply_warmth(res, ordered, view, trace, facts.endpoint) if ordered else []
@@ -118,6 +153,9 @@ class Engine:
             warm_up=tuple(warm_up),
             resolved=res.route,
             last_resort=tuple(last_resort),
+            prompt=facts.prompt if placement is not None else None,
+            predicted=placement.predicted if placement is not None else {},
+            session=session,
         )
 
     def target_split(self, decision: RouteDecision) -> list[float] | None:
@@ -253,6 +291,54 @@ class Engine:
                 return [first]
         trace.append(f"warm: {first.id} is cold and no other candidate is known warm")
         return []
+
+    def _prefer_cached(self, candidates: list[Deployment], ordered: list[Deployment], view: StateTable,
+                       facts: RequestFacts, trace: list[str]) -> Placement:
+        """LiteLLM's ``prompt_caching`` check under another strategy: the deployment that
+        holds the longest cached match (within the load bound) goes first."""
+        placement = self._cache_aware.place(candidates, view, self._rng, facts.prompt)
+        if placement.by == "prefix":
+            first = placement.ranked[0][0]
+            if ordered[0] is not first:
+                ordered.remove(first)
+                ordered.insert(0, first)
+            trace.append(f"prompt_caching: {placement.reason}")
+        return placement
+
+    def _apply_session(self, session: str, candidates: list[Deployment], ordered: list[Deployment], view: StateTable,
+                       placement: Placement | None, trace: list[str]) -> bool:
+        """Session affinity: the session's deployment goes first while it is available and
+        within the load bound; a new (or moved) session is placed by its cached prefix, else
+        by consistent hashing of its id. The pin follows whichever deployment serves it."""
+        label = f"session {session_key(session):08x}"
+        pinned = view.sessions.get(session, time.time())
+        chosen = placement if placement is not None and placement.by in ("prefix", "ring") else None
+        by_id = None
+        if len(candidates) > 1 and chosen is None:
+            by_id = self._cache_aware.place(candidates, view, self._rng, None, session_key(session))
+        bounds = chosen or by_id
+        why = None
+        if pinned is not None:
+            dep = next((d for d in ordered if d.id == pinned), None)
+            if dep is not None and (bounds is None or bounds.within(dep.id)):
+                if ordered[0] is not dep:
+                    ordered.remove(dep)
+                    ordered.insert(0, dep)
+                trace.append(f"{label}: stays on {dep.id}")
+                return True
+            why = "is over the load bound" if dep is not None else "is unavailable (cooling down or failed)"
+        if chosen is not None:
+            first = chosen.ranked[0][0]
+            how = "follows its cached prefix" if chosen.by == "prefix" else "placed with its first message"
+        elif by_id is not None:
+            first, how = by_id.ranked[0][0], "placed by its id"
+        else:
+            first, how = ordered[0], "the only candidate"
+        if ordered[0] is not first:
+            ordered.remove(first)
+            ordered.insert(0, first)
+        trace.append(f"{label}: new, {how}: {first.id}" if why is None else f"{label}: {pinned} {why}; moves to {first.id} ({how})")
+        return True
 
     # -- model metadata (the resolver's, which caches what the configuration fixes) ---------------
 

@@ -50,6 +50,8 @@ STRATEGY_NAMES: dict[str, str] = {
     "fastest_response": "latency-based",
     "cost-based-routing": "cost-based",
     "most_capacity": "most-capacity",
+    "cache-aware": "cache-aware",
+    "cache_aware": "cache-aware",
 }
 
 
@@ -58,7 +60,8 @@ def canonical(name: str) -> str | None:
 
 
 def registry() -> dict[str, Callable[..., Strategy]]:
-    from router.routing.strategies import cost_based, latency_based, least_busy, most_capacity, round_robin, shuffle, usage_based
+    from router.routing.strategies import (cache_aware, cost_based, latency_based, least_busy, most_capacity, round_robin,
+                                           shuffle, usage_based)
 
     return {
         "simple-shuffle": shuffle.SimpleShuffle,
@@ -68,6 +71,7 @@ def registry() -> dict[str, Callable[..., Strategy]]:
         "latency-based": latency_based.LatencyBased,
         "most-capacity": most_capacity.MostCapacity,
         "cost-based": cost_based.CostBased,
+        "cache-aware": cache_aware.CacheAware,
     }
 
 

@@ -5,9 +5,10 @@ A request's prompt is rendered canonically (``render``: tools, system and
 instructions, then the messages or input or prompt, as orjson writes them: a later
 turn of a conversation extends the earlier turn's rendering) and cut into blocks of
 ``block_chars`` characters. Each full block gets a key, the CRC-32 of the prompt up to
-its end (``zlib.crc32`` chains: the CRC of a longer prefix continues the shorter one's)
-salted with its position, so one key stands for a whole prefix, and the same prompt
-gets the same keys in every process and instance (no per-process hash seed).
+its end (``zlib.crc32`` chains: the CRC of a longer prefix continues the shorter one's),
+so one key stands for a whole prefix, and the same prompt gets the same keys in every
+process and instance (no per-process hash seed). 32 bits: with a million blocks indexed
+a lookup meets a stranger's key about once in 4,000, which at worst misjudges one block.
 
 ``PrefixIndex`` keeps, per deployment, an LRU of the keys it was last sent, bounded by
 that server's KV-cache capacity in blocks, and per key the set of deployments holding it
@@ -36,9 +37,9 @@ from zlib import crc32
 
 import orjson
 
-BLOCK_CHARS = 128  # characters per block (about 32 tokens)
-MAX_BLOCKS = 4096  # blocks of one prompt that are indexed (512 KB of rendering): the rest is not looked at
-ANCHOR_BLOCKS = 16  # at most this many leading blocks place a new prompt on the ring
+BLOCK_CHARS = 256  # characters per block (about 64 tokens: four of vLLM's 16-token blocks)
+MAX_BLOCKS = 2048  # blocks of one prompt that are indexed (512 KB of rendering): the rest is not looked at
+ANCHOR_BLOCKS = 8  # at most this many leading blocks (2 KB) place a new prompt on the ring
 CHARS_PER_TOKEN = 4.0  # converting the settings' tokens to characters, where the backend has not told
 RING_POINTS = 64  # virtual nodes per deployment on the ring
 _RENDERED = ("tools", "system", "instructions", "messages", "input", "prompt")  # in this order
@@ -77,13 +78,14 @@ def render(body: Mapping[str, Any]) -> tuple[bytes, int]:
 def prompt_of(body: Mapping[str, Any], block_chars: int = BLOCK_CHARS) -> Prompt:
     """The block keys of ``body``'s prompt (the first ``MAX_BLOCKS`` full blocks)."""
     text, first = render(body)
-    n = min(len(text) // block_chars, MAX_BLOCKS)
-    keys = [0] * n
+    end = min(len(text) // block_chars, MAX_BLOCKS) * block_chars
+    keys: list[int] = []
+    add = keys.append
     h = 0
-    for i in range(n):
-        h = crc32(text[i * block_chars:(i + 1) * block_chars], h)
-        keys[i] = (i + 1) << 32 | h
-    anchor_blocks = min(first // block_chars, ANCHOR_BLOCKS, n)
+    for i in range(0, end, block_chars):
+        h = crc32(text[i:i + block_chars], h)
+        add(h)
+    anchor_blocks = min(first // block_chars, ANCHOR_BLOCKS, len(keys))
     return Prompt(keys, len(text), keys[anchor_blocks - 1] if anchor_blocks else 0)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +34,7 @@ from router.state import StateTable
 from router.yamlsource import Path, Source
 
 CACHE_AWARE_ARGS = {"load_factor", "min_match_tokens", "capacity_tokens"}
+SIZE_EVERY = 1.0  # seconds between looks at the candidates' capacities (probes change them every few seconds)
 DEFAULTS = {"load_factor": 1.25, "min_match_tokens": 256, "capacity_tokens": 65536}
 
 
@@ -86,6 +88,7 @@ class CacheAware:
         self.min_match_tokens = int(args["min_match_tokens"])
         self.capacity_tokens = int(args["capacity_tokens"])
         self._rings: dict[tuple[str, ...], Ring] = {}
+        self._sized_at = -SIZE_EVERY  # when the candidates' capacities were last looked at
 
     def ring(self, candidates: Sequence[Deployment]) -> Ring:
         ids = tuple(sorted(d.id for d in candidates))
@@ -113,50 +116,54 @@ class CacheAware:
         """The order for ``prompt`` (or, with ``key``, for a session placed by its id)."""
         index = view.prefixes
         n = len(candidates)
-        loads = {d.id: load(view, d) for d in candidates}
-        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / n)
         ids = [d.id for d in candidates]
-        if prompt is not None and prompt.keys:
-            self.size_index(index, candidates, view)
-            matches = dict(zip(ids, index.match(prompt.keys, ids)))
+        loads = [load(view, d) for d in candidates]
+        bound = math.ceil(self.load_factor * (sum(loads) + 1) / n)
+        keys = prompt.keys if prompt is not None else None
+        if keys:
+            now = time.monotonic()
+            if now >= self._sized_at + SIZE_EVERY:
+                self.size_index(index, candidates, view)
+                self._sized_at = now
+            matches = index.match(keys, ids)
         else:
-            matches = dict.fromkeys(ids, 0)
-        anchor = key or (prompt.anchor if prompt is not None else 0)
-        walk = self.ring(candidates).walk(anchor) if anchor else ()
-        ring_pos = {d: i for i, d in enumerate(walk)}
-        noise = {d: rng.random() for d in ids} if not anchor else {}
+            matches = [0] * n
         per_block = index.block_chars / CHARS_PER_TOKEN  # tokens
-
-        def rank(d: Deployment) -> tuple[Any, ...]:
-            return (loads[d.id] >= bound, -matches[d.id], loads[d.id], ring_pos.get(d.id, noise.get(d.id, 0.0)))
-
-        def by_ring(d: Deployment) -> tuple[Any, ...]:
-            return (loads[d.id] >= bound, ring_pos.get(d.id, 0), loads[d.id])
-
-        best = max((matches[i] for i in ids if loads[i] < bound), default=0)
-        blocks = len(prompt.keys) if prompt is not None else 0
-        if best and best * per_block >= self.min_match_tokens and not key:
-            ordered = sorted(candidates, key=rank)
-            first = ordered[0]
+        best, first = 0, -1
+        for i in range(n):
+            if loads[i] < bound and (matches[i] > best or matches[i] == best and best and loads[i] < loads[first]):
+                best, first = matches[i], i
+        anchor = key or (prompt.anchor if prompt is not None else 0)
+        if not key and best and best * per_block >= self.min_match_tokens:
             by = "prefix"
-            reason = (f"{first.id} holds {best} of {blocks} prompt blocks (~{round(best * per_block)} tokens), "
-                      f"load {loads[first.id]} within the bound {bound}")
-        elif walk:
-            ordered = sorted(candidates, key=by_ring)
-            first = ordered[0]
+            tied = [i for i in range(n) if matches[i] == best and loads[i] == loads[first] and loads[i] < bound]
+            if len(tied) > 1:  # equal: ring order (the same choice in every instance)
+                walk = self.ring(candidates).walk(anchor) if anchor else ids
+                first = min(tied, key=lambda i: walk.index(ids[i]))
+            reason = (f"{ids[first]} holds {best} of {len(keys)} prompt blocks (~{round(best * per_block)} tokens), "
+                      f"load {loads[first]} within the bound {bound}")
+        elif anchor:
             by = "ring"
+            walk = self.ring(candidates).walk(anchor)
+            pos = {d: j for j, d in enumerate(walk)}
+            first = min(range(n), key=lambda i: (loads[i] >= bound, pos[ids[i]]))
             what = "the session" if key else "the prompt's first message"
-            reason = (f"no cached match of {self.min_match_tokens}+ tokens; {what} hashes to {first.id}" if not key
-                      else f"{what} hashes to {first.id}")
-            if walk[0] != first.id:
+            reason = f"{what} hashes to {ids[first]}" if key else \
+                f"no cached match of {self.min_match_tokens}+ tokens; {what} hashes to {ids[first]}"
+            if walk[0] != ids[first]:
                 reason += f" ({walk[0]} is at the load bound {bound})"
         else:
-            ordered = sorted(candidates, key=lambda d: (loads[d.id], noise[d.id]))
-            first = ordered[0]
             by = "load"
-            reason = f"prompt shorter than one block; least busy {first.id} (load {loads[first.id]})"
-        ranked: Ranked = [(d, float(round(matches[d.id] * per_block))) for d in ordered]
-        return Placement(ranked, reason, by, matches, bound, loads)
+            low = min(loads)
+            first = rng.choice([i for i in range(n) if loads[i] == low])
+            reason = f"prompt shorter than one block; least busy {ids[first]} (load {low})"
+        order = list(range(n))
+        del order[first]
+        if n > 2:
+            order.sort(key=lambda i: (loads[i] >= bound, -matches[i], loads[i]))
+        order.insert(0, first)
+        ranked: Ranked = [(candidates[i], matches[i] * per_block) for i in order]
+        return Placement(ranked, reason, by, dict(zip(ids, matches)), bound, dict(zip(ids, loads)))
 
     def decide(self, group: str, candidates: Sequence[Deployment], view: StateTable, rng: random.Random,
                facts: RequestFacts) -> Placement:

@@ -328,13 +328,25 @@ def facts_from_query(query: Any) -> RequestFacts:
                          param="endpoint")
     return RequestFacts(model=query.get("model") or None, endpoint=endpoint,
                         stream=query.get("stream", "").lower() in ("1", "true", "yes"), batch_size=batch,
-                        capability=query.get("capability") or headers.pop("x-capability", None), headers=headers)
+                        capability=query.get("capability") or headers.pop("x-capability", None), headers=headers,
+                        session=query.get("session") or None)
 
 
 async def explain(request: web.Request) -> web.Response:
-    """What the router would do with a request, without sending anything."""
+    """What the router would do with a request, without sending anything. ``POST`` takes
+    the request's own body (and headers: X-Capability, a session's): cache-aware routing
+    then sees its prompt, as the proxy would."""
     proxy = request.app[PROXY]
     facts = facts_from_query(request.query)
+    if request.method == "POST":
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+        if not isinstance(body, dict):
+            raise BadRequest("The body must be a JSON object: the request you would send.")
+        door = doors.DOORS.get(facts.endpoint)
+        facts = proxy.facts(request, facts.endpoint, body, proxy.engine, door, request.get(CLIENT_KEY))
     if facts.model is None and facts.capability is None:
         raise BadRequest("Give model= (and/or capability=).", param="model")
     decision = proxy.engine.decide(facts, proxy.state)
@@ -586,6 +598,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/health/readiness", readiness)
     app.router.add_get("/health", health)
     app.router.add_get("/router/explain", explain)
+    app.router.add_post("/router/explain", explain)
     app.router.add_get("/router/stats", router_stats)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/router/reload", reload)

@@ -113,6 +113,9 @@ class RequestFacts:
     caller: str | None = None  # the caller's key name (LiteLLM's deployment_affinity pins by key)
 
 
+PROMPT_BLOCK_TOKENS = 64  # router.routing.prefix.BLOCK_CHARS / CHARS_PER_TOKEN, for explain
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """What the routing engine decided for one request, and why.
@@ -157,5 +160,9 @@ class RouteDecision:
             "scores": {dep_id: score for dep_id, score in self.scores},
             "warm_up": [d.id for d in self.warm_up],
             "last_resort": [d.id for d in self.last_resort],
+            # cache-aware routing: tokens of the prompt's start the index believes each candidate holds
+            **({"prompt_cache_tokens": {dep_id: round(blocks * PROMPT_BLOCK_TOKENS) for dep_id, blocks in self.predicted.items()}}
+               if self.prompt is not None else {}),
+            **({"session": True} if self.session is not None else {}),
             "trace": list(self.trace),
         }

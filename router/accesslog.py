@@ -96,6 +96,8 @@ def _answered(proxy: Proxy, engine: Engine, model: str, decision: RouteDecision,
         fields["spill"] = outcome.spilled
     if decision.matched:
         fields["matched"] = decision.matched
+    if last.usage is not None and last.usage.cached is not None:  # the backend's prompt-cache hit, as it reported it
+        fields["cached_tokens"] = last.usage.cached
     message = f"Model: {model} -> Provider: {dep.provider} ({ROUTE_LABELS[decision.route]})"
     if outcome.client_gone:
         proxy.log.warning(message, error="ClientDisconnected", **fields)

@@ -52,7 +52,10 @@ report the cached tokens as the real servers do: vLLM
 Ollama only through ``prompt_eval_duration`` (``prompt_eval_count`` is the whole
 prompt, except in 0.30.0: set ``version="0.30.0"``), llama-cpp-python not at
 all. ``stats.prompt_tokens`` / ``stats.cached_tokens`` (and
-``prefix_cache_blocks`` in ``GET /__sim/stats``) are the servers' true figures::
+``prefix_cache_blocks`` in ``GET /__sim/stats``) are the servers' true figures;
+vLLM's ``/metrics`` also shows the cache (``vllm:cache_config_info`` with
+``block_size`` and ``num_gpu_blocks``, ``vllm:prefix_cache_queries_total`` /
+``vllm:prefix_cache_hits_total``)::
 
     b = SimulatedBackend(kind="vllm", models=["m"], prefix_cache_tokens=65536, prefill_tokens_per_s=4000)
 

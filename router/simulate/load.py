@@ -8,6 +8,10 @@ state in each server's format. Sources (read, not copied): vLLM
 labels) and llama.cpp ``tools/server`` (``server_slot::to_json``, the
 ``/metrics``, ``/slots`` and ``/props`` handlers; ``/slots`` reports
 ``is_processing`` since PR #10162, Nov 2024 — earlier builds had ``state`` 0/1).
+With a prompt cache, vLLM's ``/metrics`` adds ``vllm:prefix_cache_queries_total`` /
+``vllm:prefix_cache_hits_total`` (tokens) and ``vllm:cache_config_info`` (a subset of
+``CacheConfig.metrics_info()``'s labels: ``block_size``, ``num_gpu_blocks`` = the cache's
+capacity in blocks, ``enable_prefix_caching``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .core import ClientGone, Generation, as_int
-from .prefix import Prefill, Prompt
+from .prefix import BlockCache, Prefill, Prompt
 
 if TYPE_CHECKING:
     from .backend import SimulatedBackend
@@ -60,6 +64,7 @@ class Totals:
     """Token and time counters (llama-server's ``metrics``; vLLM's token counters)."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the prompt cache
     prompt_seconds: float = 0.0
     predicted_tokens: int = 0
     predicted_seconds: float = 0.0
@@ -71,6 +76,7 @@ class Totals:
         elapsed = now - seat.started
         decoded = seat.decoded(now)
         self.prompt_tokens += seat.gen.prompt_tokens
+        self.cached_tokens += seat.prefill.cached
         self.prompt_seconds += min(elapsed, seat.ttft)
         self.predicted_tokens += decoded
         self.predicted_seconds += max(0.0, elapsed - seat.ttft)
@@ -175,7 +181,7 @@ def vllm_metrics(b: SimulatedBackend) -> web.Response:
     def one(value: float) -> list[tuple[str, Any]]:
         return [(labels, floatToGoString(value))]
 
-    text = "".join([
+    parts = [
         _prom("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
               one(len(s.running))),
         _prom("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", one(s.waiting)),
@@ -183,8 +189,19 @@ def vllm_metrics(b: SimulatedBackend) -> web.Response:
               one(s.totals.prompt_tokens)),
         _prom("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
               one(s.totals.predicted_tokens)),
-    ])
-    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TYPE})
+    ]
+    cache = b.prefix_cache
+    if isinstance(cache, BlockCache):  # the prompt cache: what a router sizes its index by, and its hits
+        parts += [
+            _prom("vllm:prefix_cache_queries_total", "counter",
+                  "Prefix cache queries, in terms of number of queried tokens.", one(s.totals.prompt_tokens)),
+            _prom("vllm:prefix_cache_hits_total", "counter",
+                  "Prefix cache hits, in terms of number of cached tokens.", one(s.totals.cached_tokens)),
+            _prom("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig", [(
+                f'{{block_size="{cache.block}",enable_prefix_caching="True",engine="0",'
+                f'num_gpu_blocks="{cache.capacity}"}}', "1.0")]),
+        ]
+    return web.Response(body="".join(parts).encode(), headers={"Content-Type": PROMETHEUS_TYPE})
 
 
 # ---------------------------------------------------------------- llama-server

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -333,6 +334,20 @@ async def test_stats_count_prompt_and_cached_tokens_and_reset(sim):
     assert b.stats.prompt_tokens == 0  # embeddings are not prompts of the cache model
 
 
+async def test_vllm_metrics_give_the_cache_size_and_its_hits(sim):
+    b = await sim.backend("vllm", **cached_backend_kw(prefix_cache_tokens=1000))
+    (one, _), (two, _) = await two_turns(b, "/v1/chat/completions")
+    async with aiohttp.ClientSession() as s, s.get(b.base_url + "/metrics") as r:
+        text = await r.text()
+    values = {(m.name, tuple(sorted(m.labels.items()))): m.value
+              for family in text_string_to_metric_families(text) for m in family.samples}
+    labels = (("engine", "0"), ("model_name", MODEL))
+    assert values[("vllm:prefix_cache_queries_total", labels)] == one["usage"]["prompt_tokens"] + two["usage"]["prompt_tokens"]
+    assert values[("vllm:prefix_cache_hits_total", labels)] == two["usage"]["prompt_tokens_details"]["cached_tokens"]
+    info = (("block_size", "16"), ("enable_prefix_caching", "True"), ("engine", "0"), ("num_gpu_blocks", "62"))
+    assert values[("vllm:cache_config_info", info)] == 1.0  # 1000 // 16 blocks of 16 tokens
+
+
 @pytest.mark.parametrize("kind", ["vllm", "llama_cpp_native", "ollama", "llama_cpp_python"])
 async def test_without_a_cache_nothing_is_cached_and_nothing_waits(sim, kind):
     b = await sim.backend(kind, loaded=[MODEL] if kind == "ollama" else (), ttft=0, tokens_per_s=0,
@@ -342,6 +357,9 @@ async def test_without_a_cache_nothing_is_cached_and_nothing_waits(sim, kind):
     assert t1 < 2 and t2 < 2
     assert b.stats.cached_tokens == 0 and b.stats.prompt_tokens > 0
     assert b.stats_dict()["prefix_cache_blocks"] is None
+    if kind == "vllm":
+        async with aiohttp.ClientSession() as s, s.get(b.base_url + "/metrics") as r:
+            assert "prefix_cache" not in await r.text()  # no cache model: /metrics as before
     if kind == "vllm":
         assert two["usage"]["prompt_tokens_details"] is None
     if kind == "llama_cpp_native":

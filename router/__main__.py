@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -29,6 +29,22 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _log_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("human", "json"), default="human")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def _number(kind: type, minimum: float) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)``, at least ``minimum``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}: {text!r}")
+        return value
+    return parse
+
+
+_non_negative_int, _non_negative_float, _positive_int = _number(int, 0), _number(float, 0), _number(int, 1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,6 +103,14 @@ def parser() -> argparse.ArgumentParser:
     _config_args(sim)
     sim.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token (default 0.05)")
     sim.add_argument("--tokens-per-s", type=float, default=50.0, help="generation speed, 0 = unlimited (default 50)")
+    sim.add_argument("--prefix-cache-tokens", type=_non_negative_int, default=None, metavar="N",
+                     help="each server keeps a prompt cache of N tokens (LRU of blocks; llama-cpp-python: its last "
+                          "prompt) and reports the cached tokens natively (default: no cache model)")
+    sim.add_argument("--prefill-tokens-per-s", type=_non_negative_float, default=0.0, metavar="X",
+                     help="with --prefix-cache-tokens: prefill speed; the uncached tokens cost uncached/X seconds "
+                          "before the first token, on top of --ttft (default 0 = no prefill time)")
+    sim.add_argument("--cache-block-tokens", type=_positive_int, default=16, metavar="B",
+                     help="prompt cache block size in tokens (default 16, vLLM's)")
     _log_args(sim)
     return ap
 
@@ -453,7 +477,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         log.get("SIMULATE").info(f"{kind} on " + (f"unix://{host}" if host.startswith("/") else f"http://{host}:{port}"),
                                  models=",".join(models))
     try:
-        asyncio.run(run_simulators(specs, ttft=args.ttft, tokens_per_s=args.tokens_per_s))
+        asyncio.run(run_simulators(specs, ttft=args.ttft, tokens_per_s=args.tokens_per_s,
+                                   prefix_cache_tokens=args.prefix_cache_tokens,
+                                   prefill_tokens_per_s=args.prefill_tokens_per_s,
+                                   cache_block_tokens=args.cache_block_tokens))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

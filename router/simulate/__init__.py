@@ -32,6 +32,33 @@ The kind ``anthropic`` is the hosted Messages API (:mod:`router.simulate.anthrop
 its own ids, event sequence and error bodies, ``x-api-key`` checked when the backend
 has an ``api_key``, ``anthropic-version`` required.
 
+Prompt caching (:mod:`router.simulate.prefix`), off unless ``prefix_cache_tokens``
+is set: each server keeps one prompt cache — vLLM, llama-server and Ollama an
+LRU of ``prefix_cache_tokens // cache_block_tokens`` blocks (16 tokens, vLLM's
+default) keyed by chained hashes of the prompt's simulated token ids;
+llama-cpp-python only its previous prompt, matched token by token. Prompts
+render prefix-stably (tools first, as a seed of the hash chain, then one line per
+message), so a conversation's next turn finds its earlier turn's blocks. A
+request's cached tokens are its longest run of leading blocks still held (never
+the last prompt token: every server evaluates it to sample); once seated, it
+spends ``uncached / prefill_tokens_per_s`` seconds of prefill before the first
+token, on top of ``ttft``, then inserts its blocks (evicting the least recently
+used, a prompt's tail before its head); decode runs at ``tokens_per_s``. Answers
+report the cached tokens as the real servers do: vLLM
+``usage.prompt_tokens_details.cached_tokens`` when non-zero (its
+``--enable-prompt-tokens-details``; the Anthropic door's
+``cache_read_input_tokens``), llama-server ``timings.cache_n`` / ``prompt_n`` and
+``usage.prompt_tokens_details.cached_tokens`` (always, 0 without a cache),
+Ollama only through ``prompt_eval_duration`` (``prompt_eval_count`` is the whole
+prompt, except in 0.30.0: set ``version="0.30.0"``), llama-cpp-python not at
+all. ``stats.prompt_tokens`` / ``stats.cached_tokens`` (and
+``prefix_cache_blocks`` in ``GET /__sim/stats``) are the servers' true figures;
+vLLM's ``/metrics`` also shows the cache (``vllm:cache_config_info`` with
+``block_size`` and ``num_gpu_blocks``, ``vllm:prefix_cache_queries_total`` /
+``vllm:prefix_cache_hits_total``)::
+
+    b = SimulatedBackend(kind="vllm", models=["m"], prefix_cache_tokens=65536, prefill_tokens_per_s=4000)
+
 Load and model metadata are exposed as the real servers do: vLLM ``GET /metrics``
 (``max_num_seqs``), llama-server ``GET /slots``, ``/metrics`` and ``/props``
 (``slots``), Ollama ``/api/ps``, ``/api/tags`` and ``/api/show``; sizes come

@@ -3,6 +3,15 @@ real servers serve it natively, each in its own bytes.
 
 Sources (read, not copied):
 
+Cached prompt tokens (the simulator's prompt cache, :mod:`router.simulate.prefix`):
+vLLM (PR #40912) reports them, when its chat usage has ``prompt_tokens_details``
+(only when something was cached), as ``cache_read_input_tokens`` with
+``cache_creation_input_tokens`` 0 and ``input_tokens`` the uncached rest — in the
+whole answer and the stream's ``message_delta``, not in ``message_start``;
+llama-server (PR #19361) always writes ``cache_read_input_tokens`` and the
+uncached ``input_tokens`` in ``message_start`` and the whole answer; Ollama's
+``input_tokens`` is its ``prompt_eval_count`` (the whole prompt, but in 0.30.0).
+
 * **vLLM** ``vllm/entrypoints/anthropic/api_router.py`` (routes; errors as
   ``{"type": "error", "error": {type, message}}`` with the OpenAI error's type and
   status; the whole answer ``model_dump(exclude_none=True)``), ``serving.py``
@@ -55,6 +64,7 @@ from .backend import body_is_invalid, read_json
 from .core import Generation, as_int, count_tokens, messages_text
 from .encoding import compact_json, go_json, named_sse
 from .openai_compat import LlamaServerDialect, OpenAICompatAPI, VLLMDialect, _alnum
+from .prefix import Prompt
 
 if TYPE_CHECKING:
     from .backend import SimulatedBackend
@@ -75,6 +85,7 @@ class Turn:
     tool_id: str = ""
     estimate: int = 0  # Ollama's characters/4 guess of the input tokens
     named: bool = False  # tool_choice named the tool
+    cached: int = 0  # input tokens the server's prompt cache served (known once seated)
 
     @property
     def input_tokens(self) -> int:
@@ -355,13 +366,16 @@ class MessagesDoor:
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             return self.malformed(exc)
         stream = bool(body.get("stream"))
-        async with self.b.scheduler.seat(request, self.b, model, gen, load.slot_params(chat, stream)):
+        prompt = Prompt.of(messages_text(chat["messages"]), toolkit.openai_tools(chat.get("tools")))
+        async with self.b.scheduler.seat(request, self.b, model, gen, load.slot_params(chat, stream), prompt) as seat:
+            t.cached = seat.prefill.cached
             extra = self.load_delay(model)
             if stream:
                 return await self.b.stream(request, self.events(t), content_type=self.stream_type, extra_delay=extra,
-                                           headers_early=self.headers_early, headers=self.stream_headers)
+                                           headers_early=self.headers_early, headers=self.stream_headers,
+                                           prefill=seat.prefill)
             interval = self.b.token_interval() * max(gen.completion_tokens - 1, 0)
-            await self.b.pause(request, self.b.first_token_delay(extra) + interval)
+            await self.b.compute(request, seat.prefill, extra_delay=extra, decode=interval)
             return self.whole(t)
 
     async def count(self, request: web.Request) -> web.StreamResponse:
@@ -442,8 +456,19 @@ class VLLMMessages(MessagesDoor):
         if call is not None or t.gen.pieces:
             yield False, ev("content_block_stop", {"type": "content_block_stop", "index": 0})
         yield False, ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": self.reason(t)},
-                                          "usage": {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}})
+                                          "usage": self.usage(t)})
         yield False, ev("message_stop", {"type": "message_stop"})
+
+    def usage(self, t: Turn) -> dict[str, int]:
+        """``AnthropicUsage`` from the chat usage (vLLM PR #40912): when the chat usage carries
+        ``prompt_tokens_details`` (something was cached), ``input_tokens`` is the uncached rest,
+        ``cache_read_input_tokens`` the cached part and ``cache_creation_input_tokens`` 0;
+        otherwise the cache fields are absent and ``input_tokens`` is the whole prompt. A
+        stream's ``message_start`` is built before the usage carries the details: whole prompt."""
+        if not t.cached:
+            return {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}
+        return {"input_tokens": t.input_tokens - t.cached, "output_tokens": t.output_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": t.cached}
 
     def reason(self, t: Turn) -> str:
         """A named tool is guided decoding: the chat finishes ``stop``, so ``end_turn``."""
@@ -455,8 +480,7 @@ class VLLMMessages(MessagesDoor):
             content.append({"type": "tool_use", "id": t.tool_id, "name": t.gen.call.name,
                             "input": t.gen.call.arguments})
         return self.b.json({"id": t.id, "type": "message", "role": "assistant", "content": content, "model": t.model,
-                            "stop_reason": self.reason(t),
-                            "usage": {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}})
+                            "stop_reason": self.reason(t), "usage": self.usage(t)})
 
     def counted(self, tokens: int) -> web.Response:
         return self.b.json({"input_tokens": tokens, "context_management": {"original_input_tokens": tokens}})
@@ -505,8 +529,7 @@ class LlamaServerMessages(MessagesDoor):
 
         start = ev({"type": "message_start", "message": {
             "id": t.id, "type": "message", "role": "assistant", "content": [], "model": t.model,
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": t.input_tokens, "output_tokens": 0}}})
+            "stop_reason": None, "stop_sequence": None, "usage": self.usage(t, 0)}})
         call = t.gen.call
         first = True
         for i, piece in enumerate(t.gen.pieces):
@@ -541,8 +564,13 @@ class LlamaServerMessages(MessagesDoor):
                             "input": t.gen.call.arguments})
         reason, word = self._stop(t)
         return self.d.json({"id": t.id, "type": "message", "role": "assistant", "content": content, "model": t.model,
-                            "stop_reason": reason, "stop_sequence": word,
-                            "usage": {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}})
+                            "stop_reason": reason, "stop_sequence": word, "usage": self.usage(t, t.output_tokens)})
+
+    def usage(self, t: Turn, output_tokens: int) -> dict[str, int]:
+        """``message_start``'s and the whole answer's usage since llama.cpp PR #19361 (Feb 2026):
+        ``cache_read_input_tokens`` always, ``input_tokens`` the uncached rest."""
+        return {"cache_read_input_tokens": t.cached, "input_tokens": t.input_tokens - t.cached,
+                "output_tokens": output_tokens}
 
     def counted(self, tokens: int) -> web.Response:
         return self.d.json({"input_tokens": tokens})
@@ -652,7 +680,7 @@ class OllamaMessages(MessagesDoor):
         if t.gen.pieces:
             yield False, ev({"type": "content_block_stop", "index": 0})
         yield False, ev({"type": "message_delta", "delta": {"stop_reason": self._reason(t)},
-                         "usage": {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}})
+                         "usage": {"input_tokens": self.input_tokens(t), "output_tokens": t.output_tokens}})
         yield False, ev({"type": "message_stop"})
 
     def whole(self, t: Turn) -> web.Response:
@@ -662,5 +690,9 @@ class OllamaMessages(MessagesDoor):
                             "input": t.gen.call.arguments})
         body = {"id": t.id, "type": "message", "role": "assistant", "model": t.model, "content": content,
                 "stop_reason": self._reason(t),
-                "usage": {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens}}
+                "usage": {"input_tokens": self.input_tokens(t), "output_tokens": t.output_tokens}}
         return web.Response(body=go_json(body, newline=True), headers={"Content-Type": "application/json"})
+
+    def input_tokens(self, t: Turn) -> int:
+        """The chat's ``prompt_eval_count`` (see :meth:`OllamaAPI.prompt_eval_count`)."""
+        return self.api.prompt_eval_count(t.input_tokens, t.cached)

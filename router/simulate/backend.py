@@ -16,6 +16,7 @@ from aiohttp import web
 from .core import ClientGone, Faults, ModelMeta, Stats, model_meta
 from .doors import make_doors
 from .load import Scheduler
+from .prefix import Prefill, Prompt, prompt_cache
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,20 @@ class SimulatedBackend:
     from its size tag (see :func:`~router.simulate.core.model_meta`), e.g.
     ``{"llama3.1:8b": {"parameter_size": "13B", "context_length": 4096}}``.
 
-    ``ttft`` and ``tokens_per_s`` may be changed on a running backend; the
-    next request (and the next token of a running stream) uses the new values.
+    Prompt cache (:mod:`router.simulate.prefix`): with ``prefix_cache_tokens`` set,
+    the server keeps one prompt cache — an LRU of ``prefix_cache_tokens //
+    cache_block_tokens`` blocks of ``cache_block_tokens`` simulated tokens
+    (llama-cpp-python: its previous prompt only, whatever the capacity) — and a
+    generation request's uncached tokens cost ``uncached / prefill_tokens_per_s``
+    seconds of prefill (when that is > 0) before the first token, on top of
+    ``ttft``, while the request holds its seat. Its answer reports the cached
+    tokens in the kind's native form; :attr:`stats` adds them up. ``None`` (the
+    default): no cache model and no prefill delay. The hosted kinds (``openai``,
+    ``anthropic``) model no cache.
+
+    ``ttft``, ``tokens_per_s`` and ``prefill_tokens_per_s`` may be changed on a
+    running backend; the next request (and the next token of a running stream)
+    uses the new values.
 
     Faults: :attr:`faults` (see :class:`~router.simulate.core.Faults`), plus
     :meth:`pause_listening` / :meth:`resume_listening` to play a killed and
@@ -85,9 +98,16 @@ class SimulatedBackend:
         slots: int | None = 4,
         model_meta: dict[str, dict[str, Any]] | None = None,
         api_key: str | None = None,
+        prefix_cache_tokens: int | None = None,
+        prefill_tokens_per_s: float = 0.0,
+        cache_block_tokens: int = 16,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown simulator kind {kind!r}; expected one of {KINDS}")
+        if cache_block_tokens < 1 or (prefix_cache_tokens is not None and prefix_cache_tokens < 0) \
+                or prefill_tokens_per_s < 0:
+            raise ValueError("cache_block_tokens must be at least 1; prefix_cache_tokens and "
+                             "prefill_tokens_per_s must not be negative")
         self.kind = kind
         self.models: list[str] = list(models or [])
         if not self.models and kind != "ollama":
@@ -106,6 +126,9 @@ class SimulatedBackend:
         if capacity is not None and capacity < 1:
             raise ValueError("max_num_seqs and slots must be at least 1 (or None for no limit)")
         self.scheduler = Scheduler(capacity)
+        self.prefill_tokens_per_s = prefill_tokens_per_s
+        #: The prompt cache (``None``: no cache model); see :mod:`router.simulate.prefix`.
+        self.prefix_cache = prompt_cache(kind, prefix_cache_tokens, cache_block_tokens)
         self.faults = Faults()
         self.stats = Stats()
         self.loaded: dict[str, float] = {}  # ollama: canonical name -> expires at (time.time())
@@ -285,6 +308,34 @@ class SimulatedBackend:
     def token_interval(self) -> float:
         return 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
 
+    def admit(self, prompt: Prompt | None, tokens: int) -> Prefill:
+        """A generation request takes its seat: look its prompt up in the cache (touching
+        what it hits) and count it in :attr:`stats`. ``prompt`` ``None``: a request the
+        cache model ignores (rerank, the hosted kinds' own paths), not counted."""
+        if prompt is None:
+            return Prefill(tokens)
+        cache = self.prefix_cache
+        cached, key = cache.lookup(prompt) if cache is not None else (0, None)
+        cached = min(cached, tokens)
+        self.stats.prompt_tokens += tokens
+        self.stats.cached_tokens += cached
+        rate = self.prefill_tokens_per_s
+        seconds = (tokens - cached) / rate if cache is not None and rate > 0 else 0.0
+        return Prefill(tokens, cached, seconds, key)
+
+    def prefilled(self, prefill: Prefill | None) -> None:
+        """The prefill is done: the prompt's blocks are now in the cache."""
+        if prefill is not None and prefill.key is not None and self.prefix_cache is not None:
+            self.prefix_cache.insert(prefill.key)
+
+    async def compute(self, request: web.Request, prefill: Prefill | None, *, extra_delay: float = 0.0,
+                      decode: float = 0.0) -> None:
+        """Take as long as a non-streamed answer does: the first-token delay (``ttft`` plus
+        ``extra_delay``) and the prefill, then ``decode`` seconds for the other tokens."""
+        await self.pause(request, self.first_token_delay(extra_delay) + (prefill.seconds if prefill else 0.0))
+        self.prefilled(prefill)
+        await self.pause(request, decode)
+
     async def pause(self, request: web.Request, seconds: float) -> None:
         """Sleep, raising :class:`ClientGone` as soon as the client disconnects."""
         loop = asyncio.get_running_loop()
@@ -321,11 +372,12 @@ class SimulatedBackend:
         extra_delay: float = 0.0,
         headers_early: bool = True,
         headers: dict[str, str] | None = None,
+        prefill: Prefill | None = None,
     ) -> web.StreamResponse:
         """Send pre-encoded ``events`` with simulated timing and the stream faults.
 
         Each event is ``(is_token, data)``: nothing is sent before the TTFT (plus
-        ``extra_delay``) has passed, and every token after the first waits one
+        ``extra_delay`` and the ``prefill``'s seconds) has passed, and every token after the first waits one
         token interval. ``is_token`` may be a count instead of a bool, for an
         event a server sends only after generating several tokens (Ollama's whole
         tool call): it waits for all of them. With ``headers_early`` the headers
@@ -341,7 +393,8 @@ class SimulatedBackend:
         try:
             if headers_early:
                 await resp.prepare(request)
-            await self.pause(request, self.first_token_delay(extra_delay))
+            await self.pause(request, self.first_token_delay(extra_delay) + (prefill.seconds if prefill else 0.0))
+            self.prefilled(prefill)
             for is_token, data in events:
                 weight = int(is_token)
                 if weight:
@@ -472,12 +525,18 @@ class SimulatedBackend:
             return self.json({"error": str(exc)}, status=400)
         return self.json(self.faults.as_dict())
 
+    def stats_dict(self) -> dict[str, Any]:
+        """What ``GET /__sim/stats`` answers: :attr:`stats`, and ``prefix_cache_blocks``, the
+        full blocks the prompt cache holds now (``None`` without a cache model)."""
+        cache = self.prefix_cache
+        return {**self.stats.as_dict(), "prefix_cache_blocks": cache.blocks if cache is not None else None}
+
     async def _get_stats(self, request: web.Request) -> web.Response:
-        return self.json(self.stats.as_dict())
+        return self.json(self.stats_dict())
 
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self.stats.reset()
-        return self.json(self.stats.as_dict())
+        return self.json(self.stats_dict())
 
 
 async def _close_site(site: web.BaseSite) -> None:
@@ -541,7 +600,8 @@ async def run_simulators(
 ) -> None:
     """Start one backend per ``(kind, host, port, models)`` and serve until cancelled.
 
-    ``timing`` (``ttft``, ``tokens_per_s``, ``load_time``, …) is passed to every
+    ``timing`` (``ttft``, ``tokens_per_s``, ``load_time``, ``prefix_cache_tokens``,
+    ``prefill_tokens_per_s``, ``cache_block_tokens``, …) is passed to every
     :class:`SimulatedBackend`. Optionally, the started backends are appended to
     ``started`` and ``ready`` is set once all of them listen.
     """

@@ -6,6 +6,7 @@ Nothing here does I/O; :mod:`router.simulate.backend` wires it to aiohttp.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import random
@@ -204,6 +205,12 @@ class Stats:
     garbage: int = 0
     #: Open requests cut off by :meth:`SimulatedBackend.pause_listening` (not counted as disconnects).
     cut: int = 0
+    #: Prompt tokens of the generation requests the server admitted (chat, completions, the
+    #: native doors; not embeddings or rerank), and of them how many it served from its
+    #: prompt cache (0 without ``prefix_cache_tokens``). The server's true figures: a hit
+    #: rate is ``cached_tokens / prompt_tokens``, summed over servers.
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
     #: Set when a client disconnect is observed (await it in tests).
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     #: The last JSON object received as a request body.
@@ -216,6 +223,7 @@ class Stats:
         """Zero every counter and re-arm :attr:`disconnected`."""
         self.requests.clear()
         self.disconnects = self.drops = self.hangs = self.garbage = self.cut = 0
+        self.prompt_tokens = self.cached_tokens = 0
         self.disconnected = asyncio.Event()
         self.last_body = self.last_path = None
         self.last_headers = {}
@@ -236,6 +244,8 @@ class Stats:
             "hangs": self.hangs,
             "garbage": self.garbage,
             "cut": self.cut,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "last_path": self.last_path,
             "last_body": self.last_body,
         }
@@ -356,8 +366,16 @@ def embed(model: str, text: str, dim: int = 16) -> list[float]:
 
 
 def token_ids(text: str, *, vocab: int = 32000) -> list[int]:
-    """Deterministic fake token ids, one per word (for Ollama's ``context``)."""
-    return [struct.unpack(">I", hashlib.md5(w.encode()).digest()[:4])[0] % vocab for w in text.split()]
+    """Deterministic fake token ids, one per word (Ollama's ``context``, the prompt cache's keys).
+
+    Prefix-stable: ids of ``a + " " + b`` (or ``a + "\n" + b``) are ids of ``a`` then ids of ``b``.
+    """
+    return [_word_id(w, vocab) for w in text.split()]
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_id(word: str, vocab: int) -> int:
+    return struct.unpack(">I", hashlib.md5(word.encode()).digest()[:4])[0] % vocab
 
 
 def go_time(dt: datetime | None = None) -> str:

@@ -23,6 +23,7 @@ from .backend import body_is_invalid, read_json
 from .core import Generation, as_int, count_tokens, embed, generate, go_time, messages_text, token_ids
 from .encoding import go_json
 from .openai_compat import Chunk, Ctx, Dialect, OpenAICompatAPI
+from .prefix import Prefill, Prompt
 from .tools import ToolCall
 
 if TYPE_CHECKING:
@@ -147,6 +148,11 @@ class OllamaDialect(Dialect):
     def _head(self, c: Ctx, obj: str) -> dict[str, Any]:
         return {"id": c.id, "object": obj, "created": c.created, "model": c.model, "system_fingerprint": "fp_ollama"}
 
+    def _usage(self, c: Ctx) -> dict[str, int]:
+        """``ToUsage``: ``prompt_tokens`` is the native ``prompt_eval_count``."""
+        prompt = self.api.prompt_eval_count(c.prompt, c.cached)
+        return {"prompt_tokens": prompt, "completion_tokens": c.completion, "total_tokens": prompt + c.completion}
+
     def chat_chunks(self, c: Ctx) -> Iterator[Chunk]:
         def chunk(content: str, finish: str | None) -> dict[str, Any]:
             choice = {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}
@@ -160,14 +166,14 @@ class OllamaDialect(Dialect):
             yield True, chunk(piece, None)
         yield False, chunk("", c.gen.finish_reason)
         if c.include_usage:
-            yield False, {**self._head(c, "chat.completion.chunk"), "choices": [], "usage": c.usage()}
+            yield False, {**self._head(c, "chat.completion.chunk"), "choices": [], "usage": self._usage(c)}
 
     def chat_response(self, c: Ctx) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.gen.text}
         if c.gen.call is not None:
             message["tool_calls"] = self._tool_calls(c)
         choice = {"index": 0, "message": message, "finish_reason": c.gen.finish_reason}
-        return {**self._head(c, "chat.completion"), "choices": [choice], "usage": c.usage()}
+        return {**self._head(c, "chat.completion"), "choices": [choice], "usage": self._usage(c)}
 
     def completion_chunks(self, c: Ctx) -> Iterator[Chunk]:
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
@@ -179,15 +185,23 @@ class OllamaDialect(Dialect):
             yield True, chunk(piece, None)
         yield False, chunk("", c.gen.finish_reason)
         if c.include_usage:
-            yield False, {**chunk("", None), "choices": [], "usage": c.usage()}
+            yield False, {**chunk("", None), "choices": [], "usage": self._usage(c)}
 
     def completion_response(self, c: Ctx) -> dict[str, Any]:
         choice = {"text": c.gen.text, "index": 0, "finish_reason": c.gen.finish_reason}
-        return {**self._head(c, "text_completion"), "choices": [choice], "usage": c.usage()}
+        return {**self._head(c, "text_completion"), "choices": [choice], "usage": self._usage(c)}
 
     def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
         data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def counts_uncached_only(version: str) -> bool:
+    """Whether Ollama ``version`` reports only the prefilled tokens in ``prompt_eval_count``: 0.30.0
+    alone. The Go runners count every prompt input (``numPromptInputs``) whatever the cache
+    held; 0.30.0 moved to llama-server and passed its ``prompt_n`` on; 0.30.1 adds ``cache_n``
+    back "to preserve Ollama's pre-0.30 full-context prompt_eval_count semantics" (#16428)."""
+    return re.fullmatch(r"v?0\.30\.0(?:[-+].*)?", version.strip()) is not None
 
 
 class OllamaAPI:
@@ -201,6 +215,12 @@ class OllamaAPI:
         self.modified = datetime.now(timezone.utc).astimezone()
         self.num_ctx: dict[str, int] = {}  # loaded model -> its context (``/api/ps`` context_length)
         self.ready_at: dict[str, float] = {}  # loaded model -> when its load finishes (time.time())
+
+    def prompt_eval_count(self, tokens: int, cached: int) -> int:
+        """``prompt_eval_count`` of a prompt of ``tokens`` of which ``cached`` came from the cache:
+        the whole prompt, except in 0.30.0 (:func:`counts_uncached_only`). The prompt cache shows
+        only in ``prompt_eval_duration``, which covers the prefill of the uncached tokens."""
+        return tokens - cached if counts_uncached_only(self.b.version or self.version) else tokens
 
     # ------------------------------------------------------------------ model registry
 
@@ -370,6 +390,7 @@ class OllamaAPI:
         name = self.resolve(requested)
         if name is None:
             return self.err(404, f"model '{requested}' not found")
+        tools = toolkit.openai_tools(body.get("tools")) if key == "message" else []
         if key == "message":
             prompt = messages_text(body.get("messages"))
             empty = not body.get("messages")
@@ -388,7 +409,7 @@ class OllamaAPI:
         if key == "message":
             messages = body.get("messages")
             gen = toolkit.chat_generation(
-                name, prompt, tools=toolkit.openai_tools(body.get("tools")), choice=toolkit.AUTO,
+                name, prompt, tools=tools, choice=toolkit.AUTO,
                 after_result=toolkit.last_is_tool_result(messages), result_text=toolkit.last_text(messages or []),
                 spell=go_spell, seed=options.get("seed"), max_tokens=max_tokens, stop=options.get("stop"))
         else:
@@ -413,7 +434,7 @@ class OllamaAPI:
                 out.update(done=True, done_reason=gen.finish_reason)
                 if with_context:
                     out["context"] = token_ids(prompt + " " + gen.text)
-            return {**out, **self._metrics(gen, extra, started)}
+            return {**out, **self._metrics(gen, extra, started, seat.prefill)}
 
         def events() -> Iterator[tuple[bool | int, bytes]]:
             if calls:  # the tool parser holds the call back until it is whole, then sends it at once
@@ -422,20 +443,22 @@ class OllamaAPI:
                 yield True, orjson.dumps(piece(p)) + b"\n"
             yield False, orjson.dumps(final("")) + b"\n"
 
-        async with self.b.scheduler.seat(request, self.b, name, gen, {}):  # no limit: counts running requests
+        async with self.b.scheduler.seat(request, self.b, name, gen, {}, Prompt.of(prompt, tools)) as seat:
+            # no limit: the scheduler counts running requests
             if body.get("stream", True) is False:
                 tokens_after_first = self.b.token_interval() * max(gen.completion_tokens - 1, 0)
-                await self.b.pause(request, self.b.first_token_delay(extra) + tokens_after_first)
+                await self.b.compute(request, seat.prefill, extra_delay=extra, decode=tokens_after_first)
                 return self.b.json(final(gen.text, calls), content_type=JSON_TYPE)
             return await self.b.stream(request, events(), content_type="application/x-ndjson", extra_delay=extra,
-                                       headers_early=False)
+                                       headers_early=False, prefill=seat.prefill)
 
-    def _metrics(self, gen: Generation, extra: float, started: float) -> dict[str, int]:
+    def _metrics(self, gen: Generation, extra: float, started: float, prefill: Prefill) -> dict[str, int]:
         load = _ns(extra) or 1_200_000
-        prompt_eval = _ns(self.b.ttft) or 40_000 * gen.prompt_tokens
+        prompt_eval = _ns(self.b.ttft + prefill.seconds) or 40_000 * prefill.uncached  # the uncached tokens' prefill
         evaluation = _ns(self.b.token_interval() * gen.completion_tokens) or 15_000 * max(gen.completion_tokens, 1)
         total = max(_ns(time.perf_counter() - started), load + prompt_eval + evaluation)
-        return {"total_duration": total, "load_duration": load, "prompt_eval_count": gen.prompt_tokens,
+        return {"total_duration": total, "load_duration": load,
+                "prompt_eval_count": self.prompt_eval_count(gen.prompt_tokens, prefill.cached),
                 "prompt_eval_duration": prompt_eval, "eval_count": gen.completion_tokens, "eval_duration": evaluation}
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,7 @@ import random
 import string
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from . import load
 from . import tools as toolkit
 from .backend import read_json
 from .core import Generation, as_int, content_text, count_tokens, embed, generate, messages_text
+from .prefix import Prompt
 from .tools import ToolCall
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Ctx:
     interval: float
     tool_id: str = ""  # the id of the model's tool call, when it makes one
     named: bool = False  # tool_choice named the tool (vLLM: guided decoding, finish "stop")
+    cached: int = 0  # prompt tokens the server's cache served (known once the request is seated)
+    prefill: float = 0.0  # seconds of prefill of the rest, on top of ttft
 
     @property
     def prompt(self) -> int:
@@ -309,8 +312,16 @@ class VLLMDialect(Dialect):
             return "stop"
         return c.gen.finish_reason
 
-    def _usage(self, c: Ctx) -> dict[str, int]:
-        return {"prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion, "completion_tokens": c.completion}
+    def _usage(self, c: Ctx, *, whole: bool = False) -> dict[str, Any]:
+        """``UsageInfo``. With ``--enable-prompt-tokens-details`` (on when the simulator models
+        the cache) vLLM attaches ``prompt_tokens_details`` only when something was cached
+        (``if self.enable_prompt_tokens_details and num_cached_tokens``); a whole answer
+        dumps the unset field as ``null``, a stream's usage chunk leaves it out."""
+        usage: dict[str, Any] = {"prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion,
+                                 "completion_tokens": c.completion}
+        if c.cached or whole:
+            usage["prompt_tokens_details"] = {"cached_tokens": c.cached} if c.cached else None
+        return usage
 
     def tool_call_chunks(self, c: Ctx) -> Iterator[Chunk]:
         """vLLM's tool parsers: the name first (no arguments), then argument fragments;
@@ -366,7 +377,7 @@ class VLLMDialect(Dialect):
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish(c),
                          "stop_reason": c.gen.stop_reason}],
             "service_tier": None, "system_fingerprint": None,
-            "usage": {**self._usage(c), "prompt_tokens_details": None},
+            "usage": self._usage(c, whole=True),
             "prompt_logprobs": None, "kv_transfer_params": None,
         }
 
@@ -386,7 +397,7 @@ class VLLMDialect(Dialect):
         choice = {"index": 0, "text": c.gen.text, "logprobs": None, "finish_reason": c.gen.finish_reason,
                   "stop_reason": c.gen.stop_reason, "prompt_logprobs": None}
         return {"id": c.id, "object": "text_completion", "created": c.created, "model": c.model, "choices": [choice],
-                "usage": {**self._usage(c), "prompt_tokens_details": None}, "kv_transfer_params": None}
+                "usage": self._usage(c, whole=True), "kv_transfer_params": None}
 
     def embeddings_response(self, model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
         data = [{"index": i, "object": "embedding", "embedding": v} for i, v in enumerate(vectors)]
@@ -460,15 +471,20 @@ class LlamaServerDialect(Dialect):
         assert call is not None
         return [{"type": "function", "function": {"name": call.name, "arguments": c.gen.arguments}, "id": c.tool_id}]
 
-    def _usage(self, c: Ctx) -> dict[str, int]:
-        return {"completion_tokens": c.completion, "prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion}
+    def _usage(self, c: Ctx) -> dict[str, Any]:
+        """``usage_json_oaicompat()``: ``prompt_tokens_details.cached_tokens`` always (llama.cpp
+        PR #19361, Feb 2026), the whole prompt in ``prompt_tokens``."""
+        return {"completion_tokens": c.completion, "prompt_tokens": c.prompt, "total_tokens": c.prompt + c.completion,
+                "prompt_tokens_details": {"cached_tokens": c.cached}}
 
     def _timings(self, c: Ctx) -> dict[str, Any]:
-        prompt_ms = max(c.ttft * 1000, 0.05 * c.prompt)
+        """``result_timings``: ``cache_n`` tokens came from the slot's cache, ``prompt_n`` were prefilled."""
+        prompt_n = c.prompt - c.cached
+        prompt_ms = max((c.ttft + c.prefill) * 1000, 0.05 * prompt_n)
         predicted_ms = max(c.interval * 1000 * max(c.completion - 1, 0), 0.02 * c.completion)
         return {
-            "cache_n": 0, "prompt_n": c.prompt, "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / max(c.prompt, 1), "prompt_per_second": 1000 * c.prompt / prompt_ms,
+            "cache_n": c.cached, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / max(prompt_n, 1), "prompt_per_second": 1000 * prompt_n / prompt_ms,
             "predicted_n": c.completion, "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / max(c.completion, 1),
             "predicted_per_second": 1000 * c.completion / predicted_ms if predicted_ms else 0.0,
@@ -712,17 +728,22 @@ class OpenAICompatAPI:
             c.named = self.d.tool_choice(body) not in (toolkit.AUTO, toolkit.NONE)
         return c
 
-    async def _answer(self, request: web.Request, c: Ctx, body: dict[str, Any], chunks: Iterator[Chunk],
-                      full: dict[str, Any] | None) -> web.StreamResponse:
-        stream = full is None
-        async with self.b.scheduler.seat(request, self.b, c.model, c.gen, load.slot_params(body, stream)):
+    async def _answer(self, request: web.Request, c: Ctx, body: dict[str, Any], prompt: Prompt,
+                      chunks: Callable[[Ctx], Iterator[Chunk]], whole: Callable[[Ctx], dict[str, Any]]
+                      ) -> web.StreamResponse:
+        """Seat the request, then stream ``chunks(c)`` or answer ``whole(c)`` (rendered once
+        the prompt cache has said how much of ``prompt`` it held)."""
+        stream = bool(body.get("stream"))
+        async with self.b.scheduler.seat(request, self.b, c.model, c.gen, load.slot_params(body, stream),
+                                         prompt) as seat:
+            c.cached, c.prefill = seat.prefill.cached, seat.prefill.seconds
             extra = self.d.load_delay(c.model)
             if stream:
-                events = [(tok, self.d.sse(obj)) for tok, obj in chunks] + [(False, self.d.sse("[DONE]"))]
+                events = [(tok, self.d.sse(obj)) for tok, obj in chunks(c)] + [(False, self.d.sse("[DONE]"))]
                 return await self.b.stream(request, events, content_type=self.d.sse_content_type, extra_delay=extra,
-                                           headers_early=self.d.headers_early)
-            await self.b.pause(request, self.b.first_token_delay(extra) + c.interval * max(c.completion - 1, 0))
-            return self.d.json(full)
+                                           headers_early=self.d.headers_early, prefill=seat.prefill)
+            await self.b.compute(request, seat.prefill, extra_delay=extra, decode=c.interval * max(c.completion - 1, 0))
+            return self.d.json(whole(c))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -736,8 +757,8 @@ class OpenAICompatAPI:
             return self.d.error(400, "'messages' must be a non-empty list")
         gen = self.chat_generation(model, messages, body)
         c = self._ctx(self.d.chat_id(), model, gen, body)
-        stream = bool(body.get("stream"))
-        return await self._answer(request, c, body, self.d.chat_chunks(c), None if stream else self.d.chat_response(c))
+        prompt = Prompt.of(messages_text(messages), toolkit.openai_tools(body.get("tools")))
+        return await self._answer(request, c, body, prompt, self.d.chat_chunks, self.d.chat_response)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -746,12 +767,11 @@ class OpenAICompatAPI:
         model, err = self.d.resolve(body.get("model"))
         if err is not None:
             return err
-        gen = generate(model, _prompt_text(body.get("prompt")), seed=body.get("seed"), max_tokens=_max_tokens(body),
-                       stop=body.get("stop"))
+        text = _prompt_text(body.get("prompt"))
+        gen = generate(model, text, seed=body.get("seed"), max_tokens=_max_tokens(body), stop=body.get("stop"))
         c = self._ctx(self.d.cmpl_id(), model, gen, body)
-        stream = bool(body.get("stream"))
-        return await self._answer(request, c, body, self.d.completion_chunks(c),
-                                  None if stream else self.d.completion_response(c))
+        return await self._answer(request, c, body, Prompt.of(text), self.d.completion_chunks,
+                                  self.d.completion_response)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)

@@ -41,6 +41,7 @@ from .backend import read_json
 from .core import Generation, as_int, content_text, messages_text
 from .encoding import compact_json, go_json, named_sse
 from .openai_compat import LlamaServerDialect, OpenAICompatAPI, VLLMDialect, _alnum
+from .prefix import Prompt
 from .tools import ToolSpec
 
 if TYPE_CHECKING:
@@ -202,13 +203,15 @@ class ResponsesDoor:
         stream = bool(body.get("stream"))
         params = load.slot_params({"max_tokens": body.get("max_output_tokens"),
                                    "temperature": body.get("temperature")}, stream)
-        async with self.b.scheduler.seat(request, self.b, model, gen, params):
+        prompt = Prompt.of(messages_text(messages), response_tools(body.get("tools")))  # cached, not reported here
+        async with self.b.scheduler.seat(request, self.b, model, gen, params, prompt) as seat:
             extra = self.load_delay(model)
             if stream:
                 return await self.b.stream(request, self.events(r), content_type=self.stream_type, extra_delay=extra,
-                                           headers_early=self.headers_early, headers=self.stream_headers)
+                                           headers_early=self.headers_early, headers=self.stream_headers,
+                                           prefill=seat.prefill)
             interval = self.b.token_interval() * max(gen.completion_tokens - 1, 0)
-            await self.b.pause(request, self.b.first_token_delay(extra) + interval)
+            await self.b.compute(request, seat.prefill, extra_delay=extra, decode=interval)
             return self.whole(r)
 
 

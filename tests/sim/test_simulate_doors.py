@@ -164,7 +164,7 @@ VLLM_MESSAGES_STREAM = (  # vllm/entrypoints/anthropic/serving.py message_stream
 LLAMA_MESSAGES_STREAM = (  # tools/server/server-task.cpp to_json_anthropic (partial) / to_json_anthropic_stream (final)
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"<ID>","type":"message","role":"assistant",'
     b'"content":[],"model":"llama3.1:8b","stop_reason":null,"stop_sequence":null,'
-    b'"usage":{"input_tokens":2,"output_tokens":0}}}\n\n'
+    b'"usage":{"cache_read_input_tokens":0,"input_tokens":2,"output_tokens":0}}}\n\n'
     b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
     b'"content_block":{"type":"text","text":""}}\n\n'
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'

@@ -101,7 +101,7 @@ class Metrics:
                                         "server had evicted.", ["deployment"], registry=r)
         self.cached_tokens = Counter("llm_router_cached_prompt_tokens", "Prompt tokens the backend reported serving from "
                                      "its prompt cache (vLLM cached_tokens, llama-server cache_n, Ollama "
-                                     "prompt_eval_cached_count); with llm_router_tokens{direction=\"in\"}, the hit rate.",
+                                     "prompt_eval_cached_count where a build has it); with llm_router_tokens{direction=\"in\"}, the hit rate.",
                                      ["deployment"], registry=r)
         self.in_flight = Gauge("llm_router_in_flight", "Requests in flight to each deployment.", ["deployment"],
                                multiprocess_mode="livesum", registry=r)

@@ -170,7 +170,8 @@ def _usage(data: dict[str, Any]) -> dict[str, Any]:
     prompt = int(data.get("prompt_eval_count") or 0)
     completion = int(data.get("eval_count") or 0)
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    cached = data.get("prompt_eval_cached_count")  # Ollama 0.30+: of the prompt, reused from the loaded context
+    cached = data.get("prompt_eval_cached_count")  # of the prompt, reused from the loaded context: an unreleased
+    # Ollama branch's field (released builds say nothing of it; their prompt_eval_count is the whole prompt)
     if type(cached) is int and cached >= 0:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}  # where Ollama's own /v1 puts it
     return usage

@@ -343,8 +343,9 @@ async def explain(request: web.Request) -> web.Response:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}.") from None
-        if not isinstance(body, dict):
-            raise BadRequest("The body must be a JSON object: the request you would send.")
+        if not isinstance(body, dict) or not isinstance(body.get("model", ""), str) or \
+                not isinstance(body.get("n", 1), int):
+            raise BadRequest("The body must be a JSON object, the request you would send (model a string, n an integer).")
         door = doors.DOORS.get(facts.endpoint)
         facts = proxy.facts(request, facts.endpoint, body, proxy.engine, door, request.get(CLIENT_KEY))
     if facts.model is None and facts.capability is None:

@@ -158,7 +158,9 @@ def _learn(proxy: Proxy, decision: RouteDecision, attempt: Attempt, outcome: Out
     dep = attempt.deployment
     prompt = decision.prompt
     if prompt is not None:
-        usage = attempt.usage
+        # Counts are read from OpenAI-shaped answers only: a front door's (Anthropic, Responses,
+        # Ollama) may carry its count elsewhere or not at all; there the index learns by insertion.
+        usage = attempt.usage if attempt.via is None else None
         cached = usage.cached if usage is not None else None
         reporting = proxy.state.prefixes.reporting
         if cached is not None:

@@ -41,6 +41,7 @@ BLOCK_CHARS = 256  # characters per block (about 64 tokens: four of vLLM's 16-to
 MAX_BLOCKS = 2048  # blocks of one prompt that are indexed (512 KB of rendering): the rest is not looked at
 ANCHOR_BLOCKS = 8  # at most this many leading blocks (2 KB) place a new prompt on the ring
 CHARS_PER_TOKEN = 4.0  # converting the settings' tokens to characters, where the backend has not told
+DEFAULT_CAPACITY_BLOCKS = 1024  # 65,536 tokens: cache-aware's capacity_tokens default
 RING_POINTS = 64  # virtual nodes per deployment on the ring
 _RENDERED = ("tools", "system", "instructions", "messages", "input", "prompt")  # in this order
 
@@ -107,6 +108,7 @@ class PrefixIndex:
         if b is None:
             b = self.bits[dep_id] = 1 << len(self.bits)
             self.lrus[dep_id] = OrderedDict()
+            self.capacity.setdefault(dep_id, DEFAULT_CAPACITY_BLOCKS)  # bounded before anyone sized it
         return b
 
     def set_capacity(self, dep_id: str, blocks: int) -> None:

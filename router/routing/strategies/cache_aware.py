@@ -30,7 +30,6 @@ from router.checks import get
 from router.domain import Deployment, RequestFacts
 from router.routing.prefix import CHARS_PER_TOKEN, Prompt, PrefixIndex, Ring
 from router.routing.strategies import Ranked
-from router.routing.strategies.least_busy import load
 from router.state import StateTable
 from router.yamlsource import Path, Source
 
@@ -118,7 +117,7 @@ class CacheAware:
         index = view.prefixes
         n = len(candidates)
         ids = [d.id for d in candidates]
-        loads = [load(view, d) for d in candidates]
+        loads = [view.in_flight(d) for d in candidates]  # ours (shared through Redis): a probe's figure is seconds old
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / n)
         keys = prompt.keys if prompt is not None else None
         if keys:

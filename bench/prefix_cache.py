@@ -21,6 +21,16 @@ Closed loop: one request in flight per tenant, for --warmup then --duration
 seconds. The fleet (4 servers × max_num_seqs 4) is saturated: requests queue in
 the servers. KV demand: 40 × ~2.3k tokens ≈ 90k tokens against 32k per server.
 
+Variants: llm-router with simple-shuffle, round-robin, least-busy, cache-aware, and
+round_robin + ``optional_pre_call_checks: [session_affinity]`` (one session id per
+conversation, ``x-litellm-session-id`` and ``metadata.session_id``); cache-aware with
+``--workers 2``, once with a new connection per request (the kernel's SO_REUSEPORT
+picks each request's worker: a conversation's turns meet both workers) and once with
+keep-alive (aiohttp reuses the connection a tenant just released, so a tenant mostly
+stays on one worker); cache-aware as two instances, the client sending each request
+to a random one, sharing Redis (one ``redis_key_prefix`` for both, deleted after) and
+not; LiteLLM's proxy, by default and with its ``session_affinity`` check.
+
 Per variant: prefix-cache hit rate (sum cached_tokens / sum prompt_tokens over the
 servers, the counters' deltas over the measured window), TTFT (request sent →
 first content delta) p50/p90, latency p50, throughput (answered requests/s and
@@ -63,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import free_port  # noqa: E402
 from bench.harness import (LITELLM_ENV, LITELLM_VENV, PY, RESULTS, Server, ensure_litellm,  # noqa: E402
-                           machine_facts, redis_cleanup, redis_settings)
+                           machine_facts, redis_cleanup, redis_settings, tree_pids)
 
 NAN = float("nan")
 MODEL = "chat"  # the model group the clients ask for
@@ -142,15 +152,15 @@ VARIANTS = [
     Variant("session affinity", {"routing_strategy": "round_robin", "optional_pre_call_checks": ["session_affinity"]},
             session=True),
     Variant("cache-aware --workers 2", {"routing_strategy": "cache-aware"}, workers=2, fresh_connections=True),
-    Variant("cache-aware --workers 2, keep-alive", {"routing_strategy": "cache-aware"}, workers=2),
+    Variant("cache-aware --workers 2 (keep-alive)", {"routing_strategy": "cache-aware"}, workers=2),
     Variant("cache-aware 2 instances + Redis", {"routing_strategy": "cache-aware"}, instances=2, redis=True),
-    Variant("cache-aware 2 instances, no Redis", {"routing_strategy": "cache-aware"}, instances=2),
+    Variant("cache-aware 2 instances (no Redis)", {"routing_strategy": "cache-aware"}, instances=2),
     Variant("LiteLLM default", {}, litellm=True),
     Variant("LiteLLM session_affinity", {"optional_pre_call_checks": ["session_affinity"]}, session=True, litellm=True),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
-ALIASES = {"workers2": "cache-aware --workers 2", "workers2-keepalive": "cache-aware --workers 2, keep-alive", "instances2": "cache-aware 2 instances + Redis",
-           "instances2-alone": "cache-aware 2 instances, no Redis",
+ALIASES = {"workers2": "cache-aware --workers 2", "workers2-keepalive": "cache-aware --workers 2 (keep-alive)", "instances2": "cache-aware 2 instances + Redis",
+           "instances2-alone": "cache-aware 2 instances (no Redis)",
            "session": "session affinity", "litellm": "LiteLLM default", "litellm-session": "LiteLLM session_affinity"}
 
 
@@ -427,9 +437,39 @@ class LoadSampler:
                         worst = max(worst, excess)
         return n, over, worst
 
-    def mean_open(self, w0: float, w1: float) -> list[float]:
+    def mean_open(self, w0: float, w1: float, column: int = 0) -> list[float]:
+        """Per server, the mean over [w0, w1] of a counter (0: open requests, 1: running)."""
         rows = [r for t, r in self.samples if w0 <= t <= w1]
-        return [statistics.fmean(s[i][0] for s in rows) for i in range(len(rows[0]))] if rows else []
+        return [statistics.fmean(s[i][column] for s in rows) for i in range(len(rows[0]))] if rows else []
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(ticks the machine's CPUs were busy, ticks of this process tree: the simulators,
+    the targets, the client), from /proc: their difference over a window is what other
+    processes on the machine took."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    mine = 0
+    for pid in tree_pids(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            mine += int(stat[11]) + int(stat[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return busy, mine
+
+
+async def cpu_over(w0: float, w1: float) -> tuple[float, float]:
+    """CPU used over [w0, w1] (perf_counter times), in % of one CPU: (this benchmark, others)."""
+    await asyncio.sleep(max(0.0, w0 - time.perf_counter()))
+    b0, m0 = cpu_ticks()
+    t0 = time.perf_counter()
+    await asyncio.sleep(max(0.0, w1 - time.perf_counter()))
+    b1, m1 = cpu_ticks()
+    ticks = os.sysconf("SC_CLK_TCK") * (time.perf_counter() - t0) / 100
+    return (m1 - m0) / ticks, max(0.0, (b1 - b0) - (m1 - m0)) / ticks
 
 
 def pct(values: list[float], p: float) -> float:
@@ -462,7 +502,8 @@ def summarize(client: Client, sampler: LoadSampler, w0: float, w1: float) -> dic
         "rps": len(ok) / seconds, "prompt_tps": prompt / seconds,
         "ratio_max": max(ratios) if ratios else NAN, "ratio_p99": pct(ratios, 99), "samples": len(ratios),
         "same_dep": 100.0 * sum(r.same_dep for r in later) / len(later) if later else NAN,
-        "per_server": per_server, "mean_open": sampler.mean_open(w0, w1), "over_bound": sampler.over_bound(w0, w1),
+        "per_server": per_server, "mean_open": sampler.mean_open(w0, w1),
+        "mean_running": sampler.mean_open(w0, w1, 1), "over_bound": sampler.over_bound(w0, w1),
     }
 
 
@@ -488,14 +529,17 @@ async def run_variant(v: Variant, opts: argparse.Namespace, workload: Workload, 
         async with Client([s.url for s in servers], workload, v.session, opts.request_timeout, v.fresh_connections) as client:
             t0 = time.perf_counter()
             w0, w1 = t0 + opts.warmup, t0 + opts.warmup + (opts.saturation_duration if rate else opts.duration)
+            cpu = asyncio.ensure_future(cpu_over(w0, w1))
             if rate:
                 sent = await client.open_loop(rate, w1, opts.request_timeout)
             else:
                 await client.closed_loop(w1)
+            cpu_mine, cpu_other = await cpu
             await asyncio.sleep(0.1)
             await sampler.stop()
             out = summarize(client, sampler, w0, w1)
             out["records"] = client.records
+            out["cpu_mine"], out["cpu_other"] = cpu_mine, cpu_other
             if rate:
                 done = [r for r in client.records]
                 out.update(sent=sent, answered=len(done), all_ok=sum(r.ok for r in done),
@@ -623,8 +667,9 @@ async def amain(opts: argparse.Namespace) -> None:
                     continue
                 results[v.name].append(out)
                 print("  " + " | ".join(f"{h}: {c}" for h, c in zip(COLUMNS[1:], row(v.name, [out])[1:])), flush=True)
-                print(f"  requests per server {out['per_server']}, mean open {[round(x, 1) for x in out['mean_open']]}",
-                      flush=True)
+                print(f"  requests per server {out['per_server']}, mean open {[round(x, 1) for x in out['mean_open']]}, "
+                      f"mean running {[round(x, 1) for x in out['mean_running']]}; CPU: this benchmark {out['cpu_mine']:.0f}%, "
+                      f"other processes {out['cpu_other']:.0f}%", flush=True)
                 if redis is not None and v.redis:
                     redis_cleanup(redis)
         saturation = None
@@ -634,6 +679,10 @@ async def amain(opts: argparse.Namespace) -> None:
             print(f"[{(time.monotonic() - began) / 60:5.1f} min] saturation: cache-aware, open loop at {rate:.1f} req/s ...",
                   flush=True)
             saturation = await run_variant(BY_NAME["cache-aware"], opts, workload, tmp, None, rate=rate)
+            if "failed" not in saturation:
+                print(f"  requests per server {saturation['per_server']}, mean open "
+                      f"{[round(x, 1) for x in saturation['mean_open']]}, mean running "
+                      f"{[round(x, 1) for x in saturation['mean_running']]}", flush=True)
         if opts.unsaturated_seqs:
             light = argparse.Namespace(**{**vars(opts), "max_num_seqs": opts.unsaturated_seqs})
             for name in ("round-robin", "cache-aware"):
@@ -666,13 +715,15 @@ async def amain(opts: argparse.Namespace) -> None:
     lines += ["Per server (s0..s3) over the window: requests, mean open requests, and how many 50 ms samples had "
               "the busiest server above CHWBL's integer bound ceil(1.25 × total open / servers)"
               + (" (the last repeat)" if opts.repeats > 1 else "") + ":", "",
-              "| variant | requests per server | mean open per server | samples above the bound |", "|---|---|---|---|"]
+              "| variant | requests per server | mean open per server | samples above the bound | CPU: this benchmark / other processes (% of one) |",
+              "|---|---|---|---|---|"]
     for name, runs in results.items():
         if runs:
             n, over, worst = runs[-1]["over_bound"]
             lines.append(f"| {name} | {' / '.join(map(str, runs[-1]['per_server']))} | "
                          f"{' / '.join(f'{x:.1f}' for x in runs[-1]['mean_open'])} | {over} of {n}"
-                         + (f" (by at most {worst})" if over else "") + " |")
+                         + (f" (by at most {worst})" if over else "")
+                         + f" | {runs[-1]['cpu_mine']:.0f}% / {runs[-1]['cpu_other']:.0f}% |")
     lines.append("")
     tr = target_rows(results)
     if saturation is not None and "failed" not in saturation:
@@ -687,7 +738,11 @@ async def amain(opts: argparse.Namespace) -> None:
                   "|---|---|---|---|---|---|---|---|---|---|",
                   f"| {s['sent']} | {s['all_ok']} ({100 * s['all_ok'] / max(1, s['sent']):.2f}%) | {s['all_errors'] or 0} | "
                   f"{s['hit'] * 100:.1f}% | {s['ttft_p50']:.0f} | {s['ttft_p90']:.0f} | {s['ttft_max_all']:.0f} | {s['rps']:.1f} | "
-                  f"{bound} | {s['over_bound'][1]} of {s['over_bound'][0]} (by at most {s['over_bound'][2]}) |", ""]
+                  f"{bound} | {s['over_bound'][1]} of {s['over_bound'][0]} (by at most {s['over_bound'][2]}) |", "",
+                  f"Per server: requests received {' / '.join(map(str, s['per_server']))}, mean open "
+                  f"{' / '.join(f'{x:.1f}' for x in s['mean_open'])}, mean running "
+                  f"{' / '.join(f'{x:.1f}' for x in s['mean_running'])}; CPU over the window: this benchmark "
+                  f"{s['cpu_mine']:.0f}%, other processes {s['cpu_other']:.0f}% (of one CPU).", ""]
         tr.append(["1.2× saturation: success", f"{100 * s['all_ok'] / max(1, s['sent']):.2f}% of {s['sent']}", "100%",
                    verdict(s["all_ok"] == s["sent"])])
         tr.append(["1.2× saturation: busiest / mean open requests", f"{s['ratio_max']:.2f} (p99 {s['ratio_p99']:.2f})",
@@ -716,8 +771,7 @@ async def amain(opts: argparse.Namespace) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/prefix_cache.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
-                    help="comma-separated (default all): " + ", ".join(v.name for v in VARIANTS)
+    ap.add_argument("--variants", help="comma-separated (default all): " + ", ".join(v.name for v in VARIANTS)
                     + "; aliases " + ", ".join(f"{k}={v!r}" for k, v in ALIASES.items()))
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--litellm-version")
@@ -748,7 +802,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--tokens-per-s", type=float, default=150.0)
     g.add_argument("--ttft", type=float, default=0.01)
     opts = ap.parse_args(argv)
-    names = [ALIASES.get(n.strip(), n.strip()) for n in opts.variants.split(",") if n.strip()]
+    names = [ALIASES.get(n.strip(), n.strip()) for n in opts.variants.split(",") if n.strip()] if opts.variants \
+        else [v.name for v in VARIANTS]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}")

@@ -57,6 +57,7 @@ import contextlib
 import math
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -637,6 +638,10 @@ def write_result(facts: dict[str, str], lines: list[str]) -> Path:
 # ---------------------------------------------------------------- main
 
 async def amain(opts: argparse.Namespace) -> None:
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop the servers on the way out (a background job ignores SIGINT)
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     facts = machine_facts()
     variants = opts.variants
     if any(v.litellm for v in variants):

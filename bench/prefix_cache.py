@@ -160,7 +160,8 @@ VARIANTS = [
     Variant("LiteLLM session_affinity", {"optional_pre_call_checks": ["session_affinity"]}, session=True, litellm=True),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
-ALIASES = {"workers2": "cache-aware --workers 2", "workers2-keepalive": "cache-aware --workers 2 (keep-alive)", "instances2": "cache-aware 2 instances + Redis",
+ALIASES = {"workers2": "cache-aware --workers 2", "workers2-keepalive": "cache-aware --workers 2 (keep-alive)",
+           "instances2": "cache-aware 2 instances + Redis",
            "instances2-alone": "cache-aware 2 instances (no Redis)",
            "session": "session affinity", "litellm": "LiteLLM default", "litellm-session": "LiteLLM session_affinity"}
 
@@ -722,7 +723,8 @@ async def amain(opts: argparse.Namespace) -> None:
     lines += ["Per server (s0..s3) over the window: requests, mean open requests, and how many 50 ms samples had "
               "the busiest server above CHWBL's integer bound ceil(1.25 × total open / servers)"
               + (" (the last repeat)" if opts.repeats > 1 else "") + ":", "",
-              "| variant | requests per server | mean open per server | samples above the bound | CPU: this benchmark / other processes (% of one) |",
+              "| variant | requests per server | mean open per server | samples above the bound "
+              "| CPU: this benchmark / other processes (% of one) |",
               "|---|---|---|---|---|"]
     for name, runs in results.items():
         if runs:
@@ -743,7 +745,8 @@ async def amain(opts: argparse.Namespace) -> None:
                   f"Poisson arrivals for {opts.warmup:g} + {opts.saturation_duration:g} s; each arrival is the next turn of an "
                   "idle conversation of a random tenant (a new conversation when none is idle); every request sent is "
                   f"awaited (timeout {opts.request_timeout:g} s).", "",
-                  "| sent | answered OK | errors | hit rate | TTFT p50 ms | TTFT p90 ms | TTFT max ms (whole run) | req/s answered | busiest/mean | samples above ceil(1.25 × total / n) |",
+                  "| sent | answered OK | errors | hit rate | TTFT p50 ms | TTFT p90 ms | TTFT max ms (whole run) "
+                  "| req/s answered | busiest/mean | samples above ceil(1.25 × total / n) |",
                   "|---|---|---|---|---|---|---|---|---|---|",
                   f"| {s['sent']} | {s['all_ok']} ({100 * s['all_ok'] / max(1, s['sent']):.2f}%) | {s['all_errors'] or 0} | "
                   f"{s['hit'] * 100:.1f}% | {s['ttft_p50']:.0f} | {s['ttft_p90']:.0f} | {s['ttft_max_all']:.0f} | {s['rps']:.1f} | "

@@ -160,6 +160,11 @@ def _learn(proxy: Proxy, decision: RouteDecision, attempt: Attempt, outcome: Out
     if prompt is not None:
         usage = attempt.usage
         cached = usage.cached if usage is not None else None
+        reporting = proxy.state.prefixes.reporting
+        if cached is not None:
+            reporting.add(dep.id)
+        elif usage is not None and usage.prompt and dep.id in reporting:
+            cached = 0  # vLLM leaves cached_tokens out when nothing was cached (it said it before: it does report)
         chars = None
         if cached is not None:
             chars = round(cached * prompt.chars / usage.prompt) if usage.prompt else round(cached * CHARS_PER_TOKEN)

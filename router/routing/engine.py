@@ -107,11 +107,11 @@ class Engine:
         name = res.strategy or self._applicable.get(res.group) or self.default_strategy
         strategy = self._strategies[name]
         placement: Placement | None = None
-        if len(candidates) <= 1:
-            ranked = [(d, None) for d in candidates]
-        elif type(strategy) is CacheAware:
-            placement = strategy.decide(res.group, candidates, view, self._rng, facts)
+        if type(strategy) is CacheAware and candidates and (len(candidates) > 1 or facts.prompt is not None):
+            placement = strategy.decide(res.group, candidates, view, self._rng, facts)  # one candidate too: its answer teaches the index
             ranked = placement.ranked
+        elif len(candidates) <= 1:
+            ranked = [(d, None) for d in candidates]
         else:
             ranked = strategy.order(res.group, candidates, view, self._rng, facts)
         ordered = [d for d, _ in ranked]

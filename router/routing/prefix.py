@@ -100,6 +100,7 @@ class PrefixIndex:
         self.capacity: dict[str, int] = {}  # deployment id -> blocks it is believed to hold at most
         self.limit: dict[str, int] = {}  # deployment id -> the capacity it was given (learning never exceeds it)
         self.evictions = 0  # entries dropped on a backend's word (observe)
+        self.reporting: set[str] = set()  # deployments whose answers have reported a cached count
 
     def bit(self, dep_id: str) -> int:
         b = self.bits.get(dep_id)

@@ -244,3 +244,50 @@ async def test_bad_settings_are_located_errors(tmp_path, sims):
         with pytest.raises(ConfigError) as exc:
             load_config(str(tmp_path / "bad.yaml"))
         assert any(expect in str(i) for i in exc.value.issues), exc.value.issues
+
+
+async def test_the_backends_cached_count_corrects_the_index_when_the_server_evicted(tmp_path):
+    """The index believes a big cache; the real server (simulated, 2,500 tokens) evicts behind
+    the router's back. The next turn's answer reports the shortfall: the index drops what was
+    used before the evicted blocks, counts a correction, and the line shows cached_tokens=."""
+    sim = SimulatedBackend("vllm", ["m"], prefix_cache_tokens=2500)
+    await sim.start()
+    runner, url = await proxy_for(tmp_path, [sim], "routing_strategy: cache-aware, routing_strategy_args: {capacity_tokens: 1000000}")
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    http = aiohttp.ClientSession()
+    try:
+        def words(tag: str, n: int) -> str:
+            return " ".join(f"{tag}{i}" for i in range(n))
+
+        older = [{"role": "system", "content": words("d", 400)}, {"role": "user", "content": "old question"}]
+        await client.chat.completions.create(model="grp", messages=older, max_tokens=4)
+        chat = [{"role": "system", "content": words("a", 1500)}, {"role": "user", "content": "first"}]
+        first = await client.chat.completions.create(model="grp", messages=chat, max_tokens=4)
+        chat += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "second"}]
+        second = await client.chat.completions.create(model="grp", messages=chat, max_tokens=4)
+        assert second.usage.prompt_tokens_details.cached_tokens > 1400  # the server had it
+
+        async def explained(messages) -> int:
+            async with http.post(url + "/router/explain", json={"model": "grp", "messages": messages}) as resp:
+                return (await resp.json())["prompt_cache_tokens"]["d0"]
+
+        assert await explained(older) > 0
+        # other traffic straight to the server evicts both conversations there; the router cannot see it
+        direct = openai.AsyncOpenAI(base_url=sim.base_url + "/v1", api_key="x", max_retries=0)
+        for tag in ("b", "c"):
+            await direct.chat.completions.create(model="m", messages=[{"role": "user", "content": words(tag, 2000)}], max_tokens=2)
+        await direct.close()
+        chat += [{"role": "assistant", "content": second.choices[0].message.content}, {"role": "user", "content": "third"}]
+        third = await client.chat.completions.with_raw_response.create(model="grp", messages=chat, max_tokens=4)
+        assert third.parse().usage.prompt_tokens_details is None  # vLLM: nothing cached, nothing said
+        assert await explained(older) == 0  # used before the evicted blocks: dropped
+        assert await explained(chat[:2]) > 0  # the third turn was just served: held again
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'llm_router_prefix_evictions_total{deployment="d0"} 1.0' in text
+        assert 'llm_router_cached_prompt_tokens_total{deployment="d0"}' in text
+    finally:
+        await http.close()
+        await client.close()
+        await runner.cleanup()
+        await sim.stop()

@@ -5,7 +5,8 @@ For each candidate the prefix index (``router.routing.prefix``) says how many of
 prompt's leading blocks its server holds. Among the candidates within the load bound
 (consistent hashing with bounded loads: no server takes a request that would put it
 above ``load_factor`` × the mean load; 1.25 by default) the longest match of at least
-``min_match_tokens`` wins, ties to the lower load, then to ring order. Without such a
+``min_match_tokens`` wins; matches within a block of it go by ring order (the same in
+every process, whatever its view of the load). Without such a
 match the prompt's first message (its stable start: a system prompt, a conversation's
 first turn) is placed by consistent hashing, the same in every worker and instance, on
 the first server within the bound; a prompt shorter than one block goes to the least
@@ -131,15 +132,19 @@ class CacheAware:
         per_block = index.block_chars / CHARS_PER_TOKEN  # tokens
         best, first = 0, -1
         for i in range(n):
-            if loads[i] < bound and (matches[i] > best or matches[i] == best and best and loads[i] < loads[first]):
+            if loads[i] < bound and matches[i] > best:
                 best, first = matches[i], i
         anchor = key or (prompt.anchor if prompt is not None else 0)
         if not key and best and best * per_block >= self.min_match_tokens:
             by = "prefix"
-            tied = [i for i in range(n) if matches[i] == best and loads[i] == loads[first] and loads[i] < bound]
-            if len(tied) > 1:  # equal: ring order (the same choice in every instance)
+            # Near-equal matches (within a block: the same shared start, a turn apart) go by ring
+            # order, not load: every worker and instance then makes the same choice, whatever its
+            # own view of the load and of what the others sent where.
+            tied = [i for i in range(n) if matches[i] >= best - 1 and loads[i] < bound]
+            if len(tied) > 1:
                 walk = self.ring(candidates).walk(anchor) if anchor else ids
                 first = min(tied, key=lambda i: walk.index(ids[i]))
+                best = matches[first]
             reason = (f"{ids[first]} holds {best} of {len(keys)} prompt blocks (~{round(best * per_block)} tokens), "
                       f"load {loads[first]} within the bound {bound}")
         elif anchor:

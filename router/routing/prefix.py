@@ -100,7 +100,6 @@ class PrefixIndex:
         self.bits: dict[str, int] = {}  # deployment id -> its bit
         self.capacity: dict[str, int] = {}  # deployment id -> blocks it is believed to hold at most
         self.limit: dict[str, int] = {}  # deployment id -> the capacity it was given (learning never exceeds it)
-        self.evictions = 0  # entries dropped on a backend's word (observe)
         self.reporting: set[str] = set()  # deployments whose answers have reported a cached count
 
     def bit(self, dep_id: str) -> int:
@@ -197,7 +196,6 @@ class PrefixIndex:
             self._drop(key, bit)
             wanted.discard(key)
             dropped += 1
-        self.evictions += dropped
         return dropped
 
     def observe(self, dep_id: str, prompt: Prompt, predicted: int, cached_chars: int | None) -> str | None:

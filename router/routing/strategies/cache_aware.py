@@ -24,7 +24,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from router.checks import get
 from router.domain import Deployment, RequestFacts
@@ -176,7 +176,3 @@ class CacheAware:
     def order(self, group: str, candidates: Sequence[Deployment], view: StateTable, rng: random.Random,
               facts: RequestFacts) -> Ranked:
         return self.decide(group, candidates, view, rng, facts).ranked
-
-    @staticmethod
-    def args_of(spec: Any) -> Mapping[str, float]:
-        return {**DEFAULTS, **dict(getattr(spec, "args", None) or {})}

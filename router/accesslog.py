@@ -49,6 +49,11 @@ def record(proxy: Proxy, engine: Engine, rid: str, model: str, endpoint: str, de
                         fallback=fallback, error=err.error_class if err else None, cache=outcome.cache)
     if last is not None and last.ttft is not None:
         fields["ttft_ms"] = round(last.ttft * 1000, 1)
+    if outcome.queued:
+        fields["queued_ms"] = round(outcome.queued * 1000, 1)
+    settings = proxy.config.router.priority
+    if outcome.rank >= 0 and (outcome.rank != settings.default_rank or outcome.queued):
+        fields["priority"] = settings.classes[min(outcome.rank, len(settings.classes) - 1)]
     if outcome.cache is not None:
         fields["cache"] = outcome.cache
         proxy.metrics.add(proxy.metrics.child(proxy.metrics.cache, outcome.cache))

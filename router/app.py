@@ -527,6 +527,10 @@ async def _reload(app: web.Application, snapshot: str | None, generation: int | 
         return False, "\n".join(map(str, exc.issues))
     proxy.routing = Routing.build(new)
     proxy.state.policy = new.health_policy()
+    proxy.state.admission.configure(new.router.priority)
+    for d in new.all_deployments():  # a limit raised, a reservation dropped: the waiters get the room now
+        if d.id in proxy.state.admission.by_dep:
+            proxy.state.dispatch(d)
     if proxy.state.share is not None:
         proxy.state.share.ids = sorted({d.id for d in new.all_deployments()})
     if new.cache != old.cache:
@@ -576,6 +580,7 @@ def create_app(config: Config) -> web.Application:
     app[RELOADING] = asyncio.Lock()
     app[MONITOR] = {}
     app[PROXY] = Proxy(config, Engine(config), None, StateTable(config.health_policy()))  # session set at start-up
+    app[PROXY].state.admission.configure(config.router.priority)
     # One context per resource: started in this order, ended in the reverse one, each
     # ended even when a later one failed to start.
     app.cleanup_ctx.extend([_http_clients, _sharing, _responses, _health_monitor, _process_metrics])

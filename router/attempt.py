@@ -88,6 +88,9 @@ def _call(proxy: Proxy, request: web.Request, endpoint: str, body: dict[str, Any
     dep = attempt.deployment
     door = DOORS.get(endpoint)
     if door is None:  # OpenAI's own endpoints
+        if outcome.rank >= 0 and dep.model_info.get("scheduling_policy") == "priority":
+            # vLLM --scheduling-policy priority: lower runs first, 0 is its default (our default class)
+            body = {**body, "priority": outcome.rank - proxy.config.router.priority.default_rank}
         adapter = ADAPTERS[dep.wire]
         stream = endpoint != "embeddings" and body.get("stream") is True
         options = body.get("stream_options")

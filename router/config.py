@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from router.checks import _UNSENDABLE, api_root, check_url, get, shown, unknown_keys
+from router.admission import PrioritySettings
+from router.checks import _UNSENDABLE, _short, api_root, check_url, get, shown, unknown_keys
 from router.backends import KINDS, PREFIX_KINDS, UNSUPPORTED_PREFIXES, WIRE_FORMATS
 from router.backends.base import NATIVE_API_NAMES, BackendKind, auth_headers
 from router.domain import Deployment, Disabled, Provider
@@ -68,6 +69,7 @@ class RouterSettings:
     affinity: frozenset[str] = frozenset()
     group_affinity: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))  # model_group_affinity_config
     affinity_ttl: float = 3600.0  # deployment_affinity_ttl_seconds: a pin lasts this long after its last use
+    priority: PrioritySettings = field(default_factory=PrioritySettings)  # priority classes and fair admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,8 @@ class ApiKey:
     rpm_limit: int | None = None
     admin: bool = False
     tenant: str | None = None  # response-cache scope; keys with the same tenant share entries (None: its own)
+    priority: str | None = None  # the class of its requests unless they ask for another (router.admission)
+    max_priority: str | None = None  # the highest class its requests may ask for (default: its priority)
 
     @property
     def cache_scope(self) -> str:
@@ -210,6 +214,7 @@ _ROUTER_KEYS = {
     "enable_pre_call_checks", "redis_host", "redis_port", "redis_password", "redis_url", "fallbacks",
     "context_window_fallbacks", "debug_router", "max_connections_per_backend", "monitor_interval", "shutdown_grace_period", "queue_timeout", "redis_key_prefix",
     "routing_strategy_args", "optional_pre_call_checks", "model_group_affinity_config", "deployment_affinity_ttl_seconds",
+    "priority", "default_priority",
 }
 _ROUTER_IGNORED = {
     "retry_policy", "allowed_fails_policy", "content_policy_fallbacks", "default_fallbacks", "max_fallbacks",
@@ -223,6 +228,7 @@ _LITELLM_IGNORED = {
     "service_callback", "default_fallbacks", "content_policy_fallbacks",
     "telemetry", "turn_off_message_logging", "redact_user_api_key_info", "modify_params", "max_budget",
     "budget_duration", "enable_json_schema_validation", "default_team_settings", "force_ipv4",
+    "priority_reservation", "priority_reservation_settings",
 }
 _GENERAL_KEYS = {"master_key", "api_keys", "metrics_require_auth", "max_request_size_mb", "max_json_depth",
                  "max_messages", "max_input_items", "max_header_size_kb", "max_headers", "client_read_timeout",
@@ -266,10 +272,11 @@ def _fallback_map(src: Source, value: Any, path: Path) -> Mapping[str, tuple[str
     return MappingProxyType(out)
 
 
-_KEY_FIELDS = {"name", "key", "models", "rpm_limit", "tenant"}
+_KEY_FIELDS = {"name", "key", "models", "rpm_limit", "tenant", "priority", "max_priority"}
 
 
-def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tuple[ApiKey, ...]:
+def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None,
+              priority: PrioritySettings = PrioritySettings()) -> tuple[ApiKey, ...]:
     """``general_settings.api_keys``: ``[{name, key, models: [...], rpm_limit, tenant}]`` (LiteLLM keeps
     virtual keys in its database; here they live in the file). The master key is the admin."""
     path: Path = ("general_settings", "api_keys")
@@ -289,6 +296,13 @@ def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tup
         models = get(src, item, "models", p, "strlist")
         rpm = get(src, item, "rpm_limit", p, "int")
         tenant = get(src, item, "tenant", p, "str")
+        classes = []
+        for field_name in ("priority", "max_priority"):
+            value = item.get(field_name)
+            rank = None if value is None else priority.parse(value)
+            if value is not None and rank is None:
+                src.error(p + (field_name,), f"unknown priority class {_short(value)} (classes: {', '.join(priority.classes)})")
+            classes.append(None if rank is None else priority.classes[rank])
         if name in names:
             src.error(p + ("name",), f"duplicate key name {name!r}")
         if key is not None and any(hmac.compare_digest(key.encode(), k.key.encode()) for k in keys):
@@ -297,7 +311,7 @@ def _api_keys(src: Source, gs: Mapping[str, Any], master_key: str | None) -> tup
             src.error(p + ("key",), "must be at least 8 characters")
         if name and key:
             names.add(name)
-            keys.append(ApiKey(name, key, models, rpm, tenant=tenant))
+            keys.append(ApiKey(name, key, models, rpm, tenant=tenant, priority=classes[0], max_priority=classes[1]))
     if items and not master_key:
         src.warn(("general_settings", "api_keys"), "no master_key: the admin endpoints (/router/*, /health, /ui/data) "
                  "cannot be reached with these keys")
@@ -458,7 +472,89 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
             group: _affinity_checks(src, checks, path + ("model_group_affinity_config", group))
             for group, checks in get(src, rs, "model_group_affinity_config", path, "map", default={}).items()}),
         affinity_ttl=get(src, rs, "deployment_affinity_ttl_seconds", path, "pos", default=3600.0),
+        priority=_priority(src, rs, path),
     )
+
+
+_PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit", "quantum",
+                  "backend_queue_threshold", "aliases"}
+
+
+def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySettings:
+    """``router_settings.priority`` (router.admission), and LiteLLM's ``default_priority``
+    (its integer: 0 is the highest class)."""
+    pp = path + ("priority",)
+    m = get(src, rs, "priority", path, "map", default={})
+    unknown_keys(src, m, pp, _PRIORITY_KEYS)
+    base = PrioritySettings()
+    classes = get(src, m, "classes", pp, "strlist", default=base.classes)
+    if classes is not None and (not classes or len(set(classes)) != len(classes)
+                                or any(not c or c != c.strip().lower() for c in classes)):
+        src.error(pp + ("classes",), "must be a non-empty list of distinct lower-case class names, highest first")
+        classes = base.classes
+    classes = tuple(classes or base.classes)
+    aliases: dict[str, str] = {}
+    for alias, target in get(src, m, "aliases", pp, "map", default={}).items():
+        if not isinstance(target, str) or target not in classes:
+            src.error(pp + ("aliases", alias), f"must name one of the classes ({', '.join(classes)})")
+        else:
+            aliases[str(alias).strip().lower()] = target
+    probe = PrioritySettings(classes=classes, default=classes[min(1, len(classes) - 1)] if "default" not in classes
+                             else "default", aliases=MappingProxyType(aliases))
+    default = probe.default
+    if "default" in m:
+        rank = probe.parse(m["default"])
+        if rank is None:
+            src.error(pp + ("default",), f"must name one of the classes ({', '.join(classes)})")
+        else:
+            default = classes[rank]
+    elif "default_priority" in rs:  # LiteLLM's router setting: an integer, 0 the highest
+        rank = probe.parse(rs["default_priority"])
+        if rank is None:
+            src.error(path + ("default_priority",), "must be an integer (0 is the highest priority) or a class name")
+        else:
+            default = classes[rank]
+    reserve: dict[str, int] = {}
+    for name, n in get(src, m, "reserve", pp, "map", default={}).items():
+        if name not in classes:
+            src.error(pp + ("reserve", name), f"unknown class (classes: {', '.join(classes)})")
+        elif type(n) is not int or n < 0:
+            src.error(pp + ("reserve", name), "must be a whole number of slots per deployment, 0 or more")
+        else:
+            reserve[name] = n
+    limits: dict[str, int] = {}
+    default_limit = base.default_queue_limit
+    raw = m.get("queue_limit")
+    if isinstance(raw, dict):
+        for name, n in raw.items():
+            if name not in classes:
+                src.error(pp + ("queue_limit", name), f"unknown class (classes: {', '.join(classes)})")
+            elif type(n) is not int or n < 0:
+                src.error(pp + ("queue_limit", name), "must be a whole number of waiting requests, 0 or more")
+            else:
+                limits[name] = n
+    elif raw is not None:
+        n = get(src, m, "queue_limit", pp, "int")
+        if n is not None and n < 0:
+            src.error(pp + ("queue_limit",), "must be 0 or more (0: that class never waits)")
+        elif n is not None:
+            default_limit = n
+    aging = get(src, m, "aging_seconds", pp, "num", default=base.aging_seconds)
+    if aging is not None and aging < 0:
+        src.error(pp + ("aging_seconds",), "must be 0 (no aging) or more seconds")
+        aging = base.aging_seconds
+    quantum = get(src, m, "quantum", pp, "int", default=base.quantum)
+    if quantum is not None and quantum < 1:
+        src.error(pp + ("quantum",), "must be a positive number of tokens")
+        quantum = base.quantum
+    threshold = get(src, m, "backend_queue_threshold", pp, "int")
+    if threshold is not None and threshold < 0:
+        src.error(pp + ("backend_queue_threshold",), "must be 0 or more requests waiting at the backend")
+        threshold = None
+    return PrioritySettings(classes=classes, default=default, reserve=MappingProxyType(reserve),
+                            aging_seconds=float(aging), queue_limit=MappingProxyType(limits),
+                            default_queue_limit=default_limit, quantum=quantum or base.quantum,
+                            backend_queue_threshold=threshold, aliases=MappingProxyType(aliases))
 
 
 # LiteLLM's optional_pre_call_checks: the ones that pin a request to a deployment are acted on
@@ -670,6 +766,10 @@ def _deployments(src: Source, top: Mapping[str, Any], providers: Mapping[str, Pr
         kv = info.get("kv_cache_tokens")
         if kv is not None and (type(kv) is not int or kv < 1):
             src.error(path + ("model_info", "kv_cache_tokens"), "must be a positive number of tokens (the server's KV-cache capacity)")
+        policy = info.get("scheduling_policy")
+        if policy is not None and policy not in ("priority", "fcfs"):
+            src.error(path + ("model_info", "scheduling_policy"), "must be 'priority' (vLLM started with "
+                      "--scheduling-policy priority: it gets each request's class as its priority integer) or 'fcfs'")
         native = info.get("native_apis")
         if native is not None and (not isinstance(native, list) or not all(n in NATIVE_API_NAMES for n in native)):
             src.error(path + ("model_info", "native_apis"),
@@ -865,11 +965,11 @@ def load_config(path: str, mappings_path: str | None = None, *, mappings_require
     unknown_keys(src, gs, ("general_settings",), _GENERAL_KEYS, _GENERAL_IGNORED)
     master_key = get(src, gs, "master_key", ("general_settings",), "secret")
     master_key = os.environ.get("LLM_ROUTER_MASTER_KEY") or master_key
-    api_keys = _api_keys(src, gs, master_key)
+    router = _router_settings(src, top)
+    api_keys = _api_keys(src, gs, master_key, router.priority)
     limits = _limits(src, gs)
     web = _web_access(src, gs)
 
-    router = _router_settings(src, top)
     cache = _cache_settings(src, ls, router)
     request_timeout = router.timeout or get(src, ls, "request_timeout", ("litellm_settings",), "pos") or DEFAULT_TIMEOUT
     disabled: list[Disabled] = []

@@ -51,6 +51,7 @@ from router.domain import Deployment, RouteDecision
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2)
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 DECISION_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 STATES = ("healthy", "degraded", "cooldown", "half_open")
 NO_KEY = "none"  # the key label of spend where the router needs no key
@@ -105,6 +106,15 @@ class Metrics:
                                      ["deployment"], registry=r)
         self.in_flight = Gauge("llm_router_in_flight", "Requests in flight to each deployment.", ["deployment"],
                                multiprocess_mode="livesum", registry=r)
+        self.queue_waiting = Gauge("llm_router_queue_waiting", "Requests waiting for a slot (router.admission), by "
+                                   "priority class and key (a configured key's name, none without one).",
+                                   ["class", "key"], multiprocess_mode="livesum", registry=r)
+        self.queue_wait = Histogram("llm_router_queue_wait_seconds", "Seconds requests waited for a slot, by priority "
+                                    "class and key (observed when they leave the queue: served, timed out or gone).",
+                                    ["class", "key"], buckets=QUEUE_BUCKETS, registry=r)
+        self.queue_rejected = Counter("llm_router_queue_rejected", "Requests refused while waiting for a slot: their "
+                                      "class's queue was full (429 queue_full) or their queue_timeout passed.",
+                                      ["class", "reason"], registry=r)
         self.state = Gauge("llm_router_deployment_state", "1 for the deployment's current health state.",
                            ["deployment", "state"], multiprocess_mode="livemax", registry=r)
         self.group_healthy = Gauge("llm_router_model_group_healthy_deployments", "Deployments of the model group "

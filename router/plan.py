@@ -76,16 +76,19 @@ class Failed:
 
 @dataclass(slots=True)
 class Waited:
-    """The last ``WaitForSlot`` ended: ``freed`` is False when it timed out."""
+    """The last ``WaitForSlot`` ended: ``freed`` is False when it timed out; ``granted``
+    is the deployment whose slot was handed to this request (router.admission)."""
 
     freed: bool
+    granted: Deployment | None = None
 
 
 class View(Protocol):
     """What the plan may ask of the deployments' state (synchronous reads)."""
 
-    def has_capacity(self, dep: Deployment) -> bool:
-        """Is ``dep`` below its ``max_parallel_requests``?"""
+    def has_capacity(self, dep: Deployment, rank: int) -> bool:
+        """May a request of class ``rank`` start on ``dep`` now (below its
+        ``max_parallel_requests`` and what the reservations leave that class)?"""
 
     def ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
         """May ``dep`` take an attempt now, capacity aside (healthy, not cooling down)?
@@ -117,11 +120,11 @@ class AttemptPlan:
 
     __slots__ = ("model", "candidates", "last_resort", "fallbacks", "view", "deadline", "queue_timeout", "retries",
                  "delay", "jitter", "errors", "spill", "_order", "_i", "_rounds", "_full", "_fallbacks_added",
-                 "_queue_left", "_waiting_since")
+                 "_queue_left", "_waiting_since", "rank")
 
     def __init__(self, model: str, candidates: list[Entry], last_resort: list[Entry], fallbacks: FallbackHook,
                  view: View, deadline: float, queue_timeout: float, retries: int, delay: float,
-                 jitter: Callable[[], float], spill: int = 0) -> None:
+                 jitter: Callable[[], float], spill: int = 0, rank: int = 1) -> None:
         self.model = model
         self.candidates = candidates
         self.last_resort = last_resort
@@ -132,6 +135,7 @@ class AttemptPlan:
         self.retries = retries  # retry rounds after the first pass (router_settings.num_retries)
         self.delay = delay  # seconds before the first retry round; doubles each round
         self.jitter = jitter
+        self.rank = rank  # the request's priority class (router.admission)
         self.errors: list[tuple[Deployment, RouterError]] = []  # every failed attempt, in order
         # the first ``spill`` candidates are spill-over targets (router.routing.spill): their
         # failures do not keep the request from queueing for the candidates after them
@@ -167,6 +171,15 @@ class AttemptPlan:
             if self.spill and self.errors:  # the spill-over target failed: the slot is what is left
                 failed = {d.id for d, _ in self.errors}
                 self._order = [e for e in self._order if e[0].id not in failed]
+            granted = outcome.granted
+            if granted is not None:  # its slot was handed to us: take it (if it may still take attempts)
+                for j, (dep, upstream) in enumerate(self._order):
+                    if dep is granted:
+                        if now < self.deadline and self.view.ready(dep, False, bool(self.last_resort) and self._last_resort(dep)):
+                            self._i = j + 1
+                            prev = self.errors[-1] if self.errors else None
+                            return Try(dep, upstream, prev if prev is not None and prev[0] is not dep else None)
+                        break
         while True:
             if self._i == len(self._order):
                 step = self._end_of_pass(now)
@@ -175,7 +188,7 @@ class AttemptPlan:
                 continue
             dep, upstream = self._order[self._i]
             self._i += 1
-            if not self.view.has_capacity(dep):
+            if not self.view.has_capacity(dep, self.rank):
                 self._full.append(dep)
                 continue
             first = self._i == 1 and not self.errors and bool(self.candidates)

@@ -189,6 +189,7 @@ class Monitor:
         for base, server in zip(self._targets, results):
             self.state.servers[base] = server
             for d in self._members[base]:
+                self.state.probed(d, server)
                 t = self.state[d.id].health.probe(now, server.reachable)
                 if t is not None and self.on_transition is not None:
                     self.on_transition(d, t)

@@ -25,10 +25,12 @@ from router.accesslog import route_headers
 from router.access import Access, RateLimits
 from router.config import ApiKey, Config
 from router.domain import Deployment, RequestFacts, RouteDecision
+from router.admission import PRIORITY_HEADERS, QueueFull as FullQueue, Waiter, classify, estimate_work, retry_after
 from router.errors import (
     BadRequest,
     ModelNotFound,
     PermissionDenied,
+    QueueFull,
     RouterError,
 )
 from router.plan import AttemptPlan, Backoff, Failed, Fallbacks, Try, Waited, WaitForSlot
@@ -138,6 +140,11 @@ class Outcome:
     waited: float = 0.0  # seconds spent waiting: failed attempts' upstream time, backoff, queueing for a slot
     spilled: str | None = None  # the spill-over condition that sent it past its busy candidates (router.routing.spill)
     key: ApiKey | None = None  # the caller's key (its name labels the spend), None where none is needed
+    rank: int = -1  # its priority class (router.admission); -1 until classified
+    why: str = ""  # where the class came from
+    work: int = 1  # its estimated work (prompt tokens + max_tokens), for the fair queue
+    caller: str = ""  # whose turn it is in the fair queue: its key, else its user, else its address
+    queued: float = 0.0  # seconds it waited in the admission queue
 
     @property
     def last(self) -> Attempt | None:
@@ -257,9 +264,49 @@ class Proxy:
             body = door.parse(raw, limits)
         if too_deep(raw, body, limits.max_json_depth):
             raise BadRequest(f"The JSON body is nested deeper than {limits.max_json_depth} levels.", code="json_too_deep")
+        self._classify(request, body, routing, key, outcome, len(raw))
         if self.log_bodies:
             outcome.body = body
         return body, self.facts(request, endpoint, body, routing.engine, door, key)
+
+    @staticmethod
+    def _classify(request: web.Request, body: dict[str, Any], routing: Routing, key: ApiKey | None, outcome: Outcome,
+                  size: int) -> None:
+        """The request's priority class (router.admission.classify), its estimated work and
+        whose turn it takes. The body's ``priority`` is the router's: it is taken out (a
+        deployment with ``model_info.scheduling_policy: priority`` gets the class instead)."""
+        settings = routing.config.router.priority
+        asked: tuple[str, Any] | None = None
+        headers = request.headers
+        for name in PRIORITY_HEADERS:
+            if name in headers:
+                asked = (f"header {name}", headers[name])
+                break
+        value = body.pop("priority", None)
+        if asked is None and value is not None:
+            asked = ("body priority", value)
+        if asked is None:
+            meta = body.get("metadata")
+            if isinstance(meta, dict) and meta.get("priority") is not None:
+                asked = ("metadata.priority", meta["priority"])
+        if key is None:
+            found = classify(settings, None, None, None, asked)
+        else:
+            found = classify(settings, key.name, key.priority, key.max_priority, asked)
+        if found is None:
+            assert asked is not None
+            where = asked[0]
+            raise BadRequest(f"Unknown priority {str(asked[1])[:64]!r} in the {where}: use a class "
+                             f"({', '.join(settings.classes)}), high, low, or an integer (0 is the highest).",
+                             param="priority", code="invalid_priority")
+        outcome.rank, outcome.why = found
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+        outcome.work = estimate_work(size, limit)
+        if key is not None:
+            outcome.caller = f"key:{key.name}"
+        else:
+            user = body.get("user")
+            outcome.caller = f"user:{user[:128]}" if isinstance(user, str) and user else f"addr:{request.remote}"
 
     def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:
         """The engine's decision, narrowed to what ``key`` may use; its trace logged
@@ -364,28 +411,43 @@ class Proxy:
                            [(d, decision.upstream_name(d)) for d in decision.last_resort] if decision.last_resort else [],
                            fallbacks, self, deadline,
                            config.router.queue_timeout, DEFAULT_NUM_RETRIES if retries is None else retries,
-                           RETRY_BASE_DELAY, _jitter, spill)
+                           RETRY_BASE_DELAY, _jitter, spill, outcome.rank)
         step = plan.next(now)
-        while True:
-            if type(step) is Try:
-                if step.after is not None:
-                    self._fallback_triggered(step.after, step.deployment, outcome.rid)
-                try:
-                    return await attempt.run(self, request, endpoint, body, decision, step.deployment, step.upstream,
-                                             loop, deadline, outcome)
-                except RouterError as exc:
-                    step = plan.next(loop.time(), Failed(exc))
-            elif type(step) is WaitForSlot:
-                queued = time.perf_counter()
-                freed = await self._wait_for_slot(step.deployments, step.timeout)
-                outcome.waited += time.perf_counter() - queued
-                step = plan.next(loop.time(), Waited(freed))
-            elif type(step) is Backoff:
-                await asyncio.sleep(step.seconds)
-                outcome.waited += step.seconds
-                step = plan.next(loop.time())
-            else:
-                raise step.error
+        grant: Deployment | None = None  # a slot handed to this request while it waited, not yet taken
+        try:
+            while True:
+                if grant is not None:
+                    if type(step) is Try and step.deployment is grant:
+                        self.state[grant.id].reserved -= 1  # attempt.run takes it (started) before it awaits
+                    else:
+                        self.state.unreserve(grant)
+                    grant = None
+                if type(step) is Try:
+                    if step.after is not None:
+                        self._fallback_triggered(step.after, step.deployment, outcome.rid)
+                    try:
+                        return await attempt.run(self, request, endpoint, body, decision, step.deployment, step.upstream,
+                                                 loop, deadline, outcome)
+                    except RouterError as exc:
+                        step = plan.next(loop.time(), Failed(exc))
+                elif type(step) is WaitForSlot:
+                    queued = time.perf_counter()
+                    try:
+                        grant = await self._wait_for_slot(step.deployments, step.timeout, outcome)
+                    finally:
+                        waited = time.perf_counter() - queued
+                        outcome.waited += waited
+                        outcome.queued += waited
+                    step = plan.next(loop.time(), Waited(grant is not None, grant))
+                elif type(step) is Backoff:
+                    await asyncio.sleep(step.seconds)
+                    outcome.waited += step.seconds
+                    step = plan.next(loop.time())
+                else:
+                    raise step.error
+        finally:
+            if grant is not None:  # cancelled (the client left) between the grant and its attempt
+                self.state.unreserve(grant)
 
     def _permitted_fallbacks(self, routing: Routing, key: ApiKey | None, facts: RequestFacts,
                              entries: list[tuple[Deployment, str]], request: web.Request) -> list[tuple[Deployment, str]]:
@@ -406,8 +468,8 @@ class Proxy:
 
     # -- router.plan.View: what the plan may ask of the deployments' state
 
-    def has_capacity(self, dep: Deployment) -> bool:
-        return self.state[dep.id].has_capacity(dep)
+    def has_capacity(self, dep: Deployment, rank: int) -> bool:
+        return self.state.room(dep, rank)
 
     def ready(self, dep: Deployment, first: bool, last_resort: bool) -> bool:
         """May ``dep`` take an attempt now (capacity aside)? The decision's first pick was
@@ -418,22 +480,61 @@ class Proxy:
     def cooldown_left(self, dep: Deployment) -> float:
         return self.state[dep.id].health.cooldown_until - time.time()
 
-    async def _wait_for_slot(self, deployments: tuple[Deployment, ...], timeout: float) -> bool:
-        """Wait until one of ``deployments`` finishes a request; False on timeout."""
+    async def _wait_for_slot(self, deployments: tuple[Deployment, ...], timeout: float,
+                             outcome: Outcome) -> Deployment | None:
+        """Queue for a slot of one of ``deployments`` (router.admission) until one is handed
+        over (that deployment) or ``timeout`` passes (None). A full queue is a 429."""
         if timeout <= 0:
-            return False
-        states = [self.state[d.id] for d in deployments]  # the same objects at the end, whatever a reload did
-        waits = [asyncio.ensure_future(s.slot_freed().wait()) for s in states]
+            return None
+        state = self.state
+        adm = state.admission
+        loop = self.loop or asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+
+        def wake(dep_id: str) -> None:
+            fut.set_result(dep_id)
+
+        key_label = outcome.key.name if outcome.key is not None else "none"
+        w = Waiter(outcome.rank, outcome.caller or "anonymous", outcome.work, time.monotonic(), key_label, wake)
+        try:
+            adm.enqueue(w, frozenset(d.id for d in deployments))
+        except FullQueue:
+            settings = adm.settings
+            cls = settings.classes[min(w.rank, len(settings.classes) - 1)]
+            self.metrics.add(self.metrics.child(self.metrics.queue_rejected, cls, "full"))
+            holds = [h for h in (state.mean_hold(d) for d in deployments) if h is not None]
+            lanes = sum(state.limit(d) or 1 for d in deployments)
+            raise QueueFull(f"Too many `{cls}` requests are waiting for `{deployments[0].model_name}` "
+                            f"({adm.depth[w.rank]}, the limit of that class); retry later.",
+                            retry_after(adm.depth[w.rank], min(holds) if holds else None, lanes)) from None
+        by_id = {d.id: d for d in deployments}
+        states = [state[d.id] for d in deployments]  # the same objects at the end, whatever a reload did
         for s in states:
             s.waiters += 1  # the queue spill-over conditions read
+        cls = adm.settings.classes[min(w.rank, len(adm.settings.classes) - 1)]
+        self.metrics.add(self.metrics.child(self.metrics.queue_waiting, cls, key_label))
+        granted: str | None = None
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            return bool(done)
+            for d in deployments:  # a slot the plan saw taken may be free by now
+                if w.done:
+                    break
+                state.dispatch(d)
+            if not w.done:
+                await asyncio.wait((fut,), timeout=timeout)
+            granted = w.granted
+            if granted is None:
+                self.metrics.add(self.metrics.child(self.metrics.queue_rejected, cls, "timeout"))
+            return by_id.get(granted) if granted is not None else None
         finally:
+            if granted is None:
+                if w.granted is not None:  # handed a slot, then cancelled before it could take it
+                    state.unreserve(by_id[w.granted])
+                else:
+                    adm.remove(w)
             for s in states:
                 s.waiters -= 1
-            for w in waits:
-                w.cancel()
+            self.metrics.add(self.metrics.child(self.metrics.queue_waiting, cls, key_label), -1)
+            self.metrics.observe(self.metrics.child(self.metrics.queue_wait, cls, key_label), time.monotonic() - w.since)
 
     def resent(self, target: Target) -> None:
         """router.h1 sent a request a second time (a kept connection closed under it)."""

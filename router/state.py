@@ -10,12 +10,12 @@ server URLs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.admission import Admission
 from router.domain import Deployment
 from router.health import Health, Policy, State, Transition
 from router.routing.prefix import Pins, PrefixIndex
@@ -50,18 +50,15 @@ class DeploymentState:
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # non-streaming total latency
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=OUTCOMES))
     health: Health = field(default_factory=Health)
-    freed: asyncio.Event | None = None  # set when a request ends, for requests waiting for a slot
     waiters: int = 0  # requests of ours waiting for a slot on it (router.routing.spill)
+    reserved: int = 0  # slots handed to a waiting request that has not started yet (router.admission)
+    frozen: int | None = None  # our concurrency there while its server reports a queue above the threshold
     held: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # seconds each answer held its slot, streams too
     # what other router instances report, when state is shared (router.shared)
     remote_in_flight: int = 0
     remote_fails: int = 0
     shared_ttft: deque[float] | None = None
     shared_latency: deque[float] | None = None
-
-    def has_capacity(self, deployment: Deployment) -> bool:
-        limit = deployment.max_parallel_requests
-        return limit is None or self.in_flight < limit
 
     def started(self) -> None:
         self.in_flight += 1
@@ -72,9 +69,6 @@ class DeploymentState:
         """One request ended: ``error`` None is a success; ``abandoned`` (the client
         went away) counts neither way."""
         self.in_flight -= 1
-        if self.freed is not None:
-            self.freed.set()
-            self.freed = None
         if abandoned:
             return
         now = time.time()
@@ -92,12 +86,6 @@ class DeploymentState:
         else:
             self.failures += 1
             self.last_error, self.last_error_at = error, now
-
-    def slot_freed(self) -> asyncio.Event:
-        """An event set the next time one of this deployment's requests ends."""
-        if self.freed is None:
-            self.freed = asyncio.Event()
-        return self.freed
 
     def picked(self, now: float) -> None:
         self.picks += 1
@@ -158,6 +146,7 @@ class StateTable:
         self.share: Any = None  # router.shared.RedisShare when instances share state
         self.prefixes = PrefixIndex()  # what each server probably has in its prompt cache (cache-aware routing)
         self.sessions = Pins()  # session id -> the deployment that served it last (session affinity)
+        self.admission = Admission()  # requests waiting for a slot, and who gets the next one
 
     def __getitem__(self, deployment_id: str) -> DeploymentState:
         state = self._states.get(deployment_id)
@@ -185,6 +174,8 @@ class StateTable:
     def finished(self, d: Deployment, error: str | None, abandoned: bool = False, *, stream: bool = False,
                  ttft: float | None = None, latency: float | None = None, tokens: int = 0) -> None:
         self[d.id].finished(error, abandoned, stream=stream, ttft=ttft, latency=latency, tokens=tokens)
+        if d.id in self.admission.by_dep:
+            self.dispatch(d)
         if self.share is not None and not abandoned and error is None:
             self.share.finished(d.id, tokens, ttft if stream else None, None if stream else latency)
 
@@ -211,6 +202,81 @@ class StateTable:
         server = self.servers.get(d.api_base)
         if server is not None and server.loaded is not None and model not in server.loaded:
             server.loaded = server.loaded | {model}
+
+    def probed(self, d: Deployment, server: ServerState) -> None:
+        """A probe of ``d``'s server: freeze our concurrency there while it reports more
+        waiting than ``backend_queue_threshold`` (new requests then start only as ours
+        end, in priority order), thaw it and hand out the free slots when it does not."""
+        threshold = self.admission.settings.backend_queue_threshold
+        s = self[d.id]
+        if threshold is not None and server.reachable and (server.waiting or 0) > threshold:
+            if s.frozen is None:
+                s.frozen = max(1, s.in_flight)
+        elif s.frozen is not None:
+            s.frozen = None
+        if d.id in self.admission.by_dep:  # thawed, or its slot count grew
+            self.dispatch(d)
+
+    # -- admission: who may start now, and who gets a freed slot (router.admission)
+
+    def limit(self, d: Deployment) -> int | None:
+        """The requests of ours ``d`` may hold now: its capacity, or less while frozen."""
+        cap = self.capacity(d)
+        frozen = self[d.id].frozen
+        if frozen is not None:
+            return frozen if cap is None else min(cap, frozen)
+        return cap
+
+    def room(self, d: Deployment, rank: int) -> bool:
+        """May a request of class ``rank`` start on ``d`` now? Below its limit, and below
+        what the reservations of the classes above leave to ``rank``."""
+        cap = self.limit(d)
+        if cap is None:
+            return True
+        s = self[d.id]
+        used = s.in_flight + s.reserved
+        if used >= cap:
+            return False
+        settings = self.admission.settings
+        if not settings.reserve:
+            return True
+        return used < settings.thresholds(cap)[min(rank, len(settings.classes) - 1)]
+
+    def dispatch(self, d: Deployment) -> None:
+        """Hand ``d``'s free slots to the waiters that get them (work-conserving: while a
+        slot is free and someone may take it, it is handed over now)."""
+        adm = self.admission
+        s = self[d.id]
+        cap = self.limit(d)
+        now = time.monotonic()
+        last = len(adm.settings.classes) - 1
+        while d.id in adm.by_dep:
+            used = s.in_flight + s.reserved
+            if cap is None:
+                allowed = last
+            else:
+                if used >= cap:
+                    return
+                allowed = 0
+                if adm.settings.reserve:
+                    for rank, room in enumerate(adm.settings.thresholds(cap)):
+                        if used < room:
+                            allowed = rank
+                else:
+                    allowed = last
+            w = adm.next_for(d.id, allowed, now)
+            if w is None:
+                return
+            s.reserved += 1
+            if w.wake is not None:
+                w.wake(d.id)
+
+    def unreserve(self, d: Deployment) -> None:
+        """A granted slot was not used (the request went elsewhere, or away): free it."""
+        s = self[d.id]
+        if s.reserved > 0:
+            s.reserved -= 1
+        self.dispatch(d)
 
     # -- reads (the view strategies get) ---------------------------------------------------
 

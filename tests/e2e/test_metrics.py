@@ -90,7 +90,8 @@ def test_every_dashboard_and_cheat_sheet_query_names_an_exported_metric():
                 "llm_router_model_group_healthy_deployments", "llm_router_redis_sharing_up", "llm_router_build_info",
                 "llm_router_config_generation", "llm_router_door_requests_total", "llm_router_spend_total",
                 "llm_router_spend_unknown_total", "llm_router_spillovers_total",
-                "llm_router_prefix_evictions_total", "llm_router_cached_prompt_tokens_total"}
+                "llm_router_prefix_evictions_total", "llm_router_cached_prompt_tokens_total",
+                "llm_router_queue_waiting", "llm_router_queue_wait_seconds_bucket", "llm_router_queue_rejected_total"}
     dashboard = json.loads((root / "docs/grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + [(root / "docs/promql.md").read_text()]
     for expr in exprs:

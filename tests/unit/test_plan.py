@@ -40,7 +40,7 @@ class Fleet:
     cooldown: dict[str, float] = field(default_factory=dict)
     asked_first: list[tuple[str, bool, bool]] = field(default_factory=list)
 
-    def has_capacity(self, d: Deployment) -> bool:
+    def has_capacity(self, d: Deployment, rank: int = 1) -> bool:
         return d.id not in self.full
 
     def ready(self, d: Deployment, first: bool, last_resort: bool) -> bool:

@@ -59,6 +59,7 @@ class PrioritySettings:
     quantum: int = 1024  # work units (≈ tokens) a key gets per turn
     backend_queue_threshold: int | None = None  # a server reporting more waiting than this freezes our concurrency there
     aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # extra names -> class
+    fairness: bool = True  # keys take turns within a class (False: one FIFO per class)
 
     def rank(self, name: str) -> int:
         return self.classes.index(name)

@@ -477,7 +477,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
 
 
 _PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit", "quantum",
-                  "backend_queue_threshold", "aliases"}
+                  "backend_queue_threshold", "aliases", "fairness"}
 
 
 def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySettings:
@@ -554,7 +554,8 @@ def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySetting
     return PrioritySettings(classes=classes, default=default, reserve=MappingProxyType(reserve),
                             aging_seconds=float(aging), queue_limit=MappingProxyType(limits),
                             default_queue_limit=default_limit, quantum=quantum or base.quantum,
-                            backend_queue_threshold=threshold, aliases=MappingProxyType(aliases))
+                            backend_queue_threshold=threshold, aliases=MappingProxyType(aliases),
+                            fairness=get(src, m, "fairness", pp, "bool", default=True))
 
 
 # LiteLLM's optional_pre_call_checks: the ones that pin a request to a deployment are acted on

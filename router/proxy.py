@@ -302,7 +302,9 @@ class Proxy:
         outcome.rank, outcome.why = found
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
         outcome.work = estimate_work(size, limit)
-        if key is not None:
+        if not settings.fairness:
+            outcome.caller = "all"  # one FIFO per class
+        elif key is not None:
             outcome.caller = f"key:{key.name}"
         else:
             user = body.get("user")

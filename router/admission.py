@@ -13,12 +13,12 @@ The order in which waiters get a deployment's free slot:
 
 1. **Class.** Classes are ranked (``interactive`` 0, ``default`` 1, ``batch`` 2 unless
    configured). A waiter's effective rank rises one step per ``aging_seconds`` waited,
-   so ``batch`` never starves; at equal effective rank the natively higher class goes
-   first, and among aged waiters the oldest.
+   so ``batch`` never starves: at equal effective rank the class whose oldest waiter
+   has waited longest goes first, and aged waiters are served oldest first.
 2. **Reservation.** ``reserve: {interactive: 1}`` keeps one slot of every deployment
    for that class (and the classes above it): a request of a lower class starts only
-   while more slots than the reservations are free. A reservation never takes a
-   deployment's last slot (it is capped at capacity − 1).
+   while more slots than the reservations are free, however long it has waited. A
+   reservation never takes a deployment's last slot (it is capped at capacity − 1).
 3. **Keys take turns** within a class: deficit round-robin by estimated work (prompt
    characters / 4 + ``max_tokens``, capped at ``MAX_QUANTA`` quanta), so one key's 500
    queued requests do not delay another key's first. A key's quantum is weighted by its
@@ -320,24 +320,25 @@ class Admission:
         self._gone(w)
 
     def next_for(self, dep_id: str, allowed: int, now: float) -> Waiter | None:
-        """Pop the waiter that gets ``dep_id``'s free slot: of effective rank ``allowed`` or
-        better (what the reservations leave this slot to), by the order above."""
+        """Pop the waiter that gets ``dep_id``'s free slot: of a class ranked ``allowed`` or
+        better (what the reservations leave this slot to: an aged request does not take
+        a slot reserved for the class it aged into), by the order above."""
         s = self.settings
-        best: tuple[int, int, float] | None = None
+        last = len(s.classes) - 1
+        best: tuple[int, float, int] | None = None
         pick: tuple[ClassQueue, bool] | None = None
         for pool in self.by_dep.get(dep_id, ()):
-            for rank, cq in enumerate(pool.classes):
+            for rank, cq in enumerate(pool.classes[:allowed + 1]):  # reservations go by the class, not its age
                 if not cq.live:
                     continue
                 head = cq.oldest()
                 if head is None:
                     continue
-                eff = head.effective(now, s.aging_seconds)
-                if eff > allowed:
-                    continue
+                eff = min(head.effective(now, s.aging_seconds), last)
                 aged = eff < rank
-                # native rank first at equal effective rank; among aged, the oldest; else the pool waiting longest
-                order = (eff, rank, head.since)
+                # the best effective rank; at equal rank the longest-waiting head (an aged batch
+                # request goes before newer interactive ones: nothing starves)
+                order = (eff, head.since, rank)
                 if best is None or order < best:
                     best, pick = order, (cq, aged)
         if pick is None:

@@ -279,10 +279,10 @@ def test_no_request_starves_within_the_aging_bound(arrivals, aging):
     interactive ones as the draw likes). A request of class r reaches the top class after
     r × aging ticks; from then on it is served within (m + 1) × K × G grants, where m is the
     number of older requests still waiting then, K the keys and G the grants one key's turn
-    may take (its quantum ×4 ÷ the smallest work, + 1)."""
+    may take (its quantum × the largest weight, 4, ÷ the work, 1)."""
     s = PrioritySettings(aging_seconds=float(aging), quantum=1)
     adm = Admission(s)
-    keys, g = 4, 4 * MAX_QUANTA + 1
+    keys, g = 4, 4
     queued: list[Waiter] = []
     served_at: dict[int, int] = {}
     promoted_older: dict[int, int] = {}

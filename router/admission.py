@@ -407,6 +407,24 @@ def retry_after(waiting: int, hold: float | None, lanes: int) -> int:
 PRIORITY_HEADERS = ("x-priority", "x-litellm-priority")  # the seed's, then LiteLLM's
 
 
+def asked_of(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> tuple[str, Any] | None:
+    """What class a request asks for, and where: the ``X-Priority`` header (the seed's), LiteLLM's
+    ``x-litellm-priority``, the body's ``priority``, or ``metadata.priority``."""
+    for name in PRIORITY_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            return f"header {name}", value
+    if body is None:
+        return None
+    value = body.get("priority")
+    if value is not None:
+        return "body priority", value
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and meta.get("priority") is not None:
+        return "metadata.priority", meta["priority"]
+    return None
+
+
 def classify(s: PrioritySettings, key_name: str | None, key_priority: str | None, key_max: str | None,
              asked: tuple[str, Any] | None) -> tuple[int, str] | None:
     """A request's class rank and why: what it asked for (``asked``: where, the value),

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import __version__, log
+from router.admission import PRIORITY_HEADERS, asked_of, classify
 from router.config import Config, ConfigError, WebAccess, load_config
 from router.errors import BadRequest, NotFound, PermissionDenied, RouterError
 from router.h1 import Pool
@@ -308,6 +309,7 @@ async def health(request: web.Request) -> web.Response:
            "healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy}
     if config.disabled:  # configured, never served (a provider we do not speak): listed apart, with the reason
         out.update(disabled_count=len(config.disabled), disabled_endpoints=disabled_rows(config.disabled))
+    out["queue"] = proxy.state.admission.snapshot()  # requests waiting for a slot, by class and key
     return _json(out)
 
 
@@ -338,6 +340,7 @@ async def explain(request: web.Request) -> web.Response:
     then sees its prompt, as the proxy would."""
     proxy = request.app[PROXY]
     facts = facts_from_query(request.query)
+    body: dict[str, Any] | None = None
     if request.method == "POST":
         try:
             body = orjson.loads(await request.read())
@@ -354,7 +357,39 @@ async def explain(request: web.Request) -> web.Response:
     if decision is None:
         disabled = proxy.config.disabled_reason(facts.model)
         raise NotFound(f"No route for model `{facts.model}`" + (f": disabled, {disabled}." if disabled else "."))
-    return _json(decision.explain())
+    out = decision.explain()
+    out["priority"] = _explain_priority(request, proxy, decision, body)
+    return _json(out)
+
+
+def _explain_priority(request: web.Request, proxy: Proxy, decision: Any, body: dict[str, Any] | None) -> dict[str, Any]:
+    """The class the request would get and why (``?key=NAME``: as that key would send it;
+    the priority headers, as ``header=`` or the explain request's own, and the body's
+    ``priority`` / ``metadata.priority``), and whether it would wait for a slot now."""
+    config = proxy.config
+    settings = config.router.priority
+    name = request.query.get("key")
+    key = None
+    if name is not None:
+        key = next((k for k in config.api_keys if k.name == name), None)
+        if key is None:
+            raise BadRequest(f"No key named `{name[:64]}` is configured.", param="key")
+    headers = {h.partition(":")[0].strip().lower(): h.partition(":")[2].strip() for h in request.query.getall("header", [])}
+    for h in PRIORITY_HEADERS:
+        if h in request.headers:
+            headers.setdefault(h, request.headers[h])
+    asked = asked_of(headers, body)
+    found = classify(settings, key.name, key.priority, key.max_priority, asked) if key is not None \
+        else classify(settings, None, None, None, asked)
+    if found is None:
+        raise BadRequest(f"Unknown priority {str(asked[1])[:64]!r} in the {asked[0]}." if asked else "Unknown priority.",
+                         param="priority")
+    rank, why = found
+    deps = decision.candidates or decision.last_resort
+    would_wait = bool(deps) and not any(proxy.state.room(d, rank) for d in deps)
+    ahead = sum(proxy.state.admission.waiting(d.id) for d in deps)
+    return {"class": settings.classes[rank], "why": why, "would_wait": would_wait, "waiting_for_these": ahead,
+            "classes": list(settings.classes)}
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from router.accesslog import route_headers
 from router.access import Access, RateLimits
 from router.config import ApiKey, Config
 from router.domain import Deployment, RequestFacts, RouteDecision
-from router.admission import PRIORITY_HEADERS, QueueFull as FullQueue, Waiter, classify, estimate_work, retry_after
+from router.admission import QueueFull as FullQueue, Waiter, asked_of, classify, estimate_work, retry_after
 from router.errors import (
     BadRequest,
     ModelNotFound,
@@ -276,19 +276,8 @@ class Proxy:
         whose turn it takes. The body's ``priority`` is the router's: it is taken out (a
         deployment with ``model_info.scheduling_policy: priority`` gets the class instead)."""
         settings = routing.config.router.priority
-        asked: tuple[str, Any] | None = None
-        headers = request.headers
-        for name in PRIORITY_HEADERS:
-            if name in headers:
-                asked = (f"header {name}", headers[name])
-                break
-        value = body.pop("priority", None)
-        if asked is None and value is not None:
-            asked = ("body priority", value)
-        if asked is None:
-            meta = body.get("metadata")
-            if isinstance(meta, dict) and meta.get("priority") is not None:
-                asked = ("metadata.priority", meta["priority"])
+        asked = asked_of(request.headers, body)
+        body.pop("priority", None)
         if key is None:
             found = classify(settings, None, None, None, asked)
         else:

@@ -70,6 +70,7 @@ def add_routes(app: web.Application, proxy_key: web.AppKey[Proxy]) -> None:
         rows = deployment_rows(proxy)
         body = {"now": round(time.time(), 3), "deployments": rows, "spend": spend_total(rows),
                 "disabled": disabled_rows(proxy.config.disabled),
+                "queue": proxy.state.admission.snapshot(),
                 "recent": recent.snapshot() if recent is not None else []}
         return web.Response(body=orjson.dumps(body), content_type="application/json",
                             headers={"Cache-Control": "no-store"})
@@ -178,6 +179,22 @@ function render(data) {
   $("deployments").replaceChildren(...rows);
   $("spend").textContent = "Spend (this process, since start): " + usd(data.spend.usd, data.spend.unknown);
 
+  const queue = [];
+  if (data.queue) {  // requests waiting for a slot, by priority class (router.admission)
+    for (const [name, c] of Object.entries(data.queue.classes)) {
+      const tr = document.createElement("tr");
+      cell(tr, name, "class");
+      cell(tr, String(c.waiting), "num waiting");
+      cell(tr, c.oldest_wait_s == null ? "–" : ms(1000 * c.oldest_wait_s), "num oldest");
+      cell(tr, String(c.limit), "num limit");
+      cell(tr, String(c.reserved_slots), "num reserved");
+      const keys = Object.entries(data.queue.keys).filter(([, by]) => by[name]).map(([k, by]) => k + " " + by[name]);
+      cell(tr, keys.join(", "), "keys");
+      queue.push(tr);
+    }
+  }
+  $("queue").replaceChildren(...queue);
+
   const items = [];
   for (const r of data.recent) {
     const tr = document.createElement("tr");
@@ -251,6 +268,11 @@ PAGE = f"""<!doctype html>
 <tbody id="deployments"></tbody>
 </table>
 <p id="spend" class="sub"></p>
+<h2>Waiting for a slot</h2>
+<table>
+<thead><tr><th>Class</th><th>Waiting</th><th>Longest wait</th><th>Queue limit</th><th>Reserved slots</th><th>Keys</th></tr></thead>
+<tbody id="queue"></tbody>
+</table>
 <h2>Recent routing decisions</h2>
 <table>
 <thead><tr><th>Time</th><th>Model</th><th>Route</th><th>Deployment</th><th>Attempts</th><th>Status</th><th>Latency</th></tr></thead>

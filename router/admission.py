@@ -19,11 +19,12 @@ The order in which waiters get a deployment's free slot:
    for that class (and the classes above it): a request of a lower class starts only
    while more slots than the reservations are free, however long it has waited. A
    reservation never takes a deployment's last slot (it is capped at capacity − 1).
-3. **Keys take turns** within a class: deficit round-robin by estimated work (prompt
-   characters / 4 + ``max_tokens``, capped at ``MAX_QUANTA`` quanta), so one key's 500
-   queued requests do not delay another key's first. A key's quantum is weighted by its
-   recent share of the work served (``Shares``; shared through Redis where configured):
-   a key that got more than the others lately gets a smaller quantum.
+3. **Keys take turns** within a class: deficit round-robin by estimated work (request
+   bytes / 4 + ``max_tokens``, at most ``MAX_WORK``), so one key's 500 queued requests do
+   not delay another key's first, and keys get equal work, not equal requests. A key's
+   quantum is weighted by its recent share of the work served (``Shares``; shared
+   through Redis where configured): a key that got more than the others lately gets a
+   smaller quantum (down to a quarter), one that got less a larger one (up to 4×).
 4. **Arrival order** within a key.
 
 Across pools that contain the deployment (requests whose candidate sets differ), the
@@ -41,7 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 DEFAULT_CLASSES = ("interactive", "default", "batch")
-MAX_QUANTA = 32  # a request's estimated work counts at most this many quanta (a 1M-token prompt is not 2,000 turns)
+MAX_WORK = 1 << 16  # a request's estimated work counts at most this many tokens in the turns (a 1M-token prompt is not 4,000 turns)
 WEIGHT_BOUNDS = (0.25, 4.0)  # how far a key's recent share may shrink or grow its quantum
 SHARE_WINDOW_S = 60  # the recent share: work served in this minute and the last
 
@@ -56,7 +57,6 @@ class PrioritySettings:
     aging_seconds: float = 10.0  # a waiter rises one class per this many seconds waited (0: never)
     queue_limit: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # class -> waiters per process
     default_queue_limit: int = 1000
-    quantum: int = 1024  # work units (≈ tokens) a key gets per turn
     backend_queue_threshold: int | None = None  # a server reporting more waiting than this freezes our concurrency there
     aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # extra names -> class
     fairness: bool = True  # keys take turns within a class (False: one FIFO per class)
@@ -184,8 +184,12 @@ class ClassQueue:
         self._taken(w.caller, q)
         return w
 
-    def pop_fair(self, quantum: float, weight: Callable[[str], float]) -> Waiter:
-        """The next waiter by deficit round-robin over callers (``live`` must be > 0)."""
+    def pop_fair(self, weight: Callable[[str], float]) -> Waiter:
+        """The next waiter by deficit round-robin over callers (``live`` must be > 0). A
+        turn's quantum is the smallest work at the head of any caller's FIFO (times the
+        caller's weight): the caller with the smallest requests serves about one per turn,
+        and everyone gets the same work per round, so keys interleave request by request
+        whatever their sizes, and a newcomer waits for at most one turn of each other key."""
         callers = self.callers
         while True:
             caller = next(iter(callers))
@@ -196,16 +200,26 @@ class ClassQueue:
                 self._drop(caller)
                 continue
             head = q[0]
+            work = min(head.work, MAX_WORK)
             if not self.turn:
-                self.deficit[caller] = self.deficit.get(caller, 0.0) + quantum * weight(caller)
+                self.deficit[caller] = self.deficit.get(caller, 0.0) + self._quantum() * weight(caller)
                 self.turn = True
-            if self.deficit[caller] >= min(head.work, quantum * MAX_QUANTA):
-                self.deficit[caller] -= min(head.work, quantum * MAX_QUANTA)
+            if self.deficit[caller] >= work:
+                self.deficit[caller] -= work
                 q.popleft()
                 self._taken(caller, q)
                 return head
             callers[caller] = callers.pop(caller)  # its turn ends: to the back of the round
             self.turn = False
+
+    def _quantum(self) -> int:
+        smallest = MAX_WORK
+        for q in self.callers.values():
+            for w in q:
+                if not w.done:
+                    smallest = min(smallest, w.work)
+                    break
+        return smallest
 
     def _taken(self, caller: str, q: deque[Waiter]) -> None:
         self.live -= 1
@@ -344,11 +358,11 @@ class Admission:
         if pick is None:
             return None
         cq, aged = pick
-        w = cq.pop_oldest() if aged else cq.pop_fair(s.quantum, lambda c: self._weight(c, cq, now))
+        w = cq.pop_oldest() if aged else cq.pop_fair(lambda c: self._weight(c, cq, now))
         w.done = True
         w.granted = dep_id
         self._gone(w)
-        self.shares.served(w.caller, min(w.work, s.quantum * MAX_QUANTA), now)
+        self.shares.served(w.caller, min(w.work, MAX_WORK), now)
         return w
 
     def _weight(self, caller: str, cq: ClassQueue, now: float) -> float:

@@ -476,7 +476,7 @@ def _router_settings(src: Source, top: Mapping[str, Any]) -> RouterSettings:
     )
 
 
-_PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit", "quantum",
+_PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit",
                   "backend_queue_threshold", "aliases", "fairness"}
 
 
@@ -543,17 +543,13 @@ def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySetting
     if aging is not None and aging < 0:
         src.error(pp + ("aging_seconds",), "must be 0 (no aging) or more seconds")
         aging = base.aging_seconds
-    quantum = get(src, m, "quantum", pp, "int", default=base.quantum)
-    if quantum is not None and quantum < 1:
-        src.error(pp + ("quantum",), "must be a positive number of tokens")
-        quantum = base.quantum
     threshold = get(src, m, "backend_queue_threshold", pp, "int")
     if threshold is not None and threshold < 0:
         src.error(pp + ("backend_queue_threshold",), "must be 0 or more requests waiting at the backend")
         threshold = None
     return PrioritySettings(classes=classes, default=default, reserve=MappingProxyType(reserve),
                             aging_seconds=float(aging), queue_limit=MappingProxyType(limits),
-                            default_queue_limit=default_limit, quantum=quantum or base.quantum,
+                            default_queue_limit=default_limit,
                             backend_queue_threshold=threshold, aliases=MappingProxyType(aliases),
                             fairness=get(src, m, "fairness", pp, "bool", default=True))
 

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.admission import (
-    MAX_QUANTA,
     Admission,
     PrioritySettings,
     QueueFull,
@@ -71,7 +70,7 @@ def test_one_keys_500_queued_requests_do_not_delay_another_keys_first():
 
 def test_keys_get_equal_work_not_equal_requests():
     """Deficit round-robin by work: a key whose requests are 3× larger gets a third of the requests."""
-    adm = Admission(PrioritySettings(aging_seconds=0, quantum=1000))
+    adm = Admission(PrioritySettings(aging_seconds=0))
     for i in range(300):
         adm.enqueue(waiter(BATCH, "big", i, work=900), frozenset({"d1"}))
         adm.enqueue(waiter(BATCH, "small", i, work=300), frozenset({"d1"}))
@@ -279,8 +278,8 @@ def test_no_request_starves_within_the_aging_bound(arrivals, aging):
     interactive ones as the draw likes). A request of class r reaches the top class after
     r × aging ticks; from then on it is served within (m + 1) × K × G grants, where m is the
     number of older requests still waiting then, K the keys and G the grants one key's turn
-    may take (its quantum × the largest weight, 4, ÷ the work, 1)."""
-    s = PrioritySettings(aging_seconds=float(aging), quantum=1)
+    may take (the smallest head's work × the largest weight, 4, ÷ the work, all 1 here)."""
+    s = PrioritySettings(aging_seconds=float(aging))
     adm = Admission(s)
     keys, g = 4, 4
     queued: list[Waiter] = []

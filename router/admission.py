@@ -358,11 +358,12 @@ class Admission:
         if pick is None:
             return None
         cq, aged = pick
-        w = cq.pop_oldest() if aged else cq.pop_fair(lambda c: self._weight(c, cq, now))
+        wall = time.time()  # the shares count per wall-clock minute, the same in every instance
+        w = cq.pop_oldest() if aged else cq.pop_fair(lambda c: self._weight(c, cq, wall))
         w.done = True
         w.granted = dep_id
         self._gone(w)
-        self.shares.served(w.caller, min(w.work, MAX_WORK), now)
+        self.shares.served(w.caller, min(w.work, MAX_WORK), wall)
         return w
 
     def _weight(self, caller: str, cq: ClassQueue, now: float) -> float:

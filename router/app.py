@@ -438,6 +438,7 @@ async def _sharing(app: web.Application) -> AsyncIterator[None]:
     if url:
         share = RedisShare(url, proxy.state, config.all_deployments(), config.router.redis_key_prefix, config.router.redis_password)
         share.limits = proxy.limits
+        share.shares = proxy.state.admission.shares
         share.on_health = proxy.metrics.sharing
         proxy.metrics.sharing(False)  # until the first sync round works
         await share.start()

@@ -20,6 +20,7 @@ Per key (prefix ``llm-router:`` by default, every key has a TTL):
 | ``fails:{id}:{minute}`` (120 s) | failures this minute, all instances | eventual, ≤ 0.5 s |
 | ``usage:{id}:{minute}`` hash req/tok (120 s) | rpm/tpm usage | eventual, ≤ 0.5 s (limits can overshoot by what arrives in that window) |
 | ``rpm:{minute}`` hash key name → requests (120 s) | per-key and global rpm limits | eventual, ≤ 0.5 s (as usage) |
+| ``share:{minute}`` hash caller → work served (180 s) | each key's recent share, for the fair queue (router.admission) | eventual, ≤ 0.5 s |
 | ``rr:{id}`` (60 s, the seed's periodic reset) | round-robin counter | eventual, ≤ 0.5 s |
 | ``inflight:{id}`` hash instance → count (30 s) + ``instance:{iid}`` (5 s) | in-flight per instance | eventual, ≤ 0.5 s; a crashed instance stops counting after 5 s |
 | ``ttft:{id}``, ``latency:{id}`` lists, last 100 (600 s) | latency windows | eventual, ≤ 0.5 s |
@@ -51,6 +52,7 @@ from redis.exceptions import RedisError, ResponseError
 from router import log
 from router.domain import Deployment
 from router.access import RateLimits
+from router.admission import Shares
 from router.state import WINDOW, StateTable
 
 SYNC_INTERVAL = 0.5
@@ -91,6 +93,7 @@ class RedisShare:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.limits: RateLimits | None = None  # per-key and global requests-per-minute counters
+        self.shares: Shares | None = None  # each key's recent share of the work served (router.admission)
         self.on_health: Callable[[bool], None] | None = None  # after every round: sharing up or not
         self._bad: set[str] = set()  # keys whose unreadable value was logged
         self._errors: set[str] = set()  # unexpected round errors already logged
@@ -281,6 +284,9 @@ class RedisShare:
         hits = Counter()
         if self.limits is not None:
             hits, self.limits.pending = self.limits.pending, Counter()
+        served: Counter[tuple[str, int]] = Counter()
+        if self.shares is not None:
+            served, self.shares.pending = self.shares.pending, Counter()
         try:
             async with self.client.pipeline(transaction=False) as p:
                 p.set(self.key("instance", self.iid), 1, ex=HEARTBEAT_TTL)
@@ -311,6 +317,9 @@ class RedisShare:
                 for (name, m), n in hits.items():
                     p.hincrby(self.key("rpm", m), name, n)
                     p.expire(self.key("rpm", m), 120)
+                for (caller, m), n in served.items():
+                    p.hincrby(self.key("share", m), caller, n)
+                    p.expire(self.key("share", m), 180)
                 # A key of the wrong type (another version's layout) fails its own command
                 # only: logged once, the other writes (and the heartbeat) still count.
                 keys = _keys(p)
@@ -319,6 +328,8 @@ class RedisShare:
                         self._bad_value(key, result)
             if self.limits is not None:
                 self.limits.flushed.update(hits)
+            if self.shares is not None:
+                self.shares.flushed.update(served)
         except BaseException:
             # Keep what was not written (bounded: counters per deployment, rings per window).
             self._picks.update(picks)
@@ -328,6 +339,8 @@ class RedisShare:
                 self._cooldowns.setdefault(k, v)
             if self.limits is not None:
                 self.limits.pending.update(hits)
+            if self.shares is not None:
+                self.shares.pending.update(served)
             raise
 
     async def _refresh(self) -> None:
@@ -343,8 +356,20 @@ class RedisShare:
                 p.lrange(self.key("latency", dep_id), 0, WINDOW - 1)
                 p.get(self.key("cooldown", dep_id))
             p.hgetall(self.key("rpm", minute))
+            p.hgetall(self.key("share", minute - 1))
+            p.hgetall(self.key("share", minute))
             keys = _keys(p)
             results = await p.execute(raise_on_error=False)  # a wrong-typed key: that value only
+        if self.shares is not None:
+            for m, key, raw in ((minute - 1, keys[-2], results[-2]), (minute, keys[-1], results[-1])):
+                for name, n in self._hash(key, raw).items():
+                    try:
+                        caller = name.decode()
+                    except UnicodeDecodeError:
+                        self._bad_value(key, name)
+                        continue
+                    self.shares.shared[(caller, m)] = self._int(f"{key} {caller}", n)
+        keys, results = keys[:-2], results[:-2]
         if self.limits is not None:
             rpm_key = keys[-1]
             for name, n in self._hash(rpm_key, results[-1]).items():

@@ -292,3 +292,16 @@ async def test_an_unreadable_cache_entry_is_a_miss_and_is_replaced(tmp_path, red
     finally:
         await client.aclose()
         log.configure()
+
+
+async def test_each_keys_recent_share_for_the_fair_queue_is_shared(tmp_path, redis_url):
+    """The fairness accounting (work served per key, this minute and the last) reaches the
+    other instance, which weighs its own queue by it; neither waits on Redis to order."""
+    async with Pair(tmp_path, redis_url) as p:
+        shares = [p.state(i).admission.shares for i in (0, 1)]
+        now = time.time()
+        shares[0].served("key:team", 700, now)
+        shares[1].served("key:other", 50, now)
+        await wait_for(lambda: shares[1].recent("key:team", time.time()) == 700, "B to see A's work for team")
+        await wait_for(lambda: shares[0].recent("key:other", time.time()) == 50, "A to see B's work for other")
+        assert shares[0].recent("key:team", time.time()) == 700  # its own, not counted twice

@@ -349,3 +349,19 @@ def test_the_hand_over_is_work_conserving(caps, events):
             if s.in_flight < d.max_parallel_requests:
                 assert state.admission.waiting(d.id) == 0, (d.id, s.in_flight, state.admission.waiting(d.id))
     assert state.admission.waiting() == len(waiting)
+
+
+def test_a_key_that_got_more_lately_gets_a_smaller_quantum():
+    """The recent share (this process's, or every instance's through Redis) weighs the turns:
+    with equal queues, the key that got less lately is served more until they even out."""
+    import time
+
+    adm = Admission(PrioritySettings(aging_seconds=0))
+    now = time.time()
+    adm.shares.served("heavy", 10_000, now)
+    adm.shares.served("light", 1_000, now)
+    for i in range(40):
+        adm.enqueue(waiter(BATCH, "heavy", i, work=100), frozenset({"d1"}))
+        adm.enqueue(waiter(BATCH, "light", i, work=100), frozenset({"d1"}))
+    first = [adm.next_for("d1", 2, now).caller for _ in range(20)]
+    assert first.count("light") >= 14

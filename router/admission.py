@@ -13,8 +13,10 @@ The order in which waiters get a deployment's free slot:
 
 1. **Class.** Classes are ranked (``interactive`` 0, ``default`` 1, ``batch`` 2 unless
    configured). A waiter's effective rank rises one step per ``aging_seconds`` waited,
-   so ``batch`` never starves: at equal effective rank the class whose oldest waiter
-   has waited longest goes first, and aged waiters are served oldest first.
+   so ``batch`` never starves: it overtakes every class below the one it reached, and
+   where that class has waiters of its own they go first, but at most ``AGED_BYPASS``
+   (3) times in a row: then the aged class gets the slot. A class is ranked by its
+   oldest waiter; when it gets a slot, its keys still take turns (3.).
 2. **Reservation.** ``reserve: {interactive: 1}`` keeps one slot of every deployment
    for that class (and the classes above it): a request of a lower class starts only
    while more slots than the reservations are free, however long it has waited. A
@@ -43,6 +45,7 @@ from typing import Any
 
 DEFAULT_CLASSES = ("interactive", "default", "batch")
 MAX_WORK = 1 << 16  # a request's estimated work counts at most this many tokens in the turns (a 1M-token prompt is not 4,000 turns)
+AGED_BYPASS = 3  # grants in a row a class's own waiters may take past requests aged up to it
 WEIGHT_BOUNDS = (0.25, 4.0)  # how far a key's recent share may shrink or grow its quantum
 SHARE_WINDOW_S = 60  # the recent share: work served in this minute and the last
 
@@ -174,16 +177,6 @@ class ClassQueue:
             a.popleft()
         return a[0] if a else None
 
-    def pop_oldest(self) -> Waiter:
-        """The longest-waiting waiter (an aged one): the head of its caller's FIFO."""
-        w = self.arrivals.popleft()
-        q = self.callers[w.caller]
-        while q[0].done:
-            q.popleft()
-        q.popleft()  # it is w: a caller's FIFO is in arrival order
-        self._taken(w.caller, q)
-        return w
-
     def pop_fair(self, weight: Callable[[str], float]) -> Waiter:
         """The next waiter by deficit round-robin over callers (``live`` must be > 0). A
         turn's quantum is the smallest work at the head of any caller's FIFO (times the
@@ -295,6 +288,7 @@ class Admission:
         self.depth: Counter[int] = Counter()  # rank -> waiters
         self.by_key: Counter[tuple[int, str]] = Counter()  # (rank, key label) -> waiters
         self.shares = Shares()
+        self.bypassed: dict[int, int] = {}  # rank -> grants in a row its own waiters took past aged ones
 
     def configure(self, settings: PrioritySettings) -> None:
         """A reload: new settings. Waiters stay where they are (a class list that shrank
@@ -339,27 +333,40 @@ class Admission:
         a slot reserved for the class it aged into), by the order above."""
         s = self.settings
         last = len(s.classes) - 1
-        best: tuple[int, float, int] | None = None
-        pick: tuple[ClassQueue, bool] | None = None
+        native: tuple[int, int, float, ClassQueue] | None = None  # the best class waiting at its own rank
+        aged: tuple[int, float, int, ClassQueue] | None = None  # the best class whose oldest has aged above it
         for pool in self.by_dep.get(dep_id, ()):
-            for rank, cq in enumerate(pool.classes[:allowed + 1]):  # reservations go by the class, not its age
-                if not cq.live:
+            for rank, cq in enumerate(pool.classes):
+                rank = min(rank, last)  # a class a reload removed: served as the last
+                if not cq.live or rank > allowed:  # reservations go by the class, not its age
                     continue
                 head = cq.oldest()
                 if head is None:
                     continue
-                eff = min(head.effective(now, s.aging_seconds), last)
-                aged = eff < rank
-                # the best effective rank; at equal rank the longest-waiting head (an aged batch
-                # request goes before newer interactive ones: nothing starves)
-                order = (eff, head.since, rank)
-                if best is None or order < best:
-                    best, pick = order, (cq, aged)
-        if pick is None:
+                eff = min(head.effective(now, s.aging_seconds), rank)
+                if eff < rank:
+                    if aged is None or (eff, head.since) < (aged[0], aged[1]):
+                        aged = (eff, head.since, rank, cq)
+                elif native is None or (rank, head.since) < (native[0], native[2]):
+                    native = (rank, rank, head.since, cq)
+        if native is None and aged is None:
             return None
-        cq, aged = pick
+        if aged is not None and (native is None or aged[0] < native[0]):
+            cq = aged[3]  # aged above every class waiting at its own rank
+        elif aged is not None and native is not None and aged[0] == native[0]:
+            # aged up to a class that has its own waiters: those go first, but only
+            # AGED_BYPASS times in a row; then the aged class gets a turn (nothing starves)
+            if self.bypassed.get(native[0], 0) >= AGED_BYPASS:
+                cq = aged[3]
+                self.bypassed[native[0]] = 0
+            else:
+                cq = native[3]
+                self.bypassed[native[0]] = self.bypassed.get(native[0], 0) + 1
+        else:
+            assert native is not None
+            cq = native[3]
         wall = time.time()  # the shares count per wall-clock minute, the same in every instance
-        w = cq.pop_oldest() if aged else cq.pop_fair(lambda c: self._weight(c, cq, wall))
+        w = cq.pop_fair(lambda c: self._weight(c, cq, wall))
         w.done = True
         w.granted = dep_id
         self._gone(w)
@@ -395,14 +402,17 @@ class Admission:
                         del self.by_dep[d]
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """What ``/health`` and ``/ui/data`` show: depth and the oldest wait per class, depth per key."""
+        """What ``/health`` and ``/ui/data`` show: depth and the oldest wait per class, depth per key
+        (the ranks of classes a reload removed count as the last class)."""
         now = time.monotonic() if now is None else now
         classes = self.settings.classes
+        last = len(classes) - 1
         out: dict[str, Any] = {}
         for rank, name in enumerate(classes):
-            oldest = [h.since for p in self.pools.values() if rank < len(p.classes)
-                      for h in [p.classes[rank].oldest()] if h is not None]
-            out[name] = {"waiting": self.depth.get(rank, 0), "limit": self.settings.limit(rank),
+            ranks = range(rank, rank + 1) if rank < last else range(last, max(last + 1, *self.depth.keys(), 0) + 1)
+            oldest = [h.since for p in self.pools.values() for r in ranks if r < len(p.classes)
+                      for h in [p.classes[r].oldest()] if h is not None]
+            out[name] = {"waiting": sum(self.depth.get(r, 0) for r in ranks), "limit": self.settings.limit(rank),
                          "oldest_wait_s": round(now - min(oldest), 3) if oldest else None,
                          "reserved_slots": self.settings.reserve.get(name, 0)}
         keys: dict[str, dict[str, int]] = {}

@@ -383,7 +383,7 @@ def _explain_priority(request: web.Request, proxy: Proxy, decision: Any, body: d
         else classify(settings, None, None, None, asked)
     if found is None:
         raise BadRequest(f"Unknown priority {str(asked[1])[:64]!r} in the {asked[0]}." if asked else "Unknown priority.",
-                         param="priority")
+                         param="priority", code="invalid_priority")
     rank, why = found
     deps = decision.candidates or decision.last_resort
     would_wait = bool(deps) and not any(proxy.state.room(d, rank) for d in deps)

@@ -480,6 +480,14 @@ _PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit
                   "backend_queue_threshold", "aliases", "fairness"}
 
 
+def _integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySettings:
     """``router_settings.priority`` (router.admission), and LiteLLM's ``default_priority``
     (its integer: 0 is the highest class)."""
@@ -489,14 +497,17 @@ def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySetting
     base = PrioritySettings()
     classes = get(src, m, "classes", pp, "strlist", default=base.classes)
     if classes is not None and (not classes or len(set(classes)) != len(classes)
-                                or any(not c or c != c.strip().lower() for c in classes)):
-        src.error(pp + ("classes",), "must be a non-empty list of distinct lower-case class names, highest first")
+                                or any(not c or c != c.strip().lower() or _integer(c) for c in classes)):
+        src.error(pp + ("classes",), "must be a non-empty list of distinct lower-case class names, highest first "
+                  "(not numbers: a number names a class by its rank, 0 the highest)")
         classes = base.classes
     classes = tuple(classes or base.classes)
     aliases: dict[str, str] = {}
     for alias, target in get(src, m, "aliases", pp, "map", default={}).items():
         if not isinstance(target, str) or target not in classes:
             src.error(pp + ("aliases", alias), f"must name one of the classes ({', '.join(classes)})")
+        elif str(alias).strip().lower() in classes or _integer(str(alias)):
+            src.error(pp + ("aliases", alias), "an alias may not be a class's name or a number")
         else:
             aliases[str(alias).strip().lower()] = target
     probe = PrioritySettings(classes=classes, default=classes[min(1, len(classes) - 1)] if "default" not in classes
@@ -534,19 +545,11 @@ def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySetting
             else:
                 limits[name] = n
     elif raw is not None:
-        n = get(src, m, "queue_limit", pp, "int")
-        if n is not None and n < 0:
-            src.error(pp + ("queue_limit",), "must be 0 or more (0: that class never waits)")
-        elif n is not None:
+        n = get(src, m, "queue_limit", pp, "int")  # "int": not negative
+        if n is not None:
             default_limit = n
-    aging = get(src, m, "aging_seconds", pp, "num", default=base.aging_seconds)
-    if aging is not None and aging < 0:
-        src.error(pp + ("aging_seconds",), "must be 0 (no aging) or more seconds")
-        aging = base.aging_seconds
-    threshold = get(src, m, "backend_queue_threshold", pp, "int")
-    if threshold is not None and threshold < 0:
-        src.error(pp + ("backend_queue_threshold",), "must be 0 or more requests waiting at the backend")
-        threshold = None
+    aging = get(src, m, "aging_seconds", pp, "num", default=base.aging_seconds)  # "num": not negative
+    threshold = get(src, m, "backend_queue_threshold", pp, "int")  # "int": not negative
     return PrioritySettings(classes=classes, default=default, reserve=MappingProxyType(reserve),
                             aging_seconds=float(aging), queue_limit=MappingProxyType(limits),
                             default_queue_limit=default_limit,

@@ -120,7 +120,7 @@ class AttemptPlan:
 
     __slots__ = ("model", "candidates", "last_resort", "fallbacks", "view", "deadline", "queue_timeout", "retries",
                  "delay", "jitter", "errors", "spill", "_order", "_i", "_rounds", "_full", "_fallbacks_added",
-                 "_queue_left", "_waiting_since", "rank")
+                 "_queue_left", "_waiting_since", "rank", "_waited")
 
     def __init__(self, model: str, candidates: list[Entry], last_resort: list[Entry], fallbacks: FallbackHook,
                  view: View, deadline: float, queue_timeout: float, retries: int, delay: float,
@@ -147,6 +147,7 @@ class AttemptPlan:
         self._fallbacks_added = False
         self._queue_left = queue_timeout  # one budget for all waits for a slot
         self._waiting_since: float | None = None
+        self._waited = False  # it waited for a slot: the engine's checks of its first pick are stale
 
     @property
     def by_deployment(self) -> dict[str, RouterError]:
@@ -166,6 +167,7 @@ class AttemptPlan:
                 self._waiting_since = None
             if not outcome.freed:
                 return self._give_up()
+            self._waited = True
             self._full.clear()
             self._i = 0
             if self.spill and self.errors:  # the spill-over target failed: the slot is what is left
@@ -188,11 +190,13 @@ class AttemptPlan:
                 continue
             dep, upstream = self._order[self._i]
             self._i += 1
+            first = self._i == 1 and not self.errors and bool(self.candidates) and not self._waited
+            # not ready (cooling down) first: waiting for a slot of a deployment that may not
+            # take the request would end in a grant it cannot use, again and again
+            if not self.view.ready(dep, first, bool(self.last_resort) and self._last_resort(dep)):
+                continue
             if not self.view.has_capacity(dep, self.rank):
                 self._full.append(dep)
-                continue
-            first = self._i == 1 and not self.errors and bool(self.candidates)
-            if not self.view.ready(dep, first, bool(self.last_resort) and self._last_resort(dep)):
                 continue
             if now >= self.deadline:
                 return self._give_up()

@@ -287,3 +287,32 @@ async def test_explain_says_which_class_a_request_gets_and_why(tmp_path, sim):
     finally:
         sim.faults.hang = False
         await runner.cleanup()
+
+
+async def test_requests_queued_behind_a_deployment_that_cools_down_are_answered_at_once(tmp_path, sim):
+    """The slot a failed request frees on a deployment now cooling down is handed to the next
+    waiter, which cannot use it: it must get its answer (a 429 saying so) at once, not spin
+    for the cooldown holding the event loop (which froze /health and every other request)."""
+    runner, url = await start(tmp_path, sim, router=", num_retries: 0")
+    try:
+        sim.faults.hang, sim.faults.hang_count, sim.faults.paths = True, 1, ("/v1/chat/completions",)
+        sim.faults.status, sim.faults.retry_after = 429, 8
+        c = client(url, "bob")
+        first = asyncio.ensure_future(c.chat.completions.create(model="m", messages=HI, max_tokens=2))
+        for _ in range(2000):
+            if sim.stats.open == 1:
+                break
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(c.chat.completions.create(model="m", messages=HI, max_tokens=2))
+        await until_waiting(url, 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sim.faults.hang = False  # the first now gets its 429 (Retry-After 8): the deployment cools down
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert all(isinstance(r, openai.RateLimitError) for r in results), results
+        assert loop.time() - started < 4  # not the 8 s cooldown
+        await queue(url)  # and the router answers meanwhile
+    finally:
+        sim.faults.hang = False
+        sim.faults.status = None
+        await runner.cleanup()

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.admission import (
+    AGED_BYPASS,
     Admission,
     PrioritySettings,
     QueueFull,
@@ -81,16 +82,51 @@ def test_keys_get_equal_work_not_equal_requests():
     assert 0.4 < work["big"] / (work["big"] + work["small"]) < 0.6
 
 
-def test_a_waiter_ages_one_class_per_aging_period_and_the_oldest_goes_first():
+def test_a_waiter_ages_one_class_per_aging_period():
     adm = Admission(PrioritySettings(aging_seconds=10))
     old = waiter(BATCH, "b", since=0.0)
     adm.enqueue(old, frozenset({"d1"}))
-    adm.enqueue(waiter(INTERACTIVE, "i", since=15.0), frozenset({"d1"}))
-    # at t=15 the batch request is default (one step): interactive first
-    assert adm.next_for("d1", 2, 15.0).caller == "i"
-    adm.enqueue(waiter(INTERACTIVE, "i", since=19.0), frozenset({"d1"}))
-    # at t=20 it is interactive too, and has waited longer
+    adm.enqueue(waiter(DEFAULT, "d", since=14.0), frozenset({"d1"}))
+    # at t=15 the batch request is default (one step) and overtakes nothing yet: the
+    # default class's own request goes first
+    assert adm.next_for("d1", 2, 15.0).caller == "d"
+    adm.enqueue(waiter(DEFAULT, "d", since=19.0), frozenset({"d1"}))
+    # at t=20 it is interactive: above every default request
     assert adm.next_for("d1", 2, 20.0) is old
+
+
+def test_aged_requests_get_every_fourth_slot_past_the_class_they_reached():
+    """A batch backlog aged up to interactive does not take the slots from interactive
+    requests, but it is not starved by them either: one slot in AGED_BYPASS + 1."""
+    adm = Admission(PrioritySettings(aging_seconds=1))
+    for i in range(20):
+        adm.enqueue(waiter(BATCH, "bulk", since=float(i)), frozenset({"d1"}))
+    for i in range(20):
+        adm.enqueue(waiter(INTERACTIVE, "chat", since=100.0 + i), frozenset({"d1"}))
+    ranks = [adm.next_for("d1", 2, 200.0).rank for _ in range(16)]
+    assert ranks == ([0] * AGED_BYPASS + [2]) * 4
+
+
+def test_keys_still_take_turns_among_aged_requests():
+    """One key's flood that has aged does not turn the queue into arrival order: a second
+    key's request still waits for one turn, not for the flood."""
+    adm = Admission(PrioritySettings(aging_seconds=1))
+    for i in range(250):
+        adm.enqueue(waiter(BATCH, "flood", since=float(i) / 100), frozenset({"d1"}))
+    adm.enqueue(waiter(BATCH, "other", since=5.0), frozenset({"d1"}))
+    order = [adm.next_for("d1", 2, 100.0).caller for _ in range(4)]
+    assert "other" in order[:2]
+
+
+def test_waiters_of_a_class_a_reload_removed_are_served_as_the_last_class():
+    adm = Admission(PrioritySettings(aging_seconds=0))
+    w = waiter(BATCH, "b")
+    adm.enqueue(w, frozenset({"d1"}))
+    adm.configure(PrioritySettings(classes=("interactive", "default"), aging_seconds=0))
+    snap = adm.snapshot(1.0)
+    assert snap["classes"]["default"]["waiting"] == 1 and snap["keys"] == {"b": {"default": 1}}
+    assert adm.next_for("d1", 0, 1.0) is None  # not into a slot only interactive may take
+    assert adm.next_for("d1", 1, 1.0) is w
 
 
 def test_without_aging_batch_waits_for_every_interactive_request():
@@ -272,13 +308,15 @@ arrivals = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(
 
 @PROPS
 @given(arrivals=st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), max_size=3), min_size=1, max_size=80),
-       aging=st.integers(1, 8))
-def test_no_request_starves_within_the_aging_bound(arrivals, aging):
+       aging=st.integers(1, 8), flood=st.integers(0, 2), flood_from=st.integers(0, 20), flood_ticks=st.integers(0, 300))
+def test_no_request_starves_within_the_aging_bound(arrivals, aging, flood, flood_from, flood_ticks):
     """One serial deployment, each request holding it one tick, arrivals every tick (as many
     interactive ones as the draw likes). A request of class r reaches the top class after
-    r × aging ticks; from then on it is served within (m + 1) × K × G grants, where m is the
-    number of older requests still waiting then, K the keys and G the grants one key's turn
-    may take (the smallest head's work × the largest weight, 4, ÷ the work, all 1 here)."""
+    r × aging ticks; from then on it is served within (m + 1) × K × G × (AGED_BYPASS + 1)
+    grants, where m is the number of older requests still waiting then, K the keys, G the
+    grants one key's turn may take (the smallest head's work × the largest weight, 4, ÷ the
+    work, all 1 here), and the top class's own requests take at most AGED_BYPASS grants in a
+    row past it."""
     s = PrioritySettings(aging_seconds=float(aging))
     adm = Admission(s)
     keys, g = 4, 4
@@ -287,6 +325,10 @@ def test_no_request_starves_within_the_aging_bound(arrivals, aging):
     promoted_older: dict[int, int] = {}
     tick = 0
     pending = list(arrivals)
+    if flood:
+        pending += [[]] * max(0, flood_from + flood_ticks - len(pending))
+        for t in range(flood_from, flood_from + flood_ticks):
+            pending[t] = pending[t] + [(0, 3)] * flood
     while pending or adm.waiting():
         for rank, key in (pending.pop(0) if pending else []):
             w = waiter(rank, f"k{key}", since=float(tick), work=1)
@@ -302,7 +344,7 @@ def test_no_request_starves_within_the_aging_bound(arrivals, aging):
         assert tick < 100_000
     for w in queued:
         due = w.since + w.rank * aging
-        assert served_at[id(w)] <= due + (promoted_older.get(id(w), 0) + 1) * keys * g
+        assert served_at[id(w)] <= due + (promoted_older.get(id(w), 0) + 1) * keys * g * (AGED_BYPASS + 1)
 
 
 @PROPS

@@ -276,3 +276,45 @@ def test_redis_urls_redis_py_accepts_load(tmp_path):
     head = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_base: 'http://127.0.0.1:9/v1'}\n"
     for good in ("redis://:pw@127.0.0.1:6379/0?socket_timeout=2", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///run/r.sock?db=2"):
         assert load_config(write(tmp_path, "c.yaml", head + f"router_settings:\n  redis_url: '{good}'\n")).router.redis_url == good
+
+
+BASE = 'model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_base: "http://h:1"}\n'
+
+
+@pytest.mark.parametrize("text,line,path,problem", [
+    ("router_settings:\n  priority: {classes: [a, a]}\n", 5, "router_settings.priority.classes", "must be a non-empty list"),
+    ("router_settings:\n  priority: {classes: ['1', '0']}\n", 5, "router_settings.priority.classes", "must be a non-empty list"),
+    ("router_settings:\n  priority: {default: urgentish}\n", 5, "router_settings.priority.default", "must name one of the classes"),
+    ("router_settings:\n  priority: {reserve: {vip: 1}}\n", 5, "router_settings.priority.reserve.vip", "unknown class"),
+    ("router_settings:\n  priority: {reserve: {interactive: -1}}\n", 5, "router_settings.priority.reserve.interactive", "must be a whole number"),
+    ("router_settings:\n  priority: {queue_limit: {batch: x}}\n", 5, "router_settings.priority.queue_limit.batch", "must be a whole number"),
+    ("router_settings:\n  priority: {aging_seconds: -1}\n", 5, "router_settings.priority.aging_seconds", "must be a non-negative number"),
+    ("router_settings:\n  priority: {aliases: {batch: interactive}}\n", 5, "router_settings.priority.aliases.batch", "an alias may not be"),
+    ("router_settings:\n  priority: {aliases: {p0: vip}}\n", 5, "router_settings.priority.aliases.p0", "must name one of the classes"),
+    ("router_settings:\n  priority: {backend_queue_threshold: -2}\n", 5, "router_settings.priority.backend_queue_threshold", "must be a non-negative integer"),
+    ("router_settings:\n  default_priority: soon\n", 5, "router_settings.default_priority", "must be an integer"),
+    ("general_settings:\n  master_key: sk-master-00001\n  api_keys:\n    - {name: a, key: sk-aaaaaaaa1, priority: vip}\n", 7,
+     "general_settings.api_keys[0].priority", "unknown priority class 'vip'"),
+    ("general_settings:\n  master_key: sk-master-00001\n  api_keys:\n    - {name: a, key: sk-aaaaaaaa1, max_priority: [1]}\n", 7,
+     "general_settings.api_keys[0].max_priority", "unknown priority class"),
+])
+def test_priority_settings_errors_name_file_line_and_key(tmp_path, text, line, path, problem):
+    cfg = write(tmp_path, "c.yaml", "")
+    Path(cfg).write_text(BASE + text)
+    errs = errors_of(cfg)
+    assert len(errs) == 1, errs
+    assert errs[0].startswith(f"{cfg}:{line}: {path}: {problem}"), errs
+
+
+def test_priority_settings_load_with_litellm_names(tmp_path):
+    cfg = write(tmp_path, "c.yaml", "")
+    Path(cfg).write_text(BASE + "router_settings:\n  default_priority: 0\n  priority: {reserve: {interactive: 1}, queue_limit: 7}\n"
+                         "litellm_settings:\n  priority_reservation: {prod: 0.9}\n"
+                         "general_settings:\n  master_key: sk-master-00001\n  api_keys:\n"
+                         "    - {name: a, key: sk-aaaaaaaa1, priority: low, max_priority: 1}\n")
+    config = load_config(cfg)
+    p = config.router.priority
+    assert p.default == "interactive" and p.reserve == {"interactive": 1} and p.limit(2) == 7
+    key = next(k for k in config.api_keys if k.name == "a")
+    assert (key.priority, key.max_priority) == ("batch", "default")
+    assert any("litellm_settings.priority_reservation" in str(w) and "ignored" in str(w) for w in config.warnings)

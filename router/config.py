@@ -480,6 +480,19 @@ _PRIORITY_KEYS = {"classes", "default", "reserve", "aging_seconds", "queue_limit
                   "backend_queue_threshold", "aliases", "fairness"}
 
 
+def _per_class(src: Source, m: Mapping[str, Any], path: Path, classes: tuple[str, ...], what: str) -> dict[str, int]:
+    """``{class: N}``: known classes, whole numbers of ``what``, 0 or more."""
+    out: dict[str, int] = {}
+    for name, n in m.items():
+        if name not in classes:
+            src.error(path + (name,), f"unknown class (classes: {', '.join(classes)})")
+        elif type(n) is not int or n < 0:
+            src.error(path + (name,), f"must be a whole number of {what}, 0 or more")
+        else:
+            out[name] = n
+    return out
+
+
 def _integer(text: str) -> bool:
     try:
         int(text)
@@ -525,25 +538,13 @@ def _priority(src: Source, rs: Mapping[str, Any], path: Path) -> PrioritySetting
             src.error(path + ("default_priority",), "must be an integer (0 is the highest priority) or a class name")
         else:
             default = classes[rank]
-    reserve: dict[str, int] = {}
-    for name, n in get(src, m, "reserve", pp, "map", default={}).items():
-        if name not in classes:
-            src.error(pp + ("reserve", name), f"unknown class (classes: {', '.join(classes)})")
-        elif type(n) is not int or n < 0:
-            src.error(pp + ("reserve", name), "must be a whole number of slots per deployment, 0 or more")
-        else:
-            reserve[name] = n
+    reserve = _per_class(src, get(src, m, "reserve", pp, "map", default={}), pp + ("reserve",), classes,
+                         "slots per deployment")
     limits: dict[str, int] = {}
     default_limit = base.default_queue_limit
     raw = m.get("queue_limit")
     if isinstance(raw, dict):
-        for name, n in raw.items():
-            if name not in classes:
-                src.error(pp + ("queue_limit", name), f"unknown class (classes: {', '.join(classes)})")
-            elif type(n) is not int or n < 0:
-                src.error(pp + ("queue_limit", name), "must be a whole number of waiting requests, 0 or more")
-            else:
-                limits[name] = n
+        limits = _per_class(src, raw, pp + ("queue_limit",), classes, "waiting requests")
     elif raw is not None:
         n = get(src, m, "queue_limit", pp, "int")  # "int": not negative
         if n is not None:

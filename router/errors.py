@@ -101,19 +101,10 @@ class RequestRateLimited(RouterError):
         return retry_after(self.retry_after)
 
 
-class QueueFull(RouterError):
+class QueueFull(RequestRateLimited):
     """The request would wait for a slot, but its class's queue is full (router.admission)."""
 
-    status = 429
-    type = "rate_limit_error"
     code = "queue_full"
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return retry_after(self.retry_after)
 
 
 class ModelNotFound(RouterError):

@@ -210,6 +210,17 @@ class RedisShare:
         self._bad_value(key, raw)
         return {}
 
+    def _counts(self, key: str, raw: Any) -> Iterable[tuple[str, int]]:
+        """A hash of name -> count (rpm, share): its names decoded, the ones that are not
+        UTF-8 skipped and logged."""
+        for name, n in self._hash(key, raw).items():
+            try:
+                text = name.decode()
+            except UnicodeDecodeError:
+                self._bad_value(key, name)
+                continue
+            yield text, self._int(f"{key} {text}", n)
+
     def _floats(self, key: str, raw: Any) -> deque[float] | None:
         if not raw:
             return None
@@ -362,23 +373,12 @@ class RedisShare:
             results = await p.execute(raise_on_error=False)  # a wrong-typed key: that value only
         if self.shares is not None:
             for m, key, raw in ((minute - 1, keys[-2], results[-2]), (minute, keys[-1], results[-1])):
-                for name, n in self._hash(key, raw).items():
-                    try:
-                        caller = name.decode()
-                    except UnicodeDecodeError:
-                        self._bad_value(key, name)
-                        continue
-                    self.shares.shared[(caller, m)] = self._int(f"{key} {caller}", n)
+                for caller, n in self._counts(key, raw):
+                    self.shares.shared[(caller, m)] = n
         keys, results = keys[:-2], results[:-2]
         if self.limits is not None:
-            rpm_key = keys[-1]
-            for name, n in self._hash(rpm_key, results[-1]).items():
-                try:
-                    client = name.decode()
-                except UnicodeDecodeError:
-                    self._bad_value(rpm_key, name)
-                    continue
-                self.limits.shared[(client, minute)] = self._int(f"{rpm_key} {client}", n)
+            for client, n in self._counts(keys[-1], results[-1]):
+                self.limits.shared[(client, minute)] = n
         inflights = [self._hash(keys[i * 7 + 3], results[i * 7 + 3]) for i in range(len(self.ids))]
         alive = await self._alive({f for fields in inflights for f in fields})
         for i, dep_id in enumerate(self.ids):

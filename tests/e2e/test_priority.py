@@ -295,15 +295,9 @@ async def test_requests_queued_behind_a_deployment_that_cools_down_are_answered_
     for the cooldown holding the event loop (which froze /health and every other request)."""
     runner, url = await start(tmp_path, sim, router=", num_retries: 0")
     try:
-        sim.faults.hang, sim.faults.hang_count, sim.faults.paths = True, 1, ("/v1/chat/completions",)
         sim.faults.status, sim.faults.retry_after = 429, 8
-        c = client(url, "bob")
-        first = asyncio.ensure_future(c.chat.completions.create(model="m", messages=HI, max_tokens=2))
-        for _ in range(2000):
-            if sim.stats.open == 1:
-                break
-            await asyncio.sleep(0.005)
-        second = asyncio.ensure_future(c.chat.completions.create(model="m", messages=HI, max_tokens=2))
+        first = await hold(sim, url)
+        second = asyncio.ensure_future(client(url, "bob").chat.completions.create(model="m", messages=HI, max_tokens=2))
         await until_waiting(url, 1)
         loop = asyncio.get_running_loop()
         started = loop.time()

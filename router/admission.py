@@ -14,9 +14,11 @@ The order in which waiters get a deployment's free slot:
 1. **Class.** Classes are ranked (``interactive`` 0, ``default`` 1, ``batch`` 2 unless
    configured). A waiter's effective rank rises one step per ``aging_seconds`` waited,
    so ``batch`` never starves: it overtakes every class below the one it reached, and
-   where that class has waiters of its own they go first, but at most ``AGED_BYPASS``
-   (3) times in a row: then the aged class gets the slot. A class is ranked by its
-   oldest waiter; when it gets a slot, its keys still take turns (3.).
+   where that class has waiters of its own they go first until they have been given
+   ``AGED_BYPASS`` (3) times the aged request's estimated work: then the aged class
+   gets the slot (at most a quarter of the work while both wait; a long batch job aged
+   to interactive goes after ~3 jobs' worth of chats, not after 3 chats). A class is
+   ranked by its oldest waiter; when it gets a slot, its keys still take turns (3.).
 2. **Reservation.** ``reserve: {interactive: 1}`` keeps one slot of every deployment
    for that class (and the classes above it): a request of a lower class starts only
    while more slots than the reservations are free, however long it has waited. A
@@ -45,7 +47,7 @@ from typing import Any
 
 DEFAULT_CLASSES = ("interactive", "default", "batch")
 MAX_WORK = 1 << 16  # a request's estimated work counts at most this many tokens in the turns (a 1M-token prompt is not 4,000 turns)
-AGED_BYPASS = 3  # grants in a row a class's own waiters may take past requests aged up to it
+AGED_BYPASS = 3  # a class's own waiters get this many times the work of a request aged up to it, then it gets a slot
 WEIGHT_BOUNDS = (0.25, 4.0)  # how far a key's recent share may shrink or grow its quantum
 SHARE_WINDOW_S = 60  # the recent share: work served in this minute and the last
 
@@ -288,7 +290,7 @@ class Admission:
         self.depth: Counter[int] = Counter()  # rank -> waiters
         self.by_key: Counter[tuple[int, str]] = Counter()  # (rank, key label) -> waiters
         self.shares = Shares()
-        self.bypassed: dict[int, int] = {}  # rank -> grants in a row its own waiters took past aged ones
+        self.credit: dict[int, float] = {}  # rank -> work its own waiters were given past aged ones
 
     def configure(self, settings: PrioritySettings) -> None:
         """A reload: new settings. Waiters stay where they are (a class list that shrank
@@ -351,22 +353,29 @@ class Admission:
                     native = (rank, rank, head.since, cq)
         if native is None and aged is None:
             return None
+        credited: int | None = None  # the level whose own request goes past an aged one
         if aged is not None and (native is None or aged[0] < native[0]):
             cq = aged[3]  # aged above every class waiting at its own rank
         elif aged is not None and native is not None and aged[0] == native[0]:
-            # aged up to a class that has its own waiters: those go first, but only
-            # AGED_BYPASS times in a row; then the aged class gets a turn (nothing starves)
-            if self.bypassed.get(native[0], 0) >= AGED_BYPASS:
+            # aged up to a class that has its own waiters: those go first, until they have
+            # been given AGED_BYPASS times the aged request's work; then the aged class gets
+            # a turn (nothing starves; aged requests get at most a quarter of the work)
+            level = native[0]
+            head = aged[3].oldest()
+            due = AGED_BYPASS * min(head.work if head is not None else 1, MAX_WORK)
+            if self.credit.get(level, 0.0) >= due:
                 cq = aged[3]
-                self.bypassed[native[0]] = 0
+                self.credit[level] -= due
             else:
                 cq = native[3]
-                self.bypassed[native[0]] = self.bypassed.get(native[0], 0) + 1
+                credited = level
         else:
             assert native is not None
             cq = native[3]
         wall = time.time()  # the shares count per wall-clock minute, the same in every instance
         w = cq.pop_fair(lambda c: self._weight(c, cq, wall))
+        if credited is not None:
+            self.credit[credited] = self.credit.get(credited, 0.0) + min(w.work, MAX_WORK)
         w.done = True
         w.granted = dep_id
         self._gone(w)

@@ -107,6 +107,19 @@ def test_aged_requests_get_every_fourth_slot_past_the_class_they_reached():
     assert ranks == ([0] * AGED_BYPASS + [2]) * 4
 
 
+def test_the_aged_share_is_counted_in_work_not_in_requests():
+    """A 2,000-token batch job aged up to interactive waits for 3 × 2,000 tokens of chats,
+    not for 3 chats: short interactive requests keep most of a busy fleet."""
+    adm = Admission(PrioritySettings(aging_seconds=1))
+    for i in range(5):
+        adm.enqueue(waiter(BATCH, "bulk", since=float(i), work=2000), frozenset({"d1"}))
+    for i in range(300):
+        adm.enqueue(waiter(INTERACTIVE, f"chat{i % 2}", since=100.0 + i / 10, work=50), frozenset({"d1"}))
+    ranks = [adm.next_for("d1", 2, 200.0).rank for _ in range(250)]
+    assert ranks.index(2) == 3 * 2000 // 50
+    assert ranks.count(2) == 2
+
+
 def test_keys_still_take_turns_among_aged_requests():
     """One key's flood that has aged does not turn the queue into arrival order: a second
     key's request still waits for one turn, not for the flood."""

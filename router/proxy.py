@@ -142,8 +142,7 @@ class Outcome:
     key: ApiKey | None = None  # the caller's key (its name labels the spend), None where none is needed
     rank: int = -1  # its priority class (router.admission); -1 until classified
     why: str = ""  # where the class came from
-    work: int = 1  # its estimated work (prompt tokens + max_tokens), for the fair queue
-    caller: str = ""  # whose turn it is in the fair queue: its key, else its user, else its address
+    size: int = 0  # the request body's bytes (its estimated work, should it wait)
     queued: float = 0.0  # seconds it waited in the admission queue
 
     @property
@@ -272,9 +271,9 @@ class Proxy:
     @staticmethod
     def _classify(request: web.Request, body: dict[str, Any], routing: Routing, key: ApiKey | None, outcome: Outcome,
                   size: int) -> None:
-        """The request's priority class (router.admission.classify), its estimated work and
-        whose turn it takes. The body's ``priority`` is the router's: it is taken out (a
-        deployment with ``model_info.scheduling_policy: priority`` gets the class instead)."""
+        """The request's priority class (router.admission.classify). The body's ``priority``
+        is the router's: it is taken out (a deployment with ``model_info.scheduling_policy:
+        priority`` gets the class instead)."""
         settings = routing.config.router.priority
         asked = asked_of(request.headers, body)
         body.pop("priority", None)
@@ -289,15 +288,7 @@ class Proxy:
                              f"({', '.join(settings.classes)}), high, low, or an integer (0 is the highest).",
                              param="priority", code="invalid_priority")
         outcome.rank, outcome.why = found
-        limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
-        outcome.work = estimate_work(size, limit)
-        if not settings.fairness:
-            outcome.caller = "all"  # one FIFO per class
-        elif key is not None:
-            outcome.caller = f"key:{key.name}"
-        else:
-            user = body.get("user")
-            outcome.caller = f"user:{user[:128]}" if isinstance(user, str) and user else f"addr:{request.remote}"
+        outcome.size = size
 
     def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:
         """The engine's decision, narrowed to what ``key`` may use; its trace logged
@@ -424,7 +415,7 @@ class Proxy:
                 elif type(step) is WaitForSlot:
                     queued = time.perf_counter()
                     try:
-                        grant = await self._wait_for_slot(step.deployments, step.timeout, outcome)
+                        grant = await self._wait_for_slot(step.deployments, step.timeout, outcome, request, body)
                     finally:
                         waited = time.perf_counter() - queued
                         outcome.waited += waited
@@ -471,8 +462,8 @@ class Proxy:
     def cooldown_left(self, dep: Deployment) -> float:
         return self.state[dep.id].health.cooldown_until - time.time()
 
-    async def _wait_for_slot(self, deployments: tuple[Deployment, ...], timeout: float,
-                             outcome: Outcome) -> Deployment | None:
+    async def _wait_for_slot(self, deployments: tuple[Deployment, ...], timeout: float, outcome: Outcome,
+                             request: web.Request, body: dict[str, Any]) -> Deployment | None:
         """Queue for a slot of one of ``deployments`` (router.admission) until one is handed
         over (that deployment) or ``timeout`` passes (None). A full queue is a 429."""
         if timeout <= 0:
@@ -485,8 +476,18 @@ class Proxy:
         def wake(dep_id: str) -> None:
             fut.set_result(dep_id)
 
-        key_label = outcome.key.name if outcome.key is not None else "none"
-        w = Waiter(outcome.rank, outcome.caller or "anonymous", outcome.work, time.monotonic(), key_label, wake)
+        key = outcome.key
+        key_label = key.name if key is not None else "none"
+        # whose turn it takes: its key, else the body's user, else the client's address
+        if not adm.settings.fairness:
+            caller = "all"  # one FIFO per class
+        elif key is not None:
+            caller = f"key:{key.name}"
+        else:
+            user = body.get("user")
+            caller = f"user:{user[:128]}" if isinstance(user, str) and user else f"addr:{request.remote}"
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+        w = Waiter(outcome.rank, caller, estimate_work(outcome.size, limit), time.monotonic(), key_label, wake)
         try:
             adm.enqueue(w, frozenset(d.id for d in deployments))
         except FullQueue:

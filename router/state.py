@@ -220,8 +220,12 @@ class StateTable:
     # -- admission: who may start now, and who gets a freed slot (router.admission)
 
     def limit(self, d: Deployment) -> int | None:
-        """The requests of ours ``d`` may hold now: its capacity, or less while frozen."""
-        cap = self.capacity(d)
+        """The requests of ours ``d`` may hold now: its capacity (``max_parallel_requests``,
+        its server's slots), or less while frozen. (No list built: it is on every request.)"""
+        cap = d.max_parallel_requests
+        server = self.servers.get(d.api_base)
+        if server is not None and server.slots:
+            cap = server.slots if cap is None else min(cap, server.slots)
         frozen = self[d.id].frozen
         if frozen is not None:
             return frozen if cap is None else min(cap, frozen)

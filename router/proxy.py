@@ -141,7 +141,6 @@ class Outcome:
     spilled: str | None = None  # the spill-over condition that sent it past its busy candidates (router.routing.spill)
     key: ApiKey | None = None  # the caller's key (its name labels the spend), None where none is needed
     rank: int = -1  # its priority class (router.admission); -1 until classified
-    why: str = ""  # where the class came from
     size: int = 0  # the request body's bytes (its estimated work, should it wait)
     queued: float = 0.0  # seconds it waited in the admission queue
 
@@ -287,7 +286,7 @@ class Proxy:
             raise BadRequest(f"Unknown priority {str(asked[1])[:64]!r} in the {where}: use a class "
                              f"({', '.join(settings.classes)}), high, low, or an integer (0 is the highest).",
                              param="priority", code="invalid_priority")
-        outcome.rank, outcome.why = found
+        outcome.rank = found[0]
         outcome.size = size
 
     def _route(self, routing: Routing, key: ApiKey | None, facts: RequestFacts, model: str, rid: str) -> RouteDecision:

@@ -221,11 +221,8 @@ class StateTable:
 
     def limit(self, d: Deployment) -> int | None:
         """The requests of ours ``d`` may hold now: its capacity (``max_parallel_requests``,
-        its server's slots), or less while frozen. (No list built: it is on every request.)"""
-        cap = d.max_parallel_requests
-        server = self.servers.get(d.api_base)
-        if server is not None and server.slots:
-            cap = server.slots if cap is None else min(cap, server.slots)
+        its server's slots), or less while frozen."""
+        cap = self.capacity(d)
         frozen = self[d.id].frozen
         if frozen is not None:
             return frozen if cap is None else min(cap, frozen)
@@ -316,9 +313,13 @@ class StateTable:
         return server.running + (server.waiting or 0)
 
     def capacity(self, d: Deployment) -> int | None:
+        """``max_parallel_requests`` and the server's slot count, the smaller (no list built:
+        the admission check asks on every request)."""
+        cap = d.max_parallel_requests or None
         server = self.servers.get(d.api_base)
-        limits = [x for x in (d.max_parallel_requests, server.slots if server else None) if x]
-        return min(limits) if limits else None
+        if server is not None and server.slots:
+            cap = server.slots if cap is None else min(cap, server.slots)
+        return cap
 
     def _window(self, d: Deployment, kind: str) -> deque[float]:
         """The shared window when instances share state (it includes ours), else ours."""

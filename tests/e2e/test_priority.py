@@ -12,6 +12,7 @@ import io
 import re
 
 import aiohttp
+import orjson
 import anthropic
 import openai
 import pytest
@@ -310,3 +311,65 @@ async def test_requests_queued_behind_a_deployment_that_cools_down_are_answered_
         sim.faults.hang = False
         sim.faults.status = None
         await runner.cleanup()
+
+
+async def test_many_tenants_a_big_split_upload_and_streams_all_come_through_the_queue_whole(tmp_path, sim):
+    """Real traffic's shapes through the admission queue: 24 tenants without keys (their turn
+    is their body's ``user``), each queued behind a held slot with a streamed chat, and one
+    tenant's 800 KB prompt (the simulated server's limit is 1 MB) uploaded in 64 KB pieces (chunked); every answer is whole, and
+    tenants take turns: the big upload's tenant does not go before the others' first."""
+    (tmp_path / "c.yaml").write_text(f"""
+model_list:
+  - model_name: m
+    litellm_params: {{model: hosted_vllm/m, api_base: "{sim.base_url}/v1", max_parallel_requests: 1}}
+    model_info: {{id: serial}}
+router_settings: {{priority: {{aging_seconds: 0}}}}
+""")
+    runner, url = await start_proxy(load_config(str(tmp_path / "c.yaml")))
+    order: list[str] = []
+    try:
+        holder = await hold(sim, url)
+        big = {"model": "m", "max_tokens": 2, "user": "tenant-big", "stream": True,
+               "messages": [{"role": "user", "content": "x " * 400_000}]}
+        raw = orjson.dumps(big)
+
+        async def pieces():
+            for i in range(0, len(raw), 65536):
+                yield raw[i:i + 65536]
+                await asyncio.sleep(0)
+
+        async def send(user: str, data) -> None:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(url + "/v1/chat/completions", data=data,
+                                  headers={"Content-Type": "application/json"}) as r:
+                    text = await r.text()
+            assert r.status == 200, text[:300]
+            assert text.rstrip().endswith("data: [DONE]"), text[-200:]
+            order.append(user)
+
+        tasks = [asyncio.ensure_future(send("tenant-big", pieces()))]
+        await until_waiting(url, 1)
+        for i in range(3):  # the big tenant queues two more behind its upload
+            tasks.append(asyncio.ensure_future(send("tenant-big", orjson.dumps({**big, "messages": HI}))))
+        await until_waiting(url, 4)
+        for i in range(24):
+            body = {"model": "m", "max_tokens": 2, "user": f"tenant-{i}", "stream": True, "messages": HI}
+            tasks.append(asyncio.ensure_future(send(f"tenant-{i}", orjson.dumps(body))))
+        await until_waiting(url, 28)
+        sim.faults.hang = False
+        await holder
+        await asyncio.gather(*tasks)
+        assert len(order) == 28
+        assert order.count("tenant-big") == 4
+        assert order[:12].count("tenant-big") <= 1  # its other requests wait for the other tenants' turns
+        assert (await queue_open(url)) == 0
+    finally:
+        sim.faults.hang = False
+        await runner.cleanup()
+
+
+async def queue_open(url: str) -> int:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url + "/health") as r:
+            q = (await r.json())["queue"]
+    return sum(c["waiting"] for c in q["classes"].values())
